@@ -146,6 +146,8 @@ class ScoreConfig:
     blocklist: str | None = None  # Parquet with item_id (global) or user_id,item_id
     explanations: bool = False  # "because you liked X" list column
     rows_per_file: int = 250_000
+    # Extra Ray resources each scoring actor asks for (e.g. {"scorer": 1} to spread actors over nodes).
+    actor_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

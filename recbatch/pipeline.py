@@ -1,0 +1,259 @@
+"""The nightly run: stages wired together, idempotent per run date.
+
+    ingest -> train (when due) -> embed (incremental) -> score (staged)
+           -> evaluate + quality gate -> publish (atomic) -> load (Redis)
+
+Every stage writes a complete-or-absent folder with a manifest, so a rerun of
+the same date after a failure skips what is complete and valid and redoes the
+rest. This module only decides what is due and records what happened; the
+work itself lives in the stage functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from recbatch.config import Config
+from recbatch.errors import RecbatchError, StageFailed, UsageError
+from recbatch.layout import RunLayout
+from recbatch.storage import is_complete, read_manifest
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "train", "embed", "score", "evaluate", "publish", "load")
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str = "pending"  # ran | skipped | failed
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NightlySummary:
+    run_date: str
+    root: str
+    stages: list[StageRecord] = field(default_factory=list)
+    output: str | None = None
+    report: str | None = None
+    failed_stage: str | None = None
+
+    def stage(self, name: str) -> StageRecord:
+        return next(s for s in self.stages if s.name == name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    def render(self) -> str:
+        lines = [f"recbatch nightly {self.run_date} (root {self.root})"]
+        for s in self.stages:
+            extra = ", ".join(f"{k}={v}" for k, v in s.details.items() if not isinstance(v, (dict, list)))
+            lines.append(f"  {s.name:<9} {s.status:<8} {s.seconds:7.1f}s  {extra}")
+        if self.output:
+            lines.append(f"recommendations: {self.output}")
+        if self.report:
+            lines.append(f"report:          {self.report}")
+        if self.failed_stage:
+            lines.append(f"FAILED at stage: {self.failed_stage}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(cfg: Config) -> None:
+    """Fail before any work on configuration that cannot succeed.
+
+    Catches the 3 a.m. classics early: an encoder path that does not exist, an
+    output root that cannot be written, a serving URL env var that is unset.
+    (Value ranges such as K <= 0 are already refused by config validation.)
+    """
+    from recbatch.model.encoder import resolve_encoder
+
+    resolve_encoder(cfg.model.encoder)  # raises UsageError naming the path
+    root = Path(cfg.root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{uuid.uuid4().hex[:6]}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"output root '{root}' is not writable: {exc.strerror or exc}") from None
+    if cfg.ingest.source and not Path(cfg.ingest.source).exists():
+        raise UsageError(f"ingest.source '{cfg.ingest.source}' does not exist")
+    s = cfg.serving
+    if s.redis_url_env and not os.environ.get(s.redis_url_env):
+        raise UsageError(f"serving.redis_url_env names '{s.redis_url_env}', which is not set")
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def train_due(cfg: Config, layout: RunLayout, run_date: dt.date, force: bool) -> tuple[bool, str]:
+    """Whether to retrain tonight, and why (recorded in the summary)."""
+    latest = layout.latest_model()
+    if force:
+        return True, "--train given"
+    if latest is None:
+        return True, "no model artifact yet"
+    cadence = cfg.train.cadence
+    if cadence == "always":
+        return True, "train.cadence=always"
+    if cadence == "never":
+        return False, f"train.cadence=never; reusing {latest.name}"
+    trained = dt.datetime.fromtimestamp((latest / "_SUCCESS").stat().st_mtime, dt.timezone.utc).date()
+    age = (run_date - trained).days
+    if age >= 7:
+        return True, f"latest model is {age} days old (weekly cadence)"
+    return False, f"latest model {latest.name} is {age} days old (weekly cadence)"
+
+
+def _same_inputs(folder: Path, **expected: str) -> bool:
+    """A complete folder whose manifest names the same inputs can be reused."""
+    if not is_complete(folder):
+        return False
+    manifest = read_manifest(folder)
+    return all(manifest.get(k) == v for k, v in expected.items())
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def _stage(summary: NightlySummary, name: str) -> Iterator[StageRecord]:
+    record = summary.stage(name)
+    start = time.perf_counter()
+    log.info("stage %s: starting", name)
+    try:
+        yield record
+    except Exception as exc:
+        record.status = "failed"
+        record.seconds = time.perf_counter() - start
+        summary.failed_stage = name
+        code = exc.exit_code if isinstance(exc, RecbatchError) else StageFailed.exit_code
+        failure = StageFailed(f"stage '{name}' failed: {exc}")
+        failure.exit_code = code
+        raise failure from exc
+    record.seconds = time.perf_counter() - start
+    if record.status == "pending":
+        record.status = "ran"
+    log.info("stage %s: %s in %.1fs", name, record.status, record.seconds)
+
+
+def run_nightly(
+    cfg: Config,
+    run_date: dt.date | None = None,
+    *,
+    force_train: bool = False,
+    force_publish: bool = False,
+) -> NightlySummary:
+    """Run every due stage for `run_date` (default: today in UTC); see the module doc."""
+    from recbatch.runtime import ensure_ray
+
+    run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
+    layout = RunLayout.of(cfg.root)
+    summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root))
+    summary.stages = [StageRecord(name) for name in STAGES]
+    try:
+        preflight(cfg)
+        ensure_ray(cfg.ray)
+        _run_stages(cfg, run_date, layout, summary, force_train, force_publish)
+    finally:
+        path = layout.run_summary(run_date)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(summary.to_json())
+    return summary
+
+
+def _run_stages(
+    cfg: Config,
+    run_date: dt.date,
+    layout: RunLayout,
+    summary: NightlySummary,
+    force_train: bool,
+    force_publish: bool,
+) -> None:
+    from recbatch.data.ingest import ingest
+    from recbatch.embed.stage import embed
+    from recbatch.eval.gate import check_gate
+    from recbatch.eval.holdout import evaluate_holdout
+    from recbatch.publish import publish_run
+    from recbatch.score.stage import score
+    from recbatch.train.trainer import train
+
+    with _stage(summary, "ingest") as rec:
+        snapshot = ingest(cfg)
+        rec.details.update(snapshot=snapshot.hash, **{k: v for k, v in snapshot.counts.items() if isinstance(v, int)})
+
+    with _stage(summary, "train") as rec:
+        due, reason = train_due(cfg, layout, run_date, force_train)
+        rec.details["reason"] = reason
+        if due:
+            model_dir = train(cfg, snapshot)
+        else:
+            model_dir = layout.latest_model()
+            rec.status = "skipped"
+        model_version = read_manifest(model_dir).get("model_version", model_dir.name)
+        rec.details["model_version"] = model_version
+
+    with _stage(summary, "embed") as rec:
+        emb = embed(cfg, snapshot, model_dir)
+        rec.details.update(
+            items_encoded=emb.items_encoded,
+            items_reused=emb.items_reused,
+            users_encoded=emb.users_encoded,
+            users_reused=emb.users_reused,
+        )
+
+    staged = layout.staged_for(run_date)
+    final = layout.recommendations_for(run_date)
+    inputs = {"model_version": model_version, "snapshot_hash": snapshot.hash}
+    with _stage(summary, "score") as rec:
+        if _same_inputs(staged, **inputs) or _same_inputs(final, **inputs):
+            rec.status = "skipped"
+            rec.details["reason"] = "scored output for these inputs is complete"
+        else:
+            staged = score(cfg, snapshot, emb.items_dir, emb.users_dir, run_date)
+        source = staged if is_complete(staged) else final
+        rec.details["users"] = read_manifest(source).get("users")
+
+    with _stage(summary, "evaluate") as rec:
+        metrics = evaluate_holdout(cfg, snapshot, model_dir, emb.items_dir)
+        previous = [p for p in layout.published_runs() if p.name != final.name]
+        last_manifest = read_manifest(previous[-1]) if previous else None
+        gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish)
+        rec.details.update({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+        rec.details["gate"] = asdict(gate) if hasattr(gate, "__dataclass_fields__") else gate
+
+    with _stage(summary, "publish") as rec:
+        if _same_inputs(final, **inputs) and not is_complete(staged):
+            rec.status = "skipped"
+            rec.details["reason"] = "already published for these inputs"
+        else:
+            publish_run(staged, final, {"metrics": metrics, "gate": rec_gate(summary)})
+        summary.output = str(final)
+
+    with _stage(summary, "load") as rec:
+        if not (cfg.serving.redis_url or cfg.serving.redis_url_env):
+            rec.status = "skipped"
+            rec.details["reason"] = "no serving.redis_url configured"
+        else:
+            from recbatch.serving.loader import load_run
+
+            result = load_run(final, cfg.serving)
+            rec.details.update(asdict(result) if hasattr(result, "__dataclass_fields__") else {"result": str(result)})
+
+
+def rec_gate(summary: NightlySummary) -> Any:
+    return summary.stage("evaluate").details.get("gate")
