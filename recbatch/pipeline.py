@@ -48,6 +48,7 @@ class NightlySummary:
     output: str | None = None
     report: str | None = None
     failed_stage: str | None = None
+    stop_after: str | None = None
 
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
@@ -149,6 +150,12 @@ def _stage(summary: NightlySummary, name: str) -> Iterator[StageRecord]:
     if record.status == "pending":
         record.status = "ran"
     log.info("stage %s: %s in %.1fs", name, record.status, record.seconds)
+    if summary.stop_after == name:
+        raise _Stop()
+
+
+class _Stop(Exception):
+    """Raised after the `stop_after` stage to end the run cleanly."""
 
 
 def run_nightly(
@@ -157,18 +164,30 @@ def run_nightly(
     *,
     force_train: bool = False,
     force_publish: bool = False,
+    stop_after: str | None = None,
 ) -> NightlySummary:
-    """Run every due stage for `run_date` (default: today in UTC); see the module doc."""
+    """Run every due stage for `run_date` (default: today in UTC); see the module doc.
+
+    `stop_after` ends the run after the named stage (for running the first
+    stages alone, e.g. scoring without publishing); later stages are reported
+    as "not run".
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise UsageError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     from recbatch.runtime import ensure_ray
 
     run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
     layout = RunLayout.of(cfg.root)
-    summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root))
+    summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root), stop_after=stop_after)
     summary.stages = [StageRecord(name) for name in STAGES]
     try:
         preflight(cfg)
         ensure_ray(cfg.ray)
-        _run_stages(cfg, run_date, layout, summary, force_train, force_publish)
+        _run_stages(cfg, run_date, layout, summary, force_train, force_publish, stop_after)
+    except _Stop:
+        for s in summary.stages:
+            if s.status == "pending":
+                s.status = "not run"
     finally:
         path = layout.run_summary(run_date)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +202,7 @@ def _run_stages(
     summary: NightlySummary,
     force_train: bool,
     force_publish: bool,
+    stop_after: str | None,
 ) -> None:
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed

@@ -62,3 +62,50 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture()
+def tiny_pipeline_config(tmp_path, tiny_bert_dir):
+    """A Config for a whole nightly run in well under a minute of work.
+
+    Small generated data (its text carries the signal), the tiny BERT, one
+    train worker and few steps: enough to exercise every stage for real.
+    """
+    from recbatch.config import load_config
+
+    def make(root=None, **overrides):
+        base = {
+            "root": str(root or tmp_path / "root"),
+            "ingest.source": str(tmp_path / "source"),
+            "generate.users": 120,
+            "generate.items": 80,
+            "generate.interactions_per_user": 12,
+            "model.encoder": str(tiny_bert_dir),
+            "model.embedding_dim": 16,
+            "model.history_length": 5,
+            "model.max_text_tokens": 24,
+            "model.user_layers": 1,
+            "train.num_workers": 1,
+            "train.max_steps": 6,
+            "train.batch_size": 32,
+            "train.checkpoint_every_steps": 1000,
+            "score.k": 10,
+            "score.rows_per_file": 50,
+            "ray.num_cpus": 4,
+        }
+        base.update(overrides)
+        return load_config(None, base)
+
+    return make
+
+
+@pytest.fixture()
+def demo_source(tmp_path):
+    """Write the generated demo catalog for a Config into its ingest.source."""
+    from recbatch.data.generate import generate_demo
+
+    def make(cfg):
+        generate_demo(cfg.generate, cfg.ingest.source)
+        return cfg.ingest.source
+
+    return make

@@ -7,6 +7,7 @@ import datetime as dt
 import sys
 
 from recbatch.config import Config
+from recbatch.pipeline import STAGES
 
 HELP = "run the nightly pipeline for a run date: ingest, train when due, embed, score, gate, publish, load"
 
@@ -15,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--train", action="store_true", help="retrain even when the cadence says not due")
     p.add_argument("--force", action="store_true", help="publish even when the quality gate refuses (recorded)")
+    p.add_argument("--stop-after", choices=STAGES, help="end the run after this stage (e.g. score: scored, not published)")
     p.add_argument("--source", help="input data folder (config key ingest.source)")
     p.add_argument("--redis-url", help="load into this Redis after publishing (config key serving.redis_url)")
 
@@ -26,7 +28,9 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.pipeline import run_nightly
 
-    summary = run_nightly(cfg, args.run_date, force_train=args.train, force_publish=args.force)
+    summary = run_nightly(
+        cfg, args.run_date, force_train=args.train, force_publish=args.force, stop_after=args.stop_after
+    )
     print(summary.render())
     sys.stdout.flush()
     return 0

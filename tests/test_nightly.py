@@ -1,0 +1,122 @@
+"""The nightly pipeline end to end: idempotency, a driver killed before publish,
+and configuration that must fail before any work."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recbatch.cli import main
+from recbatch.layout import RunLayout
+from recbatch.pipeline import run_nightly
+from recbatch.storage import read_manifest, verify_manifest
+
+RUN_DATE = dt.date(2026, 11, 28)
+
+
+def _published_rows(folder: Path) -> pl.DataFrame:
+    return pl.read_parquet(sorted(folder.glob("*.parquet")))
+
+
+@pytest.mark.ray
+def test_nightly_runs_every_stage_then_rerun_is_idempotent(ray_local, tiny_pipeline_config, demo_source):
+    cfg = tiny_pipeline_config()
+    demo_source(cfg)
+
+    first = run_nightly(cfg, RUN_DATE)
+    assert [s.status for s in first.stages] == ["ran", "ran", "ran", "ran", "ran", "ran", "skipped"]
+    layout = RunLayout.of(cfg.root)
+    final = layout.recommendations_for(RUN_DATE)
+    manifest = verify_manifest(final)
+    recs = _published_rows(final)
+    users = pl.read_parquet(layout.latest_snapshot() / "users.parquet")
+    assert recs.height == users.height == manifest["users"]
+    assert recs["user_id"].n_unique() == recs.height
+    assert manifest["gate"]["passed"] is True
+    assert "ndcg@10" in manifest["metrics"]
+    assert layout.run_summary(RUN_DATE).exists()
+
+    # Rerun the same date: nothing is retrained, rescored or republished.
+    second = run_nightly(cfg, RUN_DATE)
+    status = {s.name: s.status for s in second.stages}
+    assert status["train"] == "skipped"
+    assert status["score"] == "skipped"
+    assert status["publish"] == "skipped"
+    assert second.stage("embed").details["items_encoded"] == 0
+    assert read_manifest(final)["files"] == manifest["files"]
+    assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
+
+
+@pytest.mark.ray
+def test_driver_stopped_between_score_and_publish_then_rerun_publishes_once(
+    ray_local, tiny_pipeline_config, demo_source
+):
+    cfg = tiny_pipeline_config()
+    demo_source(cfg)
+    layout = RunLayout.of(cfg.root)
+    final = layout.recommendations_for(RUN_DATE)
+    run_nightly(cfg, RUN_DATE)
+    before = read_manifest(final)
+
+    # New data arrives (a new snapshot); the driver dies after scoring it.
+    src = Path(cfg.ingest.source) / "interactions.parquet"
+    inter = pl.read_parquet(src)
+    pl.concat([inter, inter.head(30).with_columns(pl.col("ts") + pl.duration(days=1))]).write_parquet(src)
+    cfg2 = cfg.with_overrides({"train.cadence": "never"})
+    run_nightly(cfg2, RUN_DATE, stop_after="score")
+    assert read_manifest(final) == before  # previous run still live and complete
+    assert layout.staged_for(RUN_DATE).exists()
+
+    # Readers keep reading the date's folder while the rerun publishes.
+    seen_rows: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen_rows.append(_published_rows(final).height)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        rerun = run_nightly(cfg2, RUN_DATE)
+    finally:
+        stop.set()
+        t.join()
+    assert rerun.stage("score").status == "skipped"  # the staged output was reused
+    assert rerun.stage("publish").status == "ran"
+    after = verify_manifest(final)
+    assert after["snapshot_hash"] != before["snapshot_hash"]
+    assert seen_rows and set(seen_rows) == {before["users"]}
+    assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
+    assert not list(layout.recommendations.glob(".*"))  # no staging or previous copies left
+
+
+def test_wrong_config_fails_before_any_work(tmp_path, tiny_bert_dir):
+    root = tmp_path / "root"
+    source = tmp_path / "src"
+    source.mkdir()
+
+    def nightly(*flags: str) -> int:
+        return main(["nightly", "--root", str(root), "--source", str(source), *flags])
+
+    assert nightly("--set", f"model.encoder={tmp_path / 'no-such-encoder'}") == 2
+    assert nightly("--set", f"model.encoder={tiny_bert_dir}", "--set", "score.k=0") == 2
+    assert not root.exists()  # nothing was started
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["nightly", "--root", str(blocker / "root"), "--source", str(source),
+                 "--set", f"model.encoder={tiny_bert_dir}"])
+    assert code == 2
+
+
+def test_wrong_config_messages_name_the_problem(tmp_path, tiny_bert_dir, capsys):
+    main(["nightly", "--root", str(tmp_path / "r"), "--set", f"model.encoder={tmp_path / 'nope'}"])
+    assert "nope" in capsys.readouterr().err
+    main(["nightly", "--root", str(tmp_path / "r"), "--set", "score.k=0"])
+    err = capsys.readouterr().err
+    assert "score.k" in err and ">= 1" in err
