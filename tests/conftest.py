@@ -18,23 +18,25 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "recbatch" / "torch_extensions"))
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray runtime for the whole session (starting one costs ~10-20 s).
+@pytest.fixture()
+def ray_local(request):
+    """A local Ray runtime shared by the session's tests (starting one costs ~10-20 s).
 
-    4 logical CPUs on a 2-core machine: logical CPUs only gate scheduling, and
-    actor pools need room left for Ray Data's read/write tasks or they hang.
+    Started on first use and shut down at the end of the session; a test that
+    needs a different cluster (multi-node) shuts it down and the next user of
+    this fixture starts it again. 4 logical CPUs on a 2-core machine: logical
+    CPUs only gate scheduling, and actor pools need room left for Ray Data's
+    read/write tasks or they hang.
     """
     import ray
 
     from recbatch.config import RayConfig
     from recbatch.runtime import ensure_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(RayConfig(num_cpus=4))
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ensure_ray(RayConfig(num_cpus=4))
+        request.session.addfinalizer(ray.shutdown)
+    return ray
 
 
 @pytest.fixture(scope="session")
