@@ -1,0 +1,1 @@
+"""Offline evaluation: full-ranking metrics, baselines, the report and the publish gate."""

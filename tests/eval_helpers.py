@@ -1,0 +1,64 @@
+"""Tiny snapshot and run folders built by hand, for the evaluation tests.
+
+They follow the documented layout (docs/ARCHITECTURE.md) and go through
+``storage.write_manifest`` exactly like the real writers, so the code under
+test reads them as it would read production output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recbatch.schemas import recommendations_schema
+from recbatch.storage import write_manifest
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def write_snapshot(
+    folder: Path, rows: list[tuple[Any, Any, str]], items: list[dict[str, Any]], id_type: str = "int"
+) -> Path:
+    """rows: (user_id, item_id, split) in time order; items: dicts with item_id, title, is_cold..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    split = pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": [T0 + dt.timedelta(minutes=i) for i in range(len(rows))],
+            "split": [r[2] for r in rows],
+        }
+    ).with_columns(pl.col("ts").dt.cast_time_unit("us"))
+    split.write_parquet(folder / "split.parquet")
+    split.drop("split").write_parquet(folder / "interactions.parquet")
+    pl.DataFrame(items).write_parquet(folder / "items.parquet")
+    split.select("user_id").unique().sort("user_id").write_parquet(folder / "users.parquet")
+    counts = {s: int((split["split"] == s).sum()) for s in ("train", "validation", "test")}
+    write_manifest(
+        folder,
+        {"snapshot_hash": folder.name, "id_type": id_type, "counts": {**counts, "items": len(items)}},
+    )
+    return folder
+
+
+def write_run(folder: Path, lists: dict[Any, list[Any]], id_type: str = "int") -> Path:
+    """A recommendations folder: one row per user, descending made-up scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    users = list(lists)
+    table = pa.table(
+        {
+            "user_id": users,
+            "item_ids": [lists[u] for u in users],
+            "scores": [[float(len(lists[u]) - i) for i in range(len(lists[u]))] for u in users],
+            "model_version": ["hand"] * len(users),
+        },
+        schema=recommendations_schema(id_type),
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    write_manifest(folder, {"model_version": "hand", "id_type": id_type, "users": len(users)})
+    return folder
