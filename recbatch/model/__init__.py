@@ -1,0 +1,1 @@
+"""The two-tower recommender: text item tower, history user tower, loss, artifact."""

@@ -1,0 +1,265 @@
+"""The inference artifact: a trained model that needs neither DeepSpeed nor Ray.
+
+    models/<model_version>/
+      encoder/            plain HF directory (AutoModel + AutoTokenizer), fine-tuned weights
+      towers.pt           state dict of everything else (projections, id vectors, user tower)
+      item_vocab.parquet  item_id per learned id row (row i -> id index i + 1; 0 = cold)
+      model_card.json     model config, snapshot hash, step, metrics, model_version, ...
+      loss_curve.json     training loss per logged step (empty for an untrained model)
+      _manifest.json, _SUCCESS
+
+``model_version`` is a hash of every weight, the model config and the id
+vocabulary, so two artifacts with the same version score identically and the
+embedding stage may safely reuse rows keyed by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recbatch.errors import IntegrityError
+from recbatch.model.features import UserFeatureSpec
+from recbatch.model.two_tower import TwoTower, TwoTowerConfig
+from recbatch.runtime import Precision, torch_dtype
+from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
+
+ARTIFACT_FORMAT = 1
+ENCODER_DIR = "encoder"
+TOWERS_FILE = "towers.pt"
+VOCAB_FILE = "item_vocab.parquet"
+CARD_FILE = "model_card.json"
+LOSS_CURVE_FILE = "loss_curve.json"
+_ENCODER_PREFIX = "item_tower.encoder."
+
+if TYPE_CHECKING:
+    from recbatch.config import Config, ModelConfig
+    from recbatch.data.snapshot import Snapshot
+
+
+def model_version_of(model: TwoTower, item_ids: Sequence[Any], card_model: dict[str, Any]) -> str:
+    """Hash of all weights (in a fixed order), the model config and the id vocabulary."""
+    h = hashlib.sha256()
+    h.update(json.dumps(card_model, sort_keys=True).encode())
+    h.update(json.dumps([str(i) for i in item_ids]).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_artifact(
+    model: TwoTower,
+    tokenizer: Any,
+    models_dir: str | Path,
+    *,
+    item_ids: Sequence[Any],
+    user_features: UserFeatureSpec,
+    max_text_tokens: int,
+    id_type: str = "int",
+    snapshot_hash: str | None = None,
+    step: int = 0,
+    metrics: dict[str, float] | None = None,
+    loss_curve: list[dict[str, float]] | None = None,
+    extra_card: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact to ``models_dir/<model_version>`` atomically; return that path.
+
+    `item_ids` lists the warm ids in id-embedding row order (row i + 1).
+    """
+    if len(item_ids) != model.config.num_item_ids:
+        raise ValueError(f"{len(item_ids)} item ids for {model.config.num_item_ids} id-embedding rows")
+    model_cfg = dataclasses.asdict(model.config)
+    version = model_version_of(model, item_ids, model_cfg)
+    final = Path(models_dir) / version
+    staging = staging_dir_for(final)
+
+    encoder = model.item_tower.encoder
+    encoder.save_pretrained(staging / ENCODER_DIR)
+    tokenizer.save_pretrained(staging / ENCODER_DIR)
+    towers = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(_ENCODER_PREFIX)}
+    torch.save(towers, staging / TOWERS_FILE)
+    id_arrow = pa.int64() if id_type == "int" else pa.string()
+    pq.write_table(pa.table({"item_id": pa.array(list(item_ids), type=id_arrow)}), staging / VOCAB_FILE)
+    (staging / LOSS_CURVE_FILE).write_text(json.dumps(loss_curve or []))
+    card = {
+        "format": ARTIFACT_FORMAT,
+        "model_version": version,
+        "model": model_cfg,
+        "max_text_tokens": max_text_tokens,
+        "user_features": dataclasses.asdict(user_features),
+        "id_type": id_type,
+        "snapshot_hash": snapshot_hash,
+        "step": step,
+        "metrics": metrics or {},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra_card or {}),
+    }
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True))
+    write_manifest(staging, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
+    return publish_dir(staging, final)
+
+
+@dataclass
+class Artifact:
+    """A loaded model ready to encode items and users (eval mode, no grad)."""
+
+    path: Path
+    model: TwoTower
+    tokenizer: Any
+    card: dict[str, Any]
+    item_index: dict[Any, int]  # warm item id -> id-embedding row (cold ids are absent -> 0)
+    user_features: UserFeatureSpec
+    device: torch.device
+    precision: Precision
+
+    @property
+    def model_version(self) -> str:
+        return self.card["model_version"]
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.card["model"]["embedding_dim"])
+
+    @property
+    def history_length(self) -> int:
+        return int(self.card["model"]["history_length"])
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch_dtype(self.precision))
+
+    def id_index(self, item_ids: Sequence[Any]) -> torch.Tensor:
+        """Id-embedding rows for `item_ids`: [B] int64, 0 for cold/unknown ids."""
+        return torch.tensor([self.item_index.get(i, 0) for i in item_ids], dtype=torch.long)
+
+    @torch.no_grad()
+    def encode_items(self, texts: list[str], item_ids: Sequence[Any]) -> torch.Tensor:
+        """Unit item vectors [B, D] float32 on CPU, from rendered texts (features.render_item_text)."""
+        if len(texts) != len(item_ids):
+            raise ValueError(f"{len(texts)} texts for {len(item_ids)} item ids")
+        tokens = self.tokenizer(
+            list(texts), max_length=self.card["max_text_tokens"], padding=True, truncation=True, return_tensors="pt"
+        )
+        with self._autocast():
+            vectors = self.model(
+                "items",
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+                id_index=self.id_index(item_ids).to(self.device),
+            )  # [B, D]
+        return vectors.float().cpu()
+
+    @torch.no_grad()
+    def encode_users(
+        self,
+        history_vectors: torch.Tensor,  # [B, L, D] item vectors, most recent last
+        history_mask: torch.Tensor,  # [B, L] bool
+        features: pl.DataFrame | None = None,  # B rows of user feature columns (or None)
+    ) -> torch.Tensor:
+        """Unit user vectors [B, D] float32 on CPU."""
+        B = history_vectors.shape[0]
+        categorical, numeric = self.user_features.encode(features, B)
+        with self._autocast():
+            vectors = self.model(
+                "users",
+                history=history_vectors.to(self.device, torch.float32),
+                history_mask=history_mask.to(self.device).bool(),
+                user_categorical=categorical.to(self.device),
+                user_numeric=numeric.to(self.device),
+            )  # [B, D]
+        return vectors.float().cpu()
+
+
+def load_artifact(path: str | Path, device: str = "cpu", precision: Precision = "fp32") -> Artifact:
+    """Load a published artifact (verifies its manifest first)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path)
+    verify_manifest(path, checksums=False)
+    card = json.loads((path / CARD_FILE).read_text())
+    if card.get("format") != ARTIFACT_FORMAT:
+        raise IntegrityError(f"{path}: model artifact format {card.get('format')} is not {ARTIFACT_FORMAT}")
+    encoder = AutoModel.from_pretrained(path / ENCODER_DIR, trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, trust_remote_code=False, local_files_only=True)
+    model = TwoTower(encoder, TwoTowerConfig(**card["model"]))
+    towers = torch.load(path / TOWERS_FILE, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(towers, strict=False)
+    missing = [k for k in missing if not k.startswith(_ENCODER_PREFIX)]
+    if missing or unexpected:
+        raise IntegrityError(f"{path}/{TOWERS_FILE}: missing {missing[:3]} unexpected {unexpected[:3]}")
+    vocab = pq.read_table(path / VOCAB_FILE).column("item_id").to_pylist()
+    torch_device = torch.device(device)
+    model.to(torch_device).eval()
+    return Artifact(
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        card=card,
+        item_index={item_id: row + 1 for row, item_id in enumerate(vocab)},
+        user_features=UserFeatureSpec(**card["user_features"]),
+        device=torch_device,
+        precision=precision,
+    )
+
+
+def init_artifact(cfg: "Config", encoder: str, snapshot: "Snapshot | None", out_dir: str | Path) -> Path:
+    """A freshly initialised (untrained) artifact in ``out_dir/<model_version>``; returns its path.
+
+    For tests of later stages and for a first nightly run without training:
+    warm ids (items with a train interaction) and user features come from
+    `snapshot` when given. The id vectors start at zero, so the model is text-only.
+    """
+    from recbatch.model.two_tower import build_two_tower
+
+    item_ids, users, id_type, snapshot_hash = [], None, "int", None
+    if snapshot is not None:
+        id_type, snapshot_hash = snapshot.id_type, snapshot.hash
+        if cfg.model.use_item_id_embedding:
+            item_ids = warm_item_ids(snapshot)
+        users = snapshot.users().collect()
+    torch.manual_seed(cfg.train.seed)
+    spec = UserFeatureSpec.from_users(users)
+    model, tokenizer = build_two_tower(encoder, tower_config(cfg.model, spec, len(item_ids)))
+    return save_artifact(
+        model,
+        tokenizer,
+        out_dir,
+        item_ids=item_ids,
+        user_features=spec,
+        max_text_tokens=cfg.model.max_text_tokens,
+        id_type=id_type,
+        snapshot_hash=snapshot_hash,
+        extra_card={"config": cfg.to_dict(), "trained": False},
+    )
+
+
+def warm_item_ids(snapshot: "Snapshot") -> list:
+    """Items with at least one train interaction, sorted: the rows of the id embedding."""
+    return snapshot.split("train").select("item_id").unique().sort("item_id").collect()["item_id"].to_list()
+
+
+def tower_config(model_cfg: "ModelConfig", spec: UserFeatureSpec, num_item_ids: int) -> TwoTowerConfig:
+    """The model shape from the ``model`` config section and the snapshot's features."""
+    return TwoTowerConfig(
+        embedding_dim=model_cfg.embedding_dim,
+        num_item_ids=num_item_ids if model_cfg.use_item_id_embedding else 0,
+        history_length=model_cfg.history_length,
+        user_layers=model_cfg.user_layers,
+        user_heads=model_cfg.user_heads,
+        user_categorical=list(spec.categorical),
+        user_numeric=list(spec.numeric),
+        user_buckets=spec.buckets,
+    )

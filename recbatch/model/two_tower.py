@@ -1,0 +1,169 @@
+"""The two-tower model in one file: item tower, user tower, and the pair.
+
+    item text ──BERT──mean-pool──proj──(+ id vector if warm)──L2──▶ item vector [D]
+    history item vectors + recency ──┐
+    user features ──▶ [USER] token ──┴─transformer──[USER] out──proj──L2──▶ user vector [D]
+    score(user, item) = <user, item>   (cosine, both sides are unit length)
+
+Why the user tower reads *item vectors* rather than text: a user's history is
+tens of items, and running BERT with gradients over every history item of every
+example would multiply the cost of a step by the history length. Instead the
+trainer refreshes a per-epoch cache of the encoder's pooled outputs for the
+whole catalog (no grad, one cheap pass) and builds history vectors from it
+through the *current* projection and id embedding (which do get gradients).
+Only the in-batch candidates run BERT with gradients. At inference the
+embedding stage feeds the user tower the item embeddings it already computed,
+so users never need a BERT pass at all.
+
+Why a hybrid id embedding: text alone cannot tell two similar-sounding items
+apart once interaction data says they differ. Warm items (seen in training)
+get a learned offset; cold items get index 0, a zero vector, i.e. text only.
+It is initialised to zero, so an untrained model is purely text-based.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbatch.config import ConfigError
+
+
+@dataclass
+class TwoTowerConfig:
+    embedding_dim: int = 64  # D: the shared space of user and item vectors
+    encoder_hidden: int = 384  # H: the HF encoder's hidden size (set from its config)
+    num_item_ids: int = 0  # warm items with a learned id vector; 0 = text only
+    history_length: int = 20  # L: most recent interactions the user tower reads
+    user_layers: int = 2
+    user_heads: int = 4
+    user_categorical: list[str] = field(default_factory=list)
+    user_numeric: list[str] = field(default_factory=list)
+    user_buckets: int = 1024  # hash buckets per categorical user feature
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim % self.user_heads:
+            raise ConfigError(
+                f"model.embedding_dim = {self.embedding_dim} must be divisible by model.user_heads = {self.user_heads}"
+            )
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token states that are not padding: [B, T, H], [B, T] -> [B, H]."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, encoder: nn.Module, cfg: TwoTowerConfig):
+        super().__init__()
+        self.encoder = encoder  # a HF AutoModel (BERT-like)
+        self.projection = nn.Linear(cfg.encoder_hidden, cfg.embedding_dim)
+        # Row 0 is the "cold / unknown" row: always zero, never trained.
+        self.id_embedding = nn.Embedding(cfg.num_item_ids + 1, cfg.embedding_dim, padding_idx=0)
+        nn.init.zeros_(self.id_embedding.weight)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's mean-pooled text representation: [B, T] -> [B, H]."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+        return mean_pool(hidden, attention_mask)
+
+    def from_pooled(self, pooled: torch.Tensor, id_index: torch.Tensor) -> torch.Tensor:
+        """Project pooled text and add the id vector: [B, H], [B] -> unit vectors [B, D]."""
+        vec = self.projection(pooled.to(self.projection.weight.dtype)) + self.id_embedding(id_index)  # [B, D]
+        return F.normalize(vec.float(), dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, id_index: torch.Tensor) -> torch.Tensor:
+        return self.from_pooled(self.pooled(input_ids, attention_mask), id_index)
+
+
+class UserTower(nn.Module):
+    """A small BERT-style encoder over [USER] + history, read out at [USER].
+
+    The [USER] token carries the user's features (sum of hashed categorical
+    embeddings and a linear map of numerics), so features and history meet in
+    self-attention rather than being glued on at the end. It also means a user
+    with no history still gets a vector (from features alone).
+    """
+
+    def __init__(self, cfg: TwoTowerConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.user_token = nn.Parameter(torch.zeros(d))
+        # Recency 1 = most recent history item; 0 = the [USER] token.
+        self.recency = nn.Embedding(cfg.history_length + 1, d)
+        nn.init.normal_(self.recency.weight, std=0.02)
+        self.categorical = nn.ModuleList(nn.Embedding(cfg.user_buckets, d, padding_idx=0) for _ in cfg.user_categorical)
+        self.numeric = nn.Linear(len(cfg.user_numeric), d) if cfg.user_numeric else None
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.user_heads, dim_feedforward=4 * d, dropout=cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.layers = (
+            nn.TransformerEncoder(layer, cfg.user_layers, enable_nested_tensor=False) if cfg.user_layers else None
+        )
+        self.norm = nn.LayerNorm(d)
+        self.projection = nn.Linear(d, d)
+        self.history_length = cfg.history_length
+
+    def forward(
+        self,
+        history: torch.Tensor,  # [B, L, D] item vectors, oldest first, most recent last
+        history_mask: torch.Tensor,  # [B, L] bool, True = a real item
+        user_categorical: torch.Tensor,  # [B, C] int64 hash buckets (0 = null)
+        user_numeric: torch.Tensor,  # [B, F] float32, standardised
+    ) -> torch.Tensor:
+        B, L, D = history.shape
+        history = history[:, -self.history_length :]
+        history_mask = history_mask[:, -self.history_length :].bool()
+        # recency rank counted from the most recent *real* item, so left- or right-padding both work
+        recency = torch.flip(torch.cumsum(torch.flip(history_mask.long(), [1]), 1), [1]) * history_mask  # [B, L]
+        tokens = history.to(self.recency.weight.dtype) + self.recency(recency)  # [B, L, D]
+        user = self.user_token.expand(B, D)  # [B, D]
+        for j, emb in enumerate(self.categorical):
+            user = user + emb(user_categorical[:, j])
+        if self.numeric is not None:
+            user = user + self.numeric(user_numeric.to(self.numeric.weight.dtype))
+        seq = torch.cat([user.unsqueeze(1), tokens], dim=1)  # [B, 1+L, D]
+        keep = torch.cat([history_mask.new_ones(B, 1), history_mask], dim=1)  # [B, 1+L]
+        if self.layers is not None:
+            seq = self.layers(seq, src_key_padding_mask=~keep)  # [B, 1+L, D]
+        # read out at [USER], plus a masked mean of the history so L=0 layers still see it
+        hist = seq[:, 1:] * history_mask.unsqueeze(-1)
+        hist_mean = hist.sum(1) / history_mask.sum(1, keepdim=True).clamp(min=1)
+        out = self.projection(self.norm(seq[:, 0] + hist_mean))  # [B, D]
+        return F.normalize(out.float(), dim=-1)
+
+
+class TwoTower(nn.Module):
+    """Both towers. ``forward(kind, ...)`` dispatches, so a DeepSpeed engine
+    (which wraps one module and hooks its forward) can run either tower."""
+
+    def __init__(self, encoder: nn.Module, cfg: TwoTowerConfig):
+        super().__init__()
+        self.config = cfg
+        self.item_tower = ItemTower(encoder, cfg)
+        self.user_tower = UserTower(cfg)
+
+    def forward(self, kind: str, **inputs: torch.Tensor) -> torch.Tensor:
+        if kind == "items":  # input_ids, attention_mask, id_index -> [B, D]
+            return self.item_tower(**inputs)
+        if kind == "pooled":  # input_ids, attention_mask -> [B, H]
+            return self.item_tower.pooled(**inputs)
+        if kind == "items_from_pooled":  # pooled, id_index -> [B, D]
+            return self.item_tower.from_pooled(**inputs)
+        if kind == "users":  # history, history_mask, user_categorical, user_numeric -> [B, D]
+            return self.user_tower(**inputs)
+        raise ValueError(f"unknown forward kind {kind!r}")
+
+
+def build_two_tower(encoder_dir: str, cfg: TwoTowerConfig) -> tuple[TwoTower, object]:
+    """A freshly initialised model around the pretrained encoder, plus its tokenizer."""
+    from recbatch.model.encoder import load_encoder
+
+    encoder, tokenizer = load_encoder(encoder_dir)
+    cfg.encoder_hidden = int(encoder.config.hidden_size)
+    return TwoTower(encoder, cfg), tokenizer
