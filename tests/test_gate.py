@@ -1,0 +1,51 @@
+"""The publish gate both ways: a regression blocks, an improvement passes, --force records."""
+
+from __future__ import annotations
+
+import pytest
+
+from recbatch.config import EvalConfig
+from recbatch.errors import QualityGateError
+from recbatch.eval.gate import check_gate
+
+CFG = EvalConfig(gate_metric="ndcg@10", gate_tolerance=0.05)
+LAST = {"run_date": "2026-11-28", "metrics": {"ndcg@10": 0.20, "recall@10": 0.3}}
+
+
+def test_first_run_passes():
+    result = check_gate({"ndcg@10": 0.01}, None, CFG)
+    assert result.passed and result.publish and not result.forced
+    assert result.baseline_value is None
+
+
+def test_improvement_and_small_drop_pass():
+    better = check_gate({"ndcg@10": 0.25}, LAST, CFG)
+    assert better.passed and better.relative_change == pytest.approx(0.25)
+    within = check_gate({"ndcg@10": 0.191}, LAST, CFG)  # -4.5% with 5% allowed
+    assert within.passed and within.baseline_run == "2026-11-28"
+
+
+def test_regression_beyond_tolerance_blocks():
+    with pytest.raises(QualityGateError, match=r"ndcg@10 0\.1800 vs 0\.2000.*-10\.0%.*--force") as err:
+        check_gate({"ndcg@10": 0.18}, LAST, CFG)
+    assert err.value.exit_code == 4
+
+
+def test_force_publishes_a_regression_and_records_it():
+    result = check_gate({"ndcg@10": 0.18}, LAST, CFG, force=True)
+    assert result.publish and not result.passed and result.forced
+    manifest = result.to_manifest()
+    assert manifest["forced"] is True and manifest["passed"] is False
+    assert manifest["relative_change"] == pytest.approx(-0.1)
+
+
+def test_previous_run_without_the_metric_passes():
+    result = check_gate({"ndcg@10": 0.1}, {"run_date": "2026-11-27", "metrics": {}}, CFG)
+    assert result.passed and "recorded no" in result.reason
+
+
+def test_disabled_gate_passes_and_missing_metric_is_an_error():
+    off = EvalConfig(gate_metric="ndcg@10", gate_enabled=False)
+    assert check_gate({"ndcg@10": 0.0}, LAST, off).passed
+    with pytest.raises(QualityGateError, match="no metric 'ndcg@10'"):
+        check_gate({"recall@10": 0.5}, LAST, CFG)
