@@ -1,0 +1,1 @@
+"""Exact top-K scoring: the in-process kernel, the Ray Data stage and the output writer."""

@@ -1,0 +1,279 @@
+"""Exact top-K inner-product search, tile by tile, with threshold pruning.
+
+Why not ``torch.topk`` over a users x items score matrix: on CPU the selection
+costs more than the matrix product (5-7 ns per score against 0.7 ns for an
+in-cache sgemm at d=64), and the matrix does not fit in memory at 1M users.
+So scores are computed one cache-sized tile (``user_block`` x ``item_tile``)
+at a time and each user keeps a running top-K whose K-th score is a
+*threshold*: a later item can only enter the list if it beats it. After the
+first few tiles almost every score is below the threshold, so a tile costs a
+matrix product, one comparison and a short list of survivors. Survivors are
+collected over several tiles and merged into the running top-K only when
+enough have piled up, which keeps the expensive selection on small inputs.
+
+Determinism: ties are broken by item index, lower first. Callers that pass
+items sorted by id get ties broken by id. Filtered entries (seen items,
+unavailable items) never appear; a user with fewer than K eligible items gets
+a shorter list, padded with index -1 and score -inf.
+
+Memory is bounded by one tile plus the candidate buffer, independent of the
+number of users and items. The same code runs on CUDA (in fp16 when asked)
+where the tiles are simply larger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+PAD_INDEX = -1
+PAD_SCORE = float("-inf")
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """Scores are computed `user_block` users by `item_tile` items at a time.
+
+    The CPU defaults keep one float32 tile (4 MiB) in the L2/L3 caches, where
+    sgemm at d=64 runs ~3x faster than on a tile that spills to memory.
+    """
+
+    user_block: int = 1024
+    item_tile: int = 1024
+
+
+def topk(
+    user_emb: np.ndarray | torch.Tensor,
+    item_emb: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    exclude: sp.csr_matrix | None = None,
+    item_mask: np.ndarray | None = None,
+    user_block: int = 1024,
+    item_tile: int = 1024,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The K highest inner products of each user with the items, best first.
+
+    Args:
+        user_emb: [U, D] user vectors.
+        item_emb: [N, D] item vectors; row order is the tie-break order.
+        k: list length wanted.
+        exclude: [U, N] sparse; a stored entry (u, i) removes item i for user u
+            (items seen, per-user blocklist).
+        item_mask: [N] bool; False removes the item for every user
+            (unavailable, globally blocked).
+        user_block, item_tile: tile shape (see ``TileShape``).
+        device: "cpu" or a CUDA device.
+        precision: "fp32", or "fp16" (CUDA only: half-precision products,
+            selection in fp32).
+
+    Returns:
+        (indices [U, k] int64 into item_emb rows, padded with -1;
+         scores [U, k] float32, padded with -inf)
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    user_emb = _as_float32_numpy(user_emb)
+    item_emb = _as_float32_numpy(item_emb)
+    n_users, dim = user_emb.shape
+    n_items = item_emb.shape[0]
+    if item_emb.shape[1] != dim:
+        raise ValueError(f"user dim {dim} != item dim {item_emb.shape[1]}")
+    if exclude is not None and exclude.shape != (n_users, n_items):
+        raise ValueError(f"exclude has shape {exclude.shape}, expected {(n_users, n_items)}")
+
+    # Globally removed items are dropped from the matrix itself: cheaper than masking.
+    kept = np.arange(n_items) if item_mask is None else np.flatnonzero(item_mask)
+    if item_mask is not None:
+        item_emb = item_emb[kept]
+        if exclude is not None:
+            exclude = exclude[:, kept]
+    exclude = None if exclude is None else sp.csr_matrix(exclude)
+
+    device = torch.device(device)
+    dtype = _dtype_for(precision, device)
+    items = torch.from_numpy(item_emb).to(device=device, dtype=dtype)  # [N', D]
+    out_idx = np.full((n_users, k), PAD_INDEX, dtype=np.int64)
+    out_val = np.full((n_users, k), PAD_SCORE, dtype=np.float32)
+    if items.shape[0] == 0:
+        return out_idx, out_val
+
+    scorer = _BlockScorer(items, k, item_tile, device, dtype)
+    for start in range(0, n_users, user_block):
+        stop = min(start + user_block, n_users)
+        users = torch.from_numpy(user_emb[start:stop]).to(device=device, dtype=dtype)  # [B, D]
+        seen = None if exclude is None else exclude[start:stop]
+        idx, val = scorer.score(users, seen)  # [B, k] each, on device
+        idx_np = idx.cpu().numpy()
+        hit = idx_np >= 0
+        out_idx[start:stop] = np.where(hit, kept[np.maximum(idx_np, 0)], PAD_INDEX)
+        out_val[start:stop] = val.float().cpu().numpy()
+    return out_idx, out_val
+
+
+class _BlockScorer:
+    """Running top-K of one user block over all item tiles (state lives per call)."""
+
+    def __init__(self, items: torch.Tensor, k: int, item_tile: int, device, dtype) -> None:
+        self.items = items  # [N, D]
+        self.k = k
+        self.item_tile = item_tile
+        self.device = device
+        self.dtype = dtype
+
+    def score(self, users: torch.Tensor, seen: sp.csr_matrix | None) -> tuple[torch.Tensor, torch.Tensor]:
+        k, tile, dev = self.k, self.item_tile, self.device
+        n_items = self.items.shape[0]
+        n_block = users.shape[0]
+        seen_rows, seen_cols = _block_exclusions(seen, dev)
+        # Columns of the running state hold items in ascending index order among ties.
+        best_val = torch.full((n_block, k), PAD_SCORE, device=dev)  # [B, k] float32
+        best_idx = torch.full((n_block, k), PAD_INDEX, dtype=torch.int64, device=dev)  # [B, k]
+        pending = _Candidates(n_block, dev)
+        budget = max(2 * n_block * k, n_block * min(tile, n_items))
+        tile_buf = torch.empty((n_block, min(tile, n_items)), device=dev, dtype=self.dtype)
+        mask_buf = torch.empty(tile_buf.shape, device=dev, dtype=torch.bool)
+
+        for t0 in range(0, n_items, tile):
+            t1 = min(t0 + tile, n_items)
+            scores = tile_buf[:, : t1 - t0]
+            torch.mm(users, self.items[t0:t1].T, out=scores)  # [B, T]
+            if seen_cols is not None:
+                lo, hi = torch.searchsorted(seen_cols, torch.tensor([t0, t1], device=dev)).tolist()
+                if hi > lo:
+                    scores[seen_rows[lo:hi], seen_cols[lo:hi] - t0] = PAD_SCORE
+            threshold = best_val[:, k - 1 :].to(self.dtype)  # [B, 1]: the K-th best so far
+            survivors = torch.gt(scores, threshold, out=mask_buf[:, : t1 - t0])
+            rows, cols = survivors.nonzero().unbind(1)  # row-major: ascending item per row
+            if rows.numel():
+                pending.add(rows, cols + t0, scores[rows, cols].float())
+            if pending.size >= budget:
+                best_val, best_idx = pending.merge_into(best_val, best_idx, k)
+        if pending.size:
+            best_val, best_idx = pending.merge_into(best_val, best_idx, k)
+        return _order_by_score_then_index(best_idx, best_val)
+
+
+class _Candidates:
+    """Survivors of the threshold test, laid out per user in ascending item order."""
+
+    def __init__(self, n_rows: int, device) -> None:
+        self.n_rows = n_rows
+        self.device = device
+        self.per_row = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+        self.size = 0
+
+    def add(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor) -> None:
+        """`rows` must be sorted (as ``nonzero`` returns them) and items ascending within a row."""
+        counts = torch.bincount(rows, minlength=self.n_rows)  # [B]
+        row_start = torch.cumsum(counts, 0) - counts  # first entry of each row in this batch
+        rank = torch.arange(rows.numel(), device=self.device) - row_start[rows]
+        slot = self.per_row[rows] + rank
+        self.parts.append((rows, slot, items, values))
+        self.per_row += counts
+        self.size += rows.numel()
+
+    def merge_into(
+        self, best_val: torch.Tensor, best_idx: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New running top-K from the old one plus every pending candidate."""
+        width = int(self.per_row.max())
+        cand_val = torch.full((self.n_rows, width), PAD_SCORE, device=self.device)
+        cand_idx = torch.full((self.n_rows, width), PAD_INDEX, dtype=torch.int64, device=self.device)
+        for rows, slot, items, values in self.parts:
+            cand_val[rows, slot] = values
+            cand_idx[rows, slot] = items
+        self.parts.clear()
+        self.per_row.zero_()
+        self.size = 0
+        vals = torch.cat([best_val, cand_val], dim=1)  # [B, k + width]
+        idx = torch.cat([best_idx, cand_idx], dim=1)
+        return select_topk(vals, idx, k)
+
+
+def select_topk(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top `k` columns of each row by score; among equal scores the lower item index wins.
+
+    ``torch.topk`` is fast but breaks ties arbitrarily, which only matters when
+    a tie straddles the K-th place; those (rare) rows are redone with a stable
+    sort on (score desc, index asc). Returns [B, k] values and indices, padded
+    with -inf / -1 when a row has fewer than `k` columns.
+    """
+    n_rows, width = vals.shape
+    if width < k:
+        vals = torch.cat([vals, vals.new_full((n_rows, k - width), PAD_SCORE)], dim=1)
+        idx = torch.cat([idx, idx.new_full((n_rows, k - width), PAD_INDEX)], dim=1)
+        width = k
+    take = min(k + 1, width)
+    top_val, pos = torch.topk(vals, take, dim=1, sorted=True)  # [B, take]
+    top_idx = torch.gather(idx, 1, pos)
+    if take > k:
+        kth, next_ = top_val[:, k - 1], top_val[:, k]
+        straddle = (kth == next_) & torch.isfinite(kth)
+        if bool(straddle.any()):
+            rows = straddle.nonzero().squeeze(1)
+            exact_idx, exact_val = _order_by_score_then_index(idx[rows], vals[rows])
+            top_val[rows, :k] = exact_val[:, :k]
+            top_idx[rows, :k] = exact_idx[:, :k]
+    return top_val[:, :k].contiguous(), top_idx[:, :k].contiguous()
+
+
+def _order_by_score_then_index(idx: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by score descending, then item index ascending; pads go last as -1."""
+    vals = vals.float()
+    # Padding (-inf) must not outrank real items on the index key.
+    sort_key = torch.where(idx < 0, torch.iinfo(torch.int64).max, idx)
+    by_index = torch.argsort(sort_key, dim=1, stable=True)
+    vals, idx = torch.gather(vals, 1, by_index), torch.gather(idx, 1, by_index)
+    by_score = torch.argsort(vals, dim=1, descending=True, stable=True)
+    vals, idx = torch.gather(vals, 1, by_score), torch.gather(idx, 1, by_score)
+    idx = torch.where(torch.isneginf(vals), PAD_INDEX, idx)
+    return idx, vals
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-K lists (global item indices) into one top-K per user.
+
+    Used by item-sharded scoring: each shard returns its own [U, k] lists;
+    the union holds the global top-K, so one exact selection finishes the job.
+    """
+    idx = torch.from_numpy(np.concatenate([p[0] for p in parts], axis=1))
+    vals = torch.from_numpy(np.concatenate([p[1] for p in parts], axis=1).astype(np.float32))
+    idx, vals = _order_by_score_then_index(idx, vals)
+    return idx[:, :k].numpy(), vals[:, :k].numpy()
+
+
+def _block_exclusions(seen: sp.csr_matrix | None, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(rows, cols) of a block's excluded entries, sorted by column so tiles slice them."""
+    if seen is None or seen.nnz == 0:
+        return None, None
+    coo = seen.tocoo()
+    order = np.argsort(coo.col, kind="stable")
+    rows = torch.from_numpy(coo.row[order].astype(np.int64)).to(device)
+    cols = torch.from_numpy(coo.col[order].astype(np.int64)).to(device)
+    return rows, cols
+
+
+def _dtype_for(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 scoring is for CUDA; CPU half-precision matmuls are 10x slower")
+        return torch.float16
+    raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+
+
+def _as_float32_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {x.shape}")
+    return x
