@@ -115,6 +115,11 @@ class TrainConfig:
     validate_k: int = 10
     cadence: Literal["always", "weekly", "never"] = "weekly"  # nightly: when to retrain
     seed: int = 0
+    validate_users: int = 2000  # validation-split users ranked in full during training
+    log_every_steps: int = 10  # loss-curve resolution (optimizer steps)
+    # DeepSpeed's JIT-built ops (shm comm, cpu adam) are cached here across runs (the workers' TORCH_EXTENSIONS_DIR).
+    extensions_dir: str = "~/.cache/recbatch/torch_extensions"
+    fail_at_step: int | None = None  # FOR TESTS ONLY: one worker dies once at this step (fault injection)
 
 
 @dataclass
@@ -246,6 +251,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.keep_checkpoints": (1, None),
     "train.max_failures": (-1, None),
     "train.validate_k": (1, None),
+    "train.validate_users": (1, None),
+    "train.log_every_steps": (1, None),
+    "train.fail_at_step": (1, None),
     "embed.batch_size": (1, None),
     "embed.num_actors": (1, None),
     "embed.cpus_per_actor": (0, None),
