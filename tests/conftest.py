@@ -111,3 +111,83 @@ def demo_source(tmp_path):
         return cfg.ingest.source
 
     return make
+
+
+# --------------------------------------------------------------------------- Redis (serving tests)
+
+
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1 with its own data dir; `url` includes any password."""
+
+    def __init__(self, data_dir: Path, password: str | None = None) -> None:
+        import shutil
+        import socket
+        import subprocess
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
+        with socket.socket() as s:  # a free port, released just before the server takes it
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        if password:
+            args += ["--requirepass", password]
+        self._log = open(data_dir / "redis.log", "wb")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_for_ping(data_dir)
+
+    def _wait_for_ping(self, data_dir: Path) -> None:
+        import time
+
+        import redis
+
+        for _ in range(200):  # up to ~10 s
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited: {(data_dir / 'redis.log').read_text()[-2000:]}")
+            try:
+                with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
+                    if client.ping():
+                        return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"redis-server on port {self.port} did not answer PING")
+
+    def client(self, **kwargs):
+        import redis
+
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A fresh, empty Redis for one test (no persistence); stopped afterwards."""
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    server = RedisServer(data_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def redis_server_auth(tmp_path):
+    """Like `redis_server`, but requiring a password (``--requirepass``)."""
+    data_dir = tmp_path / "redis-auth"
+    data_dir.mkdir()
+    server = RedisServer(data_dir, password="s3cret-Pa55word")
+    yield server
+    server.stop()

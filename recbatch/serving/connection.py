@@ -1,0 +1,99 @@
+"""Reaching Redis: where the URL comes from, and errors that never leak it.
+
+The URL may carry a password (``redis://:secret@host``) and TLS (``rediss://``),
+so it is treated as a secret: it comes from config or from the environment
+variable that config names (the one place recbatch reads the environment, and
+only because config asked), and every message shows it masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis
+
+from recbatch.config import ServingConfig
+from recbatch.errors import ServingStoreError, UsageError
+
+MASK = "***"
+
+
+def resolve_redis_url(cfg: ServingConfig, override: str | None = None) -> str:
+    """The Redis URL: an explicit override, else ``serving.redis_url``, else the named env var."""
+    if override:
+        return override
+    if cfg.redis_url:
+        return cfg.redis_url
+    if cfg.redis_url_env:
+        url = os.environ.get(cfg.redis_url_env)
+        if not url:
+            raise UsageError(
+                f"serving.redis_url_env names the environment variable '{cfg.redis_url_env}', "
+                "which is not set"
+            )
+        return url
+    raise UsageError("no Redis URL: set serving.redis_url or serving.redis_url_env, or pass --redis-url")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (user name and host kept)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove the URL's password (raw or percent-decoded) from any text."""
+    password = urlsplit(url).password
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, MASK)
+    return text.replace(url, mask_url(url))
+
+
+def describe(client: redis.Redis) -> str:
+    """``host:port/db`` of a client, for messages: built from its settings, so no secret."""
+    kw = client.connection_pool.connection_kwargs
+    scheme = "rediss" if client.connection_pool.connection_class.__name__.startswith("SSL") else "redis"
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+@contextmanager
+def store_errors(where: str, doing: str, url: str | None = None) -> Iterator[None]:
+    """Turn redis-py errors into ServingStoreError (exit code 6) with secrets scrubbed."""
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise ServingStoreError(
+            _clean(f"Redis at {where} refused the credentials while {doing}: {exc}", url)
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ServingStoreError(_clean(f"could not reach Redis at {where} while {doing}: {exc}", url)) from None
+    except redis.RedisError as exc:
+        raise ServingStoreError(_clean(f"Redis at {where} failed while {doing}: {exc}", url)) from None
+
+
+def _clean(message: str, url: str | None) -> str:
+    return scrub(message, url) if url else message
+
+
+def connect(cfg: ServingConfig, url: str | None = None) -> redis.Redis:
+    """A client for the configured Redis, checked with PING (auth and TLS happen here)."""
+    url = resolve_redis_url(cfg, url)
+    where = mask_url(url)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=60)
+    except ValueError as exc:
+        raise UsageError(scrub(f"bad Redis URL {where}: {exc}", url)) from None
+    with store_errors(where, "connecting", url):
+        client.ping()
+    return client

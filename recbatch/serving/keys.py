@@ -1,0 +1,67 @@
+"""The Redis key layout, spelled in exactly one place.
+
+Everything lives under ``serving.key_prefix`` (``P`` below). A load writes a
+whole new *version* namespace and then flips one pointer, so readers resolve
+the pointer first and never see a half-written run:
+
+    P:current                  string  the live version id
+    P:history                  list    activated versions, newest first (head = live)
+    P:versions                 zset    every version ever started (score = start ms),
+                                       including killed loads, so garbage collection finds them
+    P:v:<version>:meta         hash    load metadata (run date, model version, counts, times, state)
+    P:v:<version>:u:<user_id>  string  one user's recommendations (see codec.py)
+
+``<user_id>`` is the decimal text of an integer id or the string id itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Key names for one prefix; readers in other languages follow docs/serving.md."""
+
+    prefix: str = "recbatch"
+
+    @property
+    def pointer(self) -> str:
+        return f"{self.prefix}:current"
+
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}:history"
+
+    @property
+    def registry(self) -> str:
+        return f"{self.prefix}:versions"
+
+    def version_root(self, version: str) -> str:
+        """``P:v:<version>:`` — every key of a version starts with this."""
+        return f"{self.prefix}:v:{version}:"
+
+    def meta(self, version: str) -> str:
+        return f"{self.version_root(version)}meta"
+
+    def user(self, version: str, user_id: int | str) -> str:
+        return f"{self.version_root(version)}u:{user_id}"
+
+    @property
+    def all_versions_pattern(self) -> str:
+        """SCAN pattern matching the keys of every version (for garbage collection)."""
+        return f"{_glob_escape(self.prefix)}:v:*"
+
+    def version_of_key(self, key: bytes | str) -> str | None:
+        """The version a ``P:v:<version>:...`` key belongs to, or None."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = f"{self.prefix}:v:"
+        if not text.startswith(head):
+            return None
+        version, sep, _ = text[len(head) :].partition(":")
+        return version if sep else None
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob metacharacters so a prefix like ``a*b`` matches literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
