@@ -62,3 +62,41 @@ def write_run(folder: Path, lists: dict[Any, list[Any]], id_type: str = "int") -
     pq.write_table(table, folder / "part-00000.parquet")
     write_manifest(folder, {"model_version": "hand", "id_type": id_type, "users": len(users)})
     return folder
+
+
+TOPIC_WORDS = ["space rocket alien", "love wedding romance", "murder detective crime", "dragon magic quest"]
+
+
+def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: int = 0) -> Path:
+    """Users prefer one topic; item titles name their topic; popularity is global and skewed.
+
+    Per user, in random time order: 12 train, 2 validation, 2 test interactions
+    drawn by popularity x topic affinity, then 1 test interaction with a cold
+    item of the user's topic (cold: it has no train row), which only a
+    text-aware model can find.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    topics = len(TOPIC_WORDS)
+    topic_of = np.arange(items) % topics
+    is_cold = np.zeros(items, dtype=bool)
+    for t in range(topics):
+        is_cold[np.flatnonzero(topic_of == t)[-2:]] = True
+    popularity = 1.0 / (1 + rng.permutation(items)) ** 0.7
+    rows = []
+    for u in range(users):
+        t = u % topics
+        weights = popularity * np.where(topic_of == t, 6.0, 1.0) * ~is_cold
+        picked = rng.choice(items, size=16, replace=False, p=weights / weights.sum())
+        rng.shuffle(picked)
+        cold_pick = int(rng.choice(np.flatnonzero(is_cold & (topic_of == t))))
+        rows += [(u, int(i), "train") for i in picked[:12]]
+        rows += [(u, int(i), "validation") for i in picked[12:14]]
+        rows += [(u, int(i), "test") for i in picked[14:]] + [(u, cold_pick, "test")]
+    item_rows = [
+        {"item_id": i, "title": f"{TOPIC_WORDS[topic_of[i]]} {i}", "genres": f"g{topic_of[i]}",
+         "is_cold": bool(is_cold[i]), "available": True}
+        for i in range(items)
+    ]
+    return write_snapshot(folder, rows, item_rows)

@@ -1,0 +1,363 @@
+"""Reference recommenders the two-tower model must beat, behind the same output contract.
+
+A model's offline numbers mean little alone: the question is whether it beats
+what a simple method gets on the same split. So every baseline here
+
+- trains on the snapshot's training rows only (never the test split),
+- picks its hyper-parameters from a small grid by ``eval.gate_metric`` on the
+  ``validation`` carve-out (fit on ``train``, rank for validation users),
+  then refits on ``train`` + ``validation`` -- everything before the test rows,
+  exactly the history the two-tower scores from,
+- filters each user's seen items and unavailable items, breaks ties by item
+  id, and writes its lists with ``score.writer.write_recommendations``,
+
+so the evaluation reads baselines and the two-tower through one code path.
+
+The baselines: ``most_popular``; ``item_knn`` (cosine item-item neighbours on
+the binary user-item matrix, ``implicit``); ``als`` and ``bpr`` (``implicit``,
+CPU); ``content`` (TF-IDF of the rendered item text reduced by a truncated SVD
+(LSA), user = mean of the history's item vectors); and ``random``, the floor.
+Collaborative baselines can only rank items with a training interaction, so
+cold items are masked for them; ``content`` and ``random`` rank every item.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+from threadpoolctl import threadpool_limits
+
+from recbatch.config import Config
+from recbatch.errors import UsageError
+from recbatch.eval.metrics import evaluate
+from recbatch.score.kernel import PAD_INDEX, select_topk, topk
+from recbatch.score.writer import write_recommendations
+
+log = logging.getLogger(__name__)
+
+IMPLICIT_THREADS = 1  # the dev machine is shared; the fits take seconds on MovieLens-small
+USER_BLOCK = 2048  # users ranked per block (bounds the dense score block of item_knn)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """The binary user-item matrix a baseline fits on, with the ids to map back."""
+
+    matrix: sp.csr_matrix  # [U, N] float32, 1 where the user interacted with the item
+    user_ids: pl.Series  # row -> user id
+    item_ids: pl.Series  # column -> item id: the whole catalog, sorted (ties break by id)
+    available: np.ndarray  # [N] bool: may be recommended at all
+    item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
+
+    @property
+    def warm(self) -> np.ndarray:
+        """[N] bool: items with at least one interaction in the matrix."""
+        return np.asarray(self.matrix.getnnz(axis=0) > 0)
+
+
+def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
+    """The matrix of `splits` rows over the snapshot's whole catalog."""
+    from recbatch.model.features import render_item_text
+
+    items = snapshot.items().sort("item_id").collect()
+    catalog = items.select("item_id").with_row_index("col")
+    rows = (
+        snapshot.split()
+        .filter(pl.col("split").is_in(splits))
+        .select("user_id", "item_id")
+        .unique()
+        .collect()
+        .join(catalog, on="item_id", how="inner")
+    )
+    users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
+    rows = rows.join(users, on="user_id")
+    matrix = sp.csr_matrix(
+        (np.ones(rows.height, dtype=np.float32), (rows["row"].to_numpy(), rows["col"].to_numpy())),
+        shape=(users.height, items.height),
+    )
+    available = (
+        items["available"].fill_null(True).to_numpy()
+        if "available" in items.columns
+        else np.ones(items.height, dtype=bool)
+    )
+    return TrainingData(
+        matrix=matrix,
+        user_ids=users["user_id"],
+        item_ids=items["item_id"],
+        available=np.asarray(available, dtype=bool),
+        item_text=render_item_text(items).to_list(),
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Baseline:
+    """Fit on a TrainingData, then rank items for some of its users.
+
+    Most baselines are inner products of user and item vectors, ranked by the
+    scoring stage's exact top-K kernel; they implement `vectors`. Others
+    override `rank`.
+    """
+
+    name: ClassVar[str]
+    grid: ClassVar[list[dict[str, Any]]] = [{}]
+    collaborative: ClassVar[bool] = True  # masks items without a training interaction
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        self.seed = seed
+        self.params = params
+        self._user_vectors: np.ndarray | None = None  # [U, D]
+        self._item_vectors: np.ndarray | None = None  # [N, D]
+
+    def fit(self, data: TrainingData) -> None:
+        self._user_vectors, self._item_vectors = self.vectors(data)
+
+    def vectors(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def item_mask(self, data: TrainingData) -> np.ndarray:
+        return data.available & data.warm if self.collaborative else data.available
+
+    def rank(self, data: TrainingData, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` item columns for matrix `rows`: ([B, k] -1 padded, [B, k] scores)."""
+        assert self._user_vectors is not None and self._item_vectors is not None, "fit first"
+        return topk(
+            self._user_vectors[rows],
+            self._item_vectors,
+            k,
+            exclude=data.matrix[rows],
+            item_mask=self.item_mask(data),
+        )
+
+
+class Random(Baseline):
+    """Uniformly random order: the floor every model must clear."""
+
+    name = "random"
+    collaborative = False
+
+    def vectors(self, data):
+        rng = np.random.default_rng(self.seed)
+        users, items = data.matrix.shape
+        return rng.standard_normal((users, 16)), rng.standard_normal((items, 16))
+
+
+class MostPopular(Baseline):
+    """Every user gets the items with the most training interactions."""
+
+    name = "most_popular"
+
+    def vectors(self, data):
+        popularity = np.asarray(data.matrix.sum(axis=0)).reshape(-1, 1)  # [N, 1]
+        return np.ones((data.matrix.shape[0], 1)), popularity
+
+
+class ALS(Baseline):
+    """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008), ``implicit`` CPU."""
+
+    name = "als"
+    grid = [
+        {"factors": f, "regularization": r, "alpha": a}
+        for f, r, a in itertools.product((16, 64), (0.05,), (2.0, 10.0))
+    ]
+
+    def vectors(self, data):
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads thrash
+            model = AlternatingLeastSquares(
+                **self.params, iterations=15, random_state=self.seed, num_threads=IMPLICIT_THREADS
+            )
+            model.fit(data.matrix, show_progress=False)
+        return model.user_factors, model.item_factors
+
+
+class BPR(Baseline):
+    """Bayesian personalised ranking (Rendle et al. 2009), ``implicit`` CPU."""
+
+    name = "bpr"
+    grid = [
+        {"factors": f, "learning_rate": lr, "regularization": 0.01}
+        for f, lr in itertools.product((32, 64), (0.01, 0.05))
+    ]
+
+    def vectors(self, data):
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        model = BayesianPersonalizedRanking(
+            **self.params, iterations=100, random_state=self.seed, num_threads=IMPLICIT_THREADS
+        )
+        model.fit(data.matrix, show_progress=False)
+        return model.user_factors, model.item_factors  # bias folded in as an extra factor
+
+
+class ItemKNN(Baseline):
+    """Score = sum of cosine similarities to the user's items, `neighbors` kept per item."""
+
+    name = "item_knn"
+    grid = [{"neighbors": n} for n in (20, 100, 400)]
+
+    def fit(self, data: TrainingData) -> None:
+        from implicit.nearest_neighbours import CosineRecommender
+        from implicit.utils import ParameterWarning
+
+        model = CosineRecommender(K=self.params["neighbors"], num_threads=IMPLICIT_THREADS)
+        with warnings.catch_warnings():  # implicit warns about a COO matrix it builds itself
+            warnings.simplefilter("ignore", category=ParameterWarning)
+            model.fit(data.matrix, show_progress=False)
+        self._similarity = model.similarity.tocsr()  # [N, N] sparse
+
+    def rank(self, data, rows, k):
+        # implicit's own recommend() leaks filtered items back with score 0 when
+        # given a candidate list, so selection is done here with the kernel's rule.
+        history = data.matrix[rows]  # [B, N]
+        scores = torch.from_numpy((history @ self._similarity).toarray().astype(np.float32))  # [B, N]
+        seen = history.tocoo()
+        scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = float("-inf")
+        scores[:, torch.from_numpy(~self.item_mask(data))] = float("-inf")
+        index = torch.arange(scores.shape[1]).expand_as(scores)  # [B, N]
+        values, idx = select_topk(scores, index, k)
+        idx = torch.where(torch.isneginf(values), PAD_INDEX, idx)
+        return idx.numpy(), values.numpy()
+
+
+class Content(Baseline):
+    """Text only: LSA vectors of the item text; a user is the mean of their items' vectors."""
+
+    name = "content"
+    collaborative = False
+    grid = [{"dims": d} for d in (64, 256)]
+
+    def vectors(self, data):
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.preprocessing import normalize
+
+        tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1).fit_transform(
+            data.item_text
+        )  # [N, V] sparse
+        dims = max(1, min(self.params["dims"], tfidf.shape[1] - 1, tfidf.shape[0] - 1))
+        items = TruncatedSVD(dims, random_state=self.seed).fit_transform(tfidf)  # [N, dims]
+        items = normalize(items).astype(np.float32)
+        history = normalize(data.matrix, norm="l1")  # [U, N]: rows average the history
+        return np.asarray(history @ items), items
+
+
+BASELINES: dict[str, type[Baseline]] = {
+    cls.name: cls for cls in (Random, MostPopular, ItemKNN, ALS, BPR, Content)
+}
+
+
+def baseline_class(name: str) -> type[Baseline]:
+    if name not in BASELINES:
+        raise UsageError(f"unknown baseline '{name}': choose from {', '.join(BASELINES)}")
+    return BASELINES[name]
+
+
+# --------------------------------------------------------------------------- lists
+
+
+def recommendation_tables(
+    model: Baseline, data: TrainingData, rows: np.ndarray, k: int, model_version: str
+) -> Iterator[pa.Table]:
+    """The model's lists for matrix `rows`, one Arrow table per block of users."""
+    for start in range(0, len(rows), USER_BLOCK):
+        block = rows[start : start + USER_BLOCK]
+        idx, scores = model.rank(data, block, k)  # [B, k] each, -1 padded
+        valid = idx >= 0
+        offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+        item_ids = data.item_ids.to_arrow().take(pa.array(idx[valid]))
+        yield pa.table(
+            {
+                "user_id": data.user_ids.to_arrow().take(pa.array(block)),
+                "item_ids": pa.ListArray.from_arrays(offsets, item_ids),
+                "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
+                "model_version": pa.array([model_version] * len(block)),
+            }
+        )
+
+
+def _cutoff(metric: str) -> int:
+    """'ndcg@10' -> 10."""
+    try:
+        return int(metric.split("@", 1)[1])
+    except (IndexError, ValueError):
+        raise UsageError(f"eval.gate_metric must look like 'ndcg@10', got {metric!r}") from None
+
+
+def tune(name: str, snapshot: Any, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Pick the grid point with the best ``eval.gate_metric`` on the validation split.
+
+    Returns (best params, one record per grid point with its validation value).
+    """
+    cls = baseline_class(name)
+    metric = cfg.eval.gate_metric
+    validation = snapshot.split("validation")
+    if len(cls.grid) == 1 or validation.select(pl.len()).collect().item() == 0:
+        return cls.grid[0], []
+    data = training_data(snapshot, ["train"])
+    val_users = validation.select("user_id").unique().collect()
+    rows = (
+        pl.DataFrame({"user_id": data.user_ids}).with_row_index("row")
+        .join(val_users, on="user_id", how="semi")["row"].to_numpy()
+    )
+    k = _cutoff(metric)
+    trials = []
+    for params in cls.grid:
+        model = cls(seed=cfg.train.seed, **params)
+        model.fit(data)
+        recs = pl.from_arrow(pa.concat_tables(recommendation_tables(model, data, rows, k, name)))
+        result = evaluate(
+            recs.lazy(), validation, snapshot.split("train"), snapshot.items(),
+            ks=[k], name=name, source=f"{name} validation lists", max_k=k,
+        )
+        trials.append({"params": params, metric: result.metrics()[metric]})
+        log.info("%s %s: validation %s = %.4f", name, params, metric, trials[-1][metric])
+    best = max(trials, key=lambda t: t[metric])
+    return best["params"], trials
+
+
+def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> dict[str, Any]:
+    """Tune on validation, refit on train + validation, write lists for every user; returns the manifest."""
+    started = time.perf_counter()
+    params, trials = tune(name, snapshot, cfg)
+    tuned = time.perf_counter()
+    data = training_data(snapshot, ["train", "validation"])
+    model = baseline_class(name)(seed=cfg.train.seed, **params)
+    model.fit(data)
+    model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+    rows = np.arange(data.matrix.shape[0])
+    fitted = time.perf_counter()
+    manifest = write_recommendations(
+        recommendation_tables(model, data, rows, cfg.score.k, model_version),
+        out_dir,
+        id_type=snapshot.id_type,
+        rows_per_file=cfg.score.rows_per_file,
+        manifest_fields={
+            "model_version": model_version,
+            "snapshot_hash": snapshot.hash,
+            "k": cfg.score.k,
+            "baseline": {"name": name, "params": params, "validation": trials},
+            "timings": {
+                "tune": round(tuned - started, 3),
+                "fit": round(fitted - tuned, 3),
+                "rank_and_write": round(time.perf_counter() - fitted, 3),
+            },
+        },
+    )
+    return manifest

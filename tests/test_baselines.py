@@ -1,0 +1,61 @@
+"""Every baseline, tuned on validation and written through the shared writer, beats random."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval_helpers import synthetic_snapshot
+from recbatch.config import Config
+from recbatch.data.snapshot import Snapshot
+from recbatch.eval.baselines import BASELINES, run_baseline, training_data, tune
+from recbatch.eval.metrics import evaluate_run
+from recbatch.storage import verify_manifest
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    return Snapshot.open(synthetic_snapshot(tmp_path_factory.mktemp("snap") / "synthetic"))
+
+
+@pytest.fixture(scope="module")
+def results(snapshot, tmp_path_factory):
+    cfg = Config().with_overrides({"score.k": 20, "eval.gate_metric": "ndcg@10"})
+    out = tmp_path_factory.mktemp("runs")
+    manifests, metrics = {}, {}
+    for name in BASELINES:
+        manifests[name] = run_baseline(name, snapshot, cfg, out / name)
+        metrics[name] = evaluate_run(out / name, snapshot, ks=[10, 20]).metrics()
+    return out, manifests, metrics
+
+
+def test_every_baseline_beats_random(results):
+    _, _, metrics = results
+    floor = metrics["random"]["ndcg@10"]
+    for name, m in metrics.items():
+        if name != "random":
+            assert m["ndcg@10"] > 1.5 * floor, (name, m["ndcg@10"], floor)
+
+
+def test_runs_follow_the_recommendations_contract(results, snapshot):
+    out, manifests, metrics = results
+    users = training_data(snapshot, ["train", "validation"]).matrix.shape[0]
+    for name, manifest in manifests.items():
+        assert verify_manifest(out / name)["users"] == users
+        assert manifest["k"] == 20 and manifest["snapshot_hash"] == snapshot.hash
+        assert metrics[name]["seen_share@20"] == 0.0, name  # seen items are filtered
+
+
+def test_only_text_aware_baselines_reach_cold_items(results):
+    _, _, metrics = results
+    for name in ("most_popular", "item_knn", "als", "bpr"):
+        assert metrics[name]["cold/recall@20"] == 0.0, name
+    assert metrics["content"]["cold/recall@20"] > 0.2
+
+
+def test_grid_is_searched_on_validation(results):
+    _, manifests, _ = results
+    trials = manifests["item_knn"]["baseline"]["validation"]
+    assert [t["params"] for t in trials] == BASELINES["item_knn"].grid
+    best = max(trials, key=lambda t: t["ndcg@10"])["params"]
+    assert manifests["item_knn"]["baseline"]["params"] == best
+    assert all(0.0 <= t["ndcg@10"] <= 1.0 for t in trials)
