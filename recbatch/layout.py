@@ -78,6 +78,10 @@ class RunLayout:
             return []
         return sorted(p for p in self.recommendations.glob("dt=*") if (p / SUCCESS).exists())
 
+    def baseline_run(self, snapshot_hash: str, name: str) -> Path:
+        """A baseline's recommendations for a snapshot (``recbatch evaluate --baselines``)."""
+        return self.root / "baselines" / snapshot_hash / name
+
     # reports and summaries ---------------------------------------------------
     def report(self, run_date: dt.date | str) -> Path:
         return self.root / "reports" / f"dt={_date_str(run_date)}"
