@@ -15,7 +15,7 @@ ground truth that only the text reveals:
   Features are correlated with taste (``country`` with the dominant topic,
   ``age_band`` weakly) plus a numeric ``activity`` that scales their volume.
 * Interactions: topic from the user's current taste, then an item of that
-  topic by popularity (10% exploration by global popularity), without repeats,
+  topic by popularity (5% exploration by global popularity), without repeats,
   at increasing timestamps.
 
 Memory is bounded at any size: users and interactions are generated and
@@ -75,9 +75,9 @@ AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # events span START .. START + SPAN_DAYS
 SPAN_DAYS = 540
 UNAVAILABLE_FRACTION = 0.03
-EXPLORATION = 0.10  # share of interactions drawn by global popularity, ignoring taste
-TASTE_CONCENTRATION = 0.3  # Dirichlet alpha: small -> each user likes few topics
-DRIFT = 0.4  # how much of the late taste is new
+EXPLORATION = 0.05  # share of interactions drawn by global popularity, ignoring taste
+TASTE_CONCENTRATION = 0.15  # Dirichlet alpha: small -> each user likes few topics
+DRIFT = 0.3  # how much of the late taste is new
 ZIPF_EXPONENT = 0.9
 ROWS_PER_CHUNK_TOPIC = 8_000_000  # bounds the (rows x topics) taste matrix of one chunk
 

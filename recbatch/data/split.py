@@ -68,7 +68,10 @@ def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataF
 def mark_cold_items(items: pl.DataFrame, split: pl.DataFrame) -> pl.DataFrame:
     """``is_cold``: the item has no interaction in the train split (only its text can place it)."""
     warm = split.filter(pl.col("split") == "train")["item_id"].unique()
-    return items.with_columns((~pl.col("item_id").is_in(warm.implode())).alias("is_cold"))
+    marked = items.drop("is_cold", strict=False).with_columns((~pl.col("item_id").is_in(warm.implode())).alias("is_cold"))
+    # beside the other flags, before free-form attribute columns
+    before = items.columns[: items.columns.index("available") + 1] if "available" in items.columns else items.columns
+    return marked.select(*before, "is_cold", *[c for c in items.columns if c not in before and c != "is_cold"])
 
 
 def split_counts(split: pl.DataFrame, items: pl.DataFrame) -> dict[str, int]:

@@ -269,13 +269,13 @@ def _unparsable(name: str, what: str) -> RowCheck:
 
 def _duplicate(name: str) -> RowCheck:
     return RowCheck(
-        name, f"duplicate {name}", f"repeat a {name} used by another row (all copies are bad)", pl.col(name).is_duplicated()
+        name, f"duplicate {name}", f"repeat a value another row also has (all copies are bad)", pl.col(name).is_duplicated()
     )
 
 
 def _unknown(name: str, known: pl.Series, table_path: Path) -> RowCheck:
     bad = pl.col(name).is_not_null() & ~pl.col(name).is_in(known.implode())
-    return RowCheck(name, f"unknown {name}", f"name a {name} that is not in {table_path}", bad)
+    return RowCheck(name, f"unknown {name}", f"refer to an unknown {name} (not in {table_path})", bad)
 
 
 def interaction_checks(now: dt.datetime) -> list[RowCheck]:
@@ -443,6 +443,15 @@ def validate_source(
         quarantine["items"] = bad_items
     if bad_interactions is not None:
         quarantine["interactions"] = bad_interactions
+
+    for table, kept in ((source.items, items), (source.interactions, interactions)):
+        if kept.height == 0:
+            reasons = quarantine[table.name]["reason"].value_counts(sort=True).iter_rows()
+            summary = ", ".join(f"{n} {reason}" for reason, n in reasons)
+            raise DataValidationError(
+                f"{table.path}: every one of the {table.frame.height} {table.name} rows is bad ({summary}), "
+                "so quarantine would leave nothing to publish; fix the source."
+            )
 
     canonical = [s.name for s in INTERACTION_COLUMNS if s.name in interactions.columns]
     ignored = {"interactions": [c for c in interactions.columns if c not in canonical]}

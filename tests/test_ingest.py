@@ -1,0 +1,149 @@
+"""Ingest of canonical sources: snapshot contents, manifest, content hash, idempotence, id types, mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recbatch.cli import main
+from recbatch.config import GenerateConfig, load_config
+from recbatch.data.generate import generate_demo
+from recbatch.data.ingest import ingest
+from recbatch.schemas import check_schema, interactions_schema, items_schema, split_schema, users_schema
+from recbatch.storage import SUCCESS, sha256_file, verify_manifest
+
+SMALL = dict(users=60, items=40, topics=4, interactions_per_user=12)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """The same small demo catalog with int ids and with string ids."""
+    out = {}
+    for id_type in ("int", "string"):
+        folder = tmp_path_factory.mktemp(f"gen_{id_type}")
+        generate_demo(GenerateConfig(**SMALL, id_type=id_type), folder)
+        out[id_type] = folder
+    return out
+
+
+def config(tmp_path: Path, source: Path, **overrides):
+    return load_config(None, {"root": str(tmp_path / "root"), "ingest.source": str(source), **overrides})
+
+
+@pytest.mark.parametrize("id_type", ["int", "string"])
+def test_snapshot_holds_validated_tables_with_the_callers_id_type(tmp_path, generated, id_type):
+    source = generated[id_type]
+    snapshot = ingest(config(tmp_path, source))
+
+    assert snapshot.id_type == id_type
+    for table, schema in (
+        ("interactions", interactions_schema(id_type)),
+        ("items", items_schema(id_type)),
+        ("users", users_schema(id_type)),
+        ("split", split_schema(id_type)),
+    ):
+        check_schema(_arrow_schema(snapshot.table_path(table)), schema, table)
+
+    raw = pl.read_parquet(source / "interactions.parquet")
+    inter = snapshot.interactions().collect()
+    assert inter.height == raw.height == snapshot.counts["interactions"]
+    assert inter.sort(["user_id", "ts", "item_id"]).equals(inter)  # sorted by (user_id, ts)
+    assert set(inter["item_id"].to_list()) == set(raw["item_id"].to_list())  # ids unchanged, type and value
+    items = snapshot.items().collect()
+    assert items.columns[:7] == ["item_id", "title", "genres", "tags", "description", "available", "is_cold"]
+    assert "year" in items.columns  # attributes pass through
+    assert snapshot.users().collect().columns == ["user_id", "country", "age_band", "activity"]
+
+
+def _arrow_schema(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path)
+
+
+def test_manifest_records_counts_sources_split_and_format(tmp_path, generated):
+    source = generated["int"]
+    snapshot = ingest(config(tmp_path, source, **{"split.leave_last_n": 3}))
+    manifest = verify_manifest(snapshot.path)
+
+    assert manifest["snapshot_hash"] == snapshot.path.name
+    assert manifest["format"] == "canonical"
+    assert manifest["split"]["leave_last_n"] == 3
+    assert manifest["sources"]["interactions.parquet"]["sha256"] == sha256_file(source / "interactions.parquet")
+    counts = manifest["counts"]
+    split = snapshot.split().collect()
+    assert counts["train"] + counts["validation"] + counts["test"] == counts["interactions"] == split.height
+    assert counts["test"] == split.filter(pl.col("split") == "test").height
+    assert counts["cold_items"] == snapshot.items().collect()["is_cold"].sum()
+    assert counts["unavailable_items"] == (~snapshot.items().collect()["available"]).sum()
+    assert set(manifest["files"]) == {"interactions.parquet", "items.parquet", "users.parquet", "split.parquet"}
+
+
+def test_reingest_is_a_noop_and_split_settings_change_the_hash(tmp_path, generated):
+    cfg = config(tmp_path, generated["int"])
+    first = ingest(cfg)
+    stamp = (first.path / SUCCESS).stat().st_mtime_ns
+    again = ingest(cfg)
+    assert again.path == first.path
+    assert (first.path / SUCCESS).stat().st_mtime_ns == stamp  # not rewritten
+
+    other = ingest(cfg.with_overrides({"split.leave_last_n": 2}))
+    assert other.hash != first.hash
+    assert sorted(p.name for p in first.path.parent.iterdir()) == sorted([first.hash, other.hash])  # no staging left
+
+
+def test_same_data_as_csv_gets_the_same_snapshot(tmp_path, generated):
+    """The hash is of the normalised tables, so the file format of the source does not matter."""
+    source = generated["string"]
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    inter = pl.read_parquet(source / "interactions.parquet")
+    inter.with_columns(pl.col("ts").dt.epoch("s")).write_csv(csv_dir / "interactions.csv")
+    pl.read_parquet(source / "items.parquet").write_csv(csv_dir / "items.csv")
+    pl.read_parquet(source / "users.parquet").write_csv(csv_dir / "users.csv")
+
+    from_parquet = ingest(config(tmp_path, source))
+    from_csv = ingest(config(tmp_path, csv_dir))
+    assert from_csv.hash == from_parquet.hash
+
+
+def test_column_map_and_extra_columns_through_the_cli(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "interactions.csv").write_text(
+        "uid,iid,when,channel\nu01,b7,2024-03-01T09:00:00,web\nu01,b8,2024-03-02T09:00:00,app\nu02,b7,2024-03-03T09:00:00,web\n"
+    )
+    (source / "items.csv").write_text("iid,name,available\nb7,Seven,true\nb8,Eight,false\n")
+    code = main(
+        ["ingest", "--root", str(tmp_path / "root"), "--source", str(source),
+         "--map", "user_id=uid", "--map", "item_id=iid", "--map", "ts=when", "--map", "items.title=name"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    path = Path(out.splitlines()[0].removeprefix("snapshot "))
+    manifest = json.loads((path / "_manifest.json").read_text())
+    assert manifest["id_type"] == "string"
+    assert manifest["ignored_columns"] == {"interactions": ["channel"]}  # said, not silently lost
+    items = pl.read_parquet(path / "items.parquet")
+    assert items.select("item_id", "title", "available").rows() == [("b7", "Seven", True), ("b8", "Eight", False)]
+    ts = pl.read_parquet(path / "interactions.parquet")["ts"].to_list()
+    assert ts[0] == dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC)  # naive text times are read as UTC
+
+
+def test_bad_map_flag_is_a_usage_error(tmp_path, capsys):
+    code = main(["ingest", "--root", str(tmp_path / "root"), "--source", str(tmp_path), "--map", "user_id"])
+    assert code == 2
+    assert "--map expects CANONICAL=SOURCE" in capsys.readouterr().err
+
+
+def test_missing_or_unrecognised_source_is_a_usage_error(tmp_path, capsys):
+    assert main(["ingest", "--root", str(tmp_path / "root"), "--source", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hi")
+    assert main(["ingest", "--root", str(tmp_path / "root"), "--source", str(tmp_path / "other")]) == 2
+    assert "cannot tell the layout" in capsys.readouterr().err
