@@ -166,6 +166,9 @@ class EvalConfig:
     gate_metric: str = "ndcg@10"
     gate_tolerance: float = 0.02  # relative drop allowed vs the last published run
     gate_enabled: bool = True
+    # The gate's fixed holdout slice: at most this many test users, picked by a
+    # stable hash of the user id so consecutive nightly runs measure the same users.
+    holdout_users: int = 20000
 
 
 @dataclass
@@ -267,6 +270,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "score.gpus_per_actor": (0, None),
     "score.rows_per_file": (1, None),
     "eval.gate_tolerance": (0, 1),
+    "eval.holdout_users": (1, None),
     "serving.keep_versions": (1, None),
     "serving.version_ttl_seconds": (1, None),
     "serving.batch_size": (1, None),

@@ -49,3 +49,28 @@ def test_disabled_gate_passes_and_missing_metric_is_an_error():
     assert check_gate({"ndcg@10": 0.0}, LAST, off).passed
     with pytest.raises(QualityGateError, match="no metric 'ndcg@10'"):
         check_gate({"recall@10": 0.5}, LAST, CFG)
+
+
+def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
+    """An (untrained, text-only) two-tower artifact is ranked on the fixed holdout slice."""
+    from eval_helpers import synthetic_snapshot
+    from recbatch.config import Config
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.eval.holdout import evaluate_holdout, holdout_user_ids
+    from recbatch.model.artifact import init_artifact
+
+    snapshot = Snapshot.open(synthetic_snapshot(tmp_path / "snap", users=60, items=80))
+    cfg = Config().with_overrides({
+        "eval.holdout_users": 40, "eval.ks": [5, 10], "model.embedding_dim": 16, "model.history_length": 8,
+    })
+    model_dir = init_artifact(cfg, str(tiny_bert_dir), snapshot, tmp_path / "models")
+    metrics = evaluate_holdout(cfg, snapshot, model_dir)
+    assert metrics["holdout_users"] == 40.0
+    assert list(holdout_user_ids(snapshot, 40)) == list(holdout_user_ids(snapshot, 40))  # fixed slice
+    assert metrics["seen_share@10"] == 0.0  # pre-test history is filtered
+    assert 0.0 <= metrics["ndcg@10"] <= 1.0 and metrics["coverage@10"] > 0.0
+    first = check_gate(metrics, None, CFG)
+    assert first.passed
+    better_last_run = {"run_date": "x", "metrics": {"ndcg@10": metrics["ndcg@10"] + 0.5}}
+    with pytest.raises(QualityGateError):
+        check_gate(metrics, better_last_run, CFG)

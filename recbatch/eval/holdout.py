@@ -1,0 +1,159 @@
+"""A model's metrics on the fixed holdout slice: what the nightly gate compares.
+
+The gate needs the *model's* quality, measured the same way every night, so
+this does not read the staged lists (those may be built from a history that
+includes the test rows, see ``embed.history_splits``). Instead, for a fixed
+slice of test users (``eval.holdout_users``, picked by a stable hash of the
+user id), it
+
+1. takes the item vectors of this model version (the embed stage's output, or
+   encodes the catalog here when none is given),
+2. encodes each user from their train + validation history only,
+3. ranks the whole catalog with the scoring kernel (seen and unavailable
+   items filtered, ``max(eval.ks)`` items), and
+4. scores the lists with ``metrics.evaluate`` against the test rows.
+
+So the two-tower goes through the same ranking kernel and metric code as the
+published lists and the baselines.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+
+from recbatch.config import Config
+from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
+
+HISTORY_SPLITS = ("train", "validation")  # everything before the test rows
+
+
+def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Series:
+    """Up to `limit` users of `split`, chosen by a CRC32 of the id (stable across runs and versions)."""
+    users = snapshot.split(split).select("user_id").unique().collect()["user_id"]
+    keys = np.array([zlib.crc32(str(u).encode()) for u in users.to_list()], dtype=np.int64)
+    order = np.lexsort((np.arange(len(keys)), keys))[:limit]
+    return users.gather(np.sort(order))
+
+
+def catalog_vectors(artifact: Any, snapshot: Any, items_dir: str | Path | None, batch: int) -> tuple[pa.Array, np.ndarray]:
+    """(item ids sorted ascending [N], unit item vectors [N, D]) for this model version."""
+    from recbatch.embed.store import read_matrix
+    from recbatch.model.features import render_item_text
+
+    if items_dir is not None:
+        ids, matrix = read_matrix(items_dir, "item_id")
+    else:
+        items = snapshot.items().sort("item_id").collect()
+        texts = render_item_text(items).to_list()
+        ids = items["item_id"].to_arrow()
+        matrix = np.concatenate([
+            artifact.encode_items(texts[s : s + batch], ids[s : s + batch].to_pylist()).numpy()
+            for s in range(0, len(texts), batch)
+        ])  # [N, D]
+    order = np.argsort(ids.to_numpy(zero_copy_only=False), kind="stable")  # ties break by item id
+    return ids.take(pa.array(order)), matrix[order]
+
+
+def holdout_lists(
+    cfg: Config,
+    snapshot: Any,
+    model_dir: str | Path,
+    items_dir: str | Path | None,
+    users: pl.Series,
+    k: int,
+) -> pl.DataFrame:
+    """Recommendation rows (``recommendations_schema``) for `users`, from pre-test history only."""
+    import torch
+
+    from recbatch.embed.users import HISTORY_INDEX, left_padded, user_inputs
+    from recbatch.model.artifact import load_artifact
+    from recbatch.model.features import item_input_hash
+    from recbatch.runtime import resolve_precision, resolve_use_gpu
+    from recbatch.score.kernel import topk
+
+    on_gpu = resolve_use_gpu("auto")
+    device = "cuda" if on_gpu else "cpu"
+    artifact = load_artifact(model_dir, device=device, precision=resolve_precision(cfg.embed.precision, on_gpu))
+    item_ids, items = catalog_vectors(artifact, snapshot, items_dir, cfg.embed.batch_size)  # [N], [N, D]
+    catalog = snapshot.items().collect()
+    hashes = pa.table({"item_id": catalog["item_id"].to_arrow(), "input_hash": item_input_hash(catalog).to_arrow()})
+    features = artifact.user_features.categorical + artifact.user_features.numeric
+    inputs = pl.from_arrow(user_inputs(
+        snapshot, item_ids, hashes, history_length=artifact.history_length,
+        history_splits=HISTORY_SPLITS, feature_columns=features,
+    )).join(pl.DataFrame({"user_id": users}), on="user_id", how="semi")
+
+    vectors = []  # [U, D] in blocks
+    with torch.inference_mode():
+        for block in inputs.iter_slices(cfg.embed.batch_size):
+            index, mask = left_padded(block[HISTORY_INDEX].to_arrow().cast(pa.list_(pa.int32())), artifact.history_length)
+            vectors.append(artifact.encode_users(
+                torch.from_numpy(items[index]), torch.from_numpy(mask),  # [b, L, D], [b, L]
+                block.select(features) if features else None,
+            ).numpy())
+    user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
+
+    seen = _seen_matrix(snapshot, inputs["user_id"], pl.Series(item_ids))  # [U, N]
+    available = _available(catalog, item_ids)
+    idx, scores = topk(
+        user_matrix, items, k, exclude=seen, item_mask=available,
+        user_block=cfg.score.user_block, item_tile=cfg.score.item_tile, device=device,
+    )  # [U, k] each, -1 padded
+    valid = idx >= 0
+    offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
+    return pl.from_arrow(pa.table({
+        "user_id": inputs["user_id"].to_arrow(),
+        "item_ids": pa.ListArray.from_arrays(offsets, item_ids.take(pa.array(idx[valid]))),
+        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
+        "model_version": pa.array([artifact.model_version] * len(inputs)),
+    }))
+
+
+def _seen_matrix(snapshot: Any, users: pl.Series, item_ids: pl.Series) -> sp.csr_matrix:
+    """[U, N] with a 1 for every pre-test interaction: those items are never recommended."""
+    rows = pl.DataFrame({"user_id": users}).with_row_index("row")
+    cols = pl.DataFrame({"item_id": item_ids}).with_row_index("col")
+    pairs = (
+        snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS)).select("user_id", "item_id")
+        .collect().join(rows, on="user_id").join(cols, on="item_id").unique(["row", "col"])
+    )
+    data = np.ones(pairs.height, dtype=np.float32)
+    return sp.csr_matrix((data, (pairs["row"].to_numpy(), pairs["col"].to_numpy())), shape=(len(users), len(item_ids)))
+
+
+def _available(catalog: pl.DataFrame, item_ids: pa.Array) -> np.ndarray:
+    if "available" not in catalog.columns:
+        return np.ones(len(item_ids), dtype=bool)
+    flags = pl.DataFrame({"item_id": pl.Series(item_ids)}).join(
+        catalog.select("item_id", pl.col("available").fill_null(True)), on="item_id", how="left",
+        maintain_order="left",
+    )["available"].fill_null(False)
+    return flags.to_numpy()
+
+
+def evaluate_model(
+    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None, name: str = "two_tower"
+) -> EvalResult:
+    """The model's full metrics on the fixed holdout slice of the snapshot's test split."""
+    users = holdout_user_ids(snapshot, cfg.eval.holdout_users)
+    k = max(cfg.eval.ks)
+    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, k)
+    heldout, history = heldout_and_history(snapshot, "test")
+    in_slice = pl.col("user_id").is_in(users.implode())
+    return evaluate(recs.lazy(), heldout.filter(in_slice), history, snapshot.items(),
+                    ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")
+
+
+def evaluate_holdout(
+    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None
+) -> dict[str, float]:
+    """Flat metrics for the gate and the run manifest (``{"ndcg@10": ..., "holdout_users": ...}``)."""
+    result = evaluate_model(cfg, snapshot, model_dir, items_dir)
+    return {**result.metrics(), "holdout_users": float(result.users["all"])}
