@@ -119,7 +119,7 @@ def demo_source(tmp_path):
 class RedisServer:
     """A real ``redis-server`` on 127.0.0.1 with its own data dir; `url` includes any password."""
 
-    def __init__(self, data_dir: Path, password: str | None = None) -> None:
+    def __init__(self, data_dir: Path, password: str | None = None, tls: bool = False) -> None:
         import shutil
         import socket
         import subprocess
@@ -132,9 +132,18 @@ class RedisServer:
             self.port = s.getsockname()[1]
         self.password = password
         auth = f":{password}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        args = [binary, "--bind", "127.0.0.1", "--dir", str(data_dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        if tls:  # TLS only, with a self-signed certificate the client is told to trust
+            cert = _self_signed_cert(data_dir)
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(data_dir / "key.pem"), "--tls-ca-cert-file", str(cert),
+                     "--tls-auth-clients", "no"]
+            self.url = (f"rediss://{auth}127.0.0.1:{self.port}/0"
+                        f"?ssl_cert_reqs=required&ssl_ca_certs={cert}")
+        else:
+            args += ["--port", str(self.port)]
+            self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         if password:
             args += ["--requirepass", password]
         self._log = open(data_dir / "redis.log", "wb")
@@ -191,3 +200,29 @@ def redis_server_auth(tmp_path):
     server = RedisServer(data_dir, password="s3cret-Pa55word")
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def redis_server_tls(tmp_path):
+    """A password-protected Redis reachable only over TLS (``rediss://`` URL)."""
+    data_dir = tmp_path / "redis-tls"
+    data_dir.mkdir()
+    server = RedisServer(data_dir, password="s3cret-Tls-pa55", tls=True)
+    yield server
+    server.stop()
+
+
+def _self_signed_cert(folder: Path) -> Path:
+    """cert.pem + key.pem for 127.0.0.1, made with the openssl command line."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a TLS certificate)")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return folder / "cert.pem"

@@ -464,3 +464,19 @@ def test_documented_javascript_reader_decodes_a_stored_value(tmp_path, redis_ser
 def test_codec_rejects_foreign_values():
     with pytest.raises(ValueError, match="RBR1"):
         decode(b'{"json": true}' + b"\0" * 16)
+
+
+def test_tls_url_with_password_loads_and_reads(tmp_path, redis_server_tls, capsys):
+    run_dir = make_run(tmp_path, run=1, users=10)
+    plain = redis_server_tls.url.replace("rediss://", "redis://").split("?")[0]
+
+    result = load_run(run_dir, serving_cfg(redis_server_tls))
+
+    assert result.store.startswith("rediss://127.0.0.1") and redis_server_tls.password not in result.store
+    assert_serves_run(redis_server_tls.client(), 1, 10)
+    assert cli_main(["load", "--run", str(run_dir), "--redis-url", plain]) == 6  # no TLS: refused
+    assert redis_server_tls.password not in capsys.readouterr().err
+    bad_option = f"{plain}?ssl_cert_reqs=required"
+    assert cli_main(["load", "--run", str(run_dir), "--redis-url", bad_option]) == 2
+    err = capsys.readouterr().err
+    assert "ssl_cert_reqs" in err and redis_server_tls.password not in err

@@ -61,7 +61,7 @@ def scrub(text: str, url: str) -> str:
 def describe(client: redis.Redis) -> str:
     """``host:port/db`` of a client, for messages: built from its settings, so no secret."""
     kw = client.connection_pool.connection_kwargs
-    scheme = "rediss" if client.connection_pool.connection_class.__name__.startswith("SSL") else "redis"
+    scheme = "rediss" if issubclass(client.connection_pool.connection_class, redis.SSLConnection) else "redis"
     if "path" in kw:
         return f"unix://{kw['path']}"
     return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -95,5 +95,8 @@ def connect(cfg: ServingConfig, url: str | None = None) -> redis.Redis:
     except ValueError as exc:
         raise UsageError(scrub(f"bad Redis URL {where}: {exc}", url)) from None
     with store_errors(where, "connecting", url):
-        client.ping()
+        try:
+            client.ping()
+        except TypeError as exc:  # redis-py creates connections lazily, so bad URL options surface here
+            raise UsageError(scrub(f"bad option in Redis URL {where}: {exc}", url)) from None
     return client
