@@ -200,24 +200,41 @@ def test_bad_run_is_refused_before_any_write(tmp_path, redis_server, tamper, err
     assert assert_serves_run(client, 1, 60) == live
 
 
-def test_duplicate_user_is_caught_by_redis_and_discarded(tmp_path, redis_server):
-    """The writer prevents duplicates; a hand-made run with one reaches MSETNX, which refuses."""
+def _hand_made_run(folder: Path, users: list[int], items: list[list[int]], model_versions: list[str]) -> Path:
+    """A run that breaks a row rule the writer would have enforced (so built with pyarrow)."""
     from recbatch.storage import write_manifest
 
-    run_dir = tmp_path / "dup"
-    run_dir.mkdir()
-    users = [0, 1, 2, 3, 1]  # user 1 again, in a later batch
+    folder.mkdir()
     pq.write_table(pa.table({
         "user_id": pa.array(users, pa.int64()),
-        "item_ids": pa.array([[5]] * 5, pa.list_(pa.int64())),
-        "scores": pa.array([[0.5]] * 5, pa.list_(pa.float32())),
-        "model_version": ["m"] * 5,
-    }), run_dir / "part-00000.parquet")
-    write_manifest(run_dir, {"run_date": "2026-02-01", "model_version": "m", "id_type": "int", "users": 5, "rows": 5})
+        "item_ids": pa.array(items, pa.list_(pa.int64())),
+        "scores": pa.array([[0.5] * len(row) for row in items], pa.list_(pa.float32())),
+        "model_version": model_versions,
+    }), folder / "part-00000.parquet")
+    n = len(users)
+    write_manifest(folder, {"run_date": "2026-02-01", "model_version": "m", "id_type": "int",
+                            "users": n, "rows": n, "k": 2})
+    return folder
+
+
+@pytest.mark.parametrize(
+    "users, items, model_versions, batch_size, words",
+    [
+        ([0, 1, 2, 3, 1], [[5]] * 5, ["m"] * 5, 2, "already has a row"),  # MSETNX refuses
+        ([0, 1, 2, 3, 1], [[5]] * 5, ["m"] * 5, 10, r"'user_id' repeats 1 users, e.g. \[1\]"),
+        ([0, 1, 2, 3], [[5], [5], [5, 6, 7], [5]], ["m"] * 4, 10, r"longer than k = 2 in 1 rows, e.g. users \[2\]"),
+        ([0, 1, 2, 3], [[5]] * 4, ["m", "m", "m", "other"], 2, r"'model_version' differs .* e.g. users \[3\]"),
+    ],
+    ids=["duplicate-across-batches", "duplicate-within-a-batch", "longer-than-k", "model-version"],
+)
+def test_bad_rows_are_refused_and_the_partial_version_discarded(
+    tmp_path, redis_server, users, items, model_versions, batch_size, words
+):
+    run_dir = _hand_made_run(tmp_path / "bad", users, items, model_versions)
     client = redis_server.client()
 
-    with pytest.raises(DataValidationError, match="user_id"):
-        load_run(run_dir, serving_cfg(redis_server, batch_size=2))
+    with pytest.raises(DataValidationError, match=words):
+        load_run(run_dir, serving_cfg(redis_server, batch_size=batch_size))
 
     assert client.get(KeyLayout(PREFIX).pointer) is None
     assert client.dbsize() == 0  # the partial version was deleted

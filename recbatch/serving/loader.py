@@ -199,8 +199,12 @@ def _check_batch(batch: pa.RecordBatch, path: Path, run: PublishedRun) -> None:
     _refuse_rows(path, "scores", "differs in length from 'item_ids'", mismatch, users)
     if run.k is not None:
         _refuse_rows(path, "item_ids", f"is longer than k = {run.k}", pc.greater(n_items, run.k), users)
-    if pc.count_distinct(users).as_py() != batch.num_rows:
-        raise DataValidationError(f"{path}: column 'user_id' repeats a user within one batch")
+    counts = pc.value_counts(users)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(repeated):
+        raise DataValidationError(
+            f"{path}: column 'user_id' repeats {len(repeated)} users, e.g. {repeated.slice(0, 5).to_pylist()}"
+        )
     other = pc.not_equal(batch.column("model_version"), run.model_version)
     _refuse_rows(path, "model_version", f"differs from the manifest's {run.model_version!r}", other, users)
 
