@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 
+# The image's user is `ray` (uid 1000) with this home (cluster/Dockerfile).
+IMAGE_HOME = "/home/ray"
 # GPUs per instance for the instance types the manifests use (AWS catalog).
 GPUS_PER_INSTANCE = {"g5.12xlarge": 4, "g5.48xlarge": 8, "p4d.24xlarge": 8, "p5.48xlarge": 8}
 
@@ -277,10 +279,12 @@ def test_runtime_env_is_accepted_by_ray_and_installs_nothing() -> None:
     assert all(isinstance(v, str) for v in variables.values()), "env var values must be strings"
     assert variables["HF_HUB_OFFLINE"] == "1"
     assert variables["TOKENIZERS_PARALLELISM"] == "false"
-    # One persistent JIT cache path: image, submitted jobs, and the training workers.
+    # One persistent JIT cache path in the image's home: submitted jobs (Ray expands
+    # ${HOME} on each node), the image's own ENV, and the training workers' config.
+    in_image = variables["TORCH_EXTENSIONS_DIR"].replace("${HOME}", IMAGE_HOME)
     dockerfile_env = " ".join(rest for ins, rest in _dockerfile_instructions() if ins == "ENV")
-    assert f"TORCH_EXTENSIONS_DIR={variables['TORCH_EXTENSIONS_DIR']}" in dockerfile_env
-    assert _production().train.extensions_dir == variables["TORCH_EXTENSIONS_DIR"]
+    assert f"TORCH_EXTENSIONS_DIR={in_image}" in dockerfile_env
+    assert _production().train.extensions_dir.replace("~", IMAGE_HOME, 1) == in_image
 
 
 def test_working_dir_upload_keeps_code_and_drops_venv_git_and_runs(tmp_path: Path) -> None:
