@@ -73,10 +73,8 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     logical, current = [], ""
     for line in (CLUSTER / "Dockerfile").read_text().splitlines():
-        if line.lstrip().startswith("#") and not current:
-            continue
         if line.lstrip().startswith("#"):
-            continue  # a comment inside a continued RUN
+            continue  # comments, also those between the lines of a continued RUN
         current += line.rstrip("\\").strip() + " "
         if not line.rstrip().endswith("\\"):
             if current.strip():
