@@ -157,7 +157,36 @@ class TwoTower(nn.Module):
             return self.item_tower.from_pooled(**inputs)
         if kind == "users":  # history, history_mask, user_categorical, user_numeric -> [B, D]
             return self.user_tower(**inputs)
+        if kind == "train":
+            return self.training_pair(**inputs)
         raise ValueError(f"unknown forward kind {kind!r}")
+
+    def training_pair(
+        self,
+        input_ids: torch.Tensor,  # [B, T] candidate (positive) item tokens: the only BERT pass with grad
+        attention_mask: torch.Tensor,  # [B, T]
+        id_index: torch.Tensor,  # [B]
+        history_pooled: torch.Tensor,  # [B, L, H] cached encoder output of the history items (no grad)
+        history_id_index: torch.Tensor,  # [B, L]
+        history_mask: torch.Tensor,  # [B, L] bool
+        user_categorical: torch.Tensor,  # [B, C]
+        user_numeric: torch.Tensor,  # [B, F]
+        negative_pooled: torch.Tensor | None = None,  # [N, H] cached, uniformly sampled extra negatives
+        negative_id_index: torch.Tensor | None = None,  # [N]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for a training step: (users [B, D], candidates [B + N, D]).
+
+        A single call keeps DeepSpeed's hooks (ZeRO-3 gathers, fp16 casting)
+        in one forward/backward pair.
+        """
+        B, L, H = history_pooled.shape
+        positives = self.item_tower(input_ids, attention_mask, id_index)  # [B, D]
+        history = self.item_tower.from_pooled(history_pooled.reshape(B * L, H), history_id_index.reshape(B * L))
+        users = self.user_tower(history.reshape(B, L, -1), history_mask, user_categorical, user_numeric)  # [B, D]
+        if negative_pooled is None:
+            return users, positives
+        negatives = self.item_tower.from_pooled(negative_pooled, negative_id_index)  # [N, D]
+        return users, torch.cat([positives, negatives])
 
 
 def build_two_tower(encoder_dir: str, cfg: TwoTowerConfig) -> tuple[TwoTower, object]:

@@ -1,0 +1,209 @@
+"""The model API without Ray: encoder resolution, features, towers, the inference artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+import torch
+
+from recbatch.config import load_config
+from recbatch.errors import IntegrityError, UsageError
+from recbatch.model.artifact import init_artifact, load_artifact, save_artifact
+from recbatch.model.encoder import resolve_encoder
+from recbatch.model.features import (
+    UserFeatureSpec,
+    item_input_hash,
+    render_item_text,
+    user_histories,
+    user_input_hash,
+)
+from recbatch.model.two_tower import TwoTowerConfig, build_two_tower
+
+
+@pytest.fixture(scope="module")
+def small_snapshot(tmp_path_factory):
+    """A generated catalog, ingested into a real snapshot (no Ray involved)."""
+    from recbatch.data.generate import generate_demo
+    from recbatch.data.ingest import ingest
+
+    base = tmp_path_factory.mktemp("model_snapshot")
+    cfg = load_config(
+        None,
+        {"root": str(base / "root"), "ingest.source": str(base / "source"),
+         "generate.users": 60, "generate.items": 40, "generate.interactions_per_user": 10},
+    )
+    generate_demo(cfg.generate, cfg.ingest.source)
+    return ingest(cfg)
+
+
+def _config(tiny_bert_dir, **overrides):
+    base = {"model.encoder": str(tiny_bert_dir), "model.embedding_dim": 16, "model.history_length": 4,
+            "model.user_layers": 1, "model.max_text_tokens": 16}
+    base.update(overrides)
+    return load_config(None, base)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def test_resolve_encoder_packaged_local_and_missing(tiny_bert_dir, tmp_path):
+    assert (resolve_encoder("minilm") + "/config.json").endswith("config.json")
+    assert resolve_encoder(str(tiny_bert_dir)) == str(tiny_bert_dir)
+    assert resolve_encoder("bert-base-uncased") == "bert-base-uncased"  # a hub id, read from the local cache
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_encoder(str(tmp_path / "nope"))
+    with pytest.raises(UsageError, match="config.json"):
+        resolve_encoder(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_render_item_text_fixed_order_and_empty_parts_dropped():
+    items = pl.DataFrame(
+        {
+            "item_id": [1, 2],
+            "description": ["A heist.", ""],
+            "tags": [None, "cult"],
+            "title": ["Heat", "Brazil"],
+            "genres": ["Action|Crime", None],
+        }
+    )
+    assert render_item_text(items).to_list() == [
+        "Heat | genres: Action, Crime | A heist.",
+        "Brazil | tags: cult",
+    ]
+
+
+def test_item_input_hash_tracks_text_and_id_only():
+    a = pl.DataFrame({"item_id": [1, 2], "title": ["Heat", "Heat"], "popularity": [5, 9]})
+    h = item_input_hash(a).to_list()
+    assert h[0] != h[1]  # same text, different id: the id vector differs
+    assert item_input_hash(a.with_columns(popularity=pl.lit(0))).to_list() == h  # not an input
+    assert item_input_hash(a.with_columns(title=pl.lit("Heat 2"))).to_list()[0] != h[0]
+
+
+def test_user_histories_most_recent_last_and_truncated():
+    ts = [dt.datetime(2024, 1, d, tzinfo=dt.timezone.utc) for d in (3, 1, 2, 5, 4)]
+    inter = pl.LazyFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [30, 10, 20, 50, 40], "ts": ts})
+    got = user_histories(inter, history_length=2).collect().sort("user_id")
+    assert got["history"].to_list() == [[20, 30], [40, 50]]
+
+
+def test_user_input_hash_follows_history_items_and_features():
+    hist = pl.DataFrame({"user_id": [1, 2], "history": [[10, 20], [10, 20]], "country": ["DE", "FR"]})
+    items = pl.DataFrame({"item_id": [10, 20], "input_hash": ["a", "b"]})
+    base = user_input_hash(hist, items, ["country"]).to_list()
+    assert base[0] != base[1]  # features differ
+    assert user_input_hash(hist, items).to_list()[0] == user_input_hash(hist, items).to_list()[1]
+    edited = items.with_columns(input_hash=pl.Series(["a", "b2"]))
+    assert user_input_hash(hist, edited, ["country"]).to_list()[0] != base[0]  # an edited item invalidates
+
+
+def test_user_feature_spec_hashes_categoricals_and_standardises_numerics():
+    users = pl.DataFrame({"user_id": [1, 2, 3], "country": ["DE", None, "DE"], "activity": [1.0, 3.0, None]})
+    spec = UserFeatureSpec.from_users(users)
+    assert spec.categorical == ["country"] and spec.numeric == ["activity"]
+    cat, num = spec.encode(users, 3)
+    assert cat[0, 0] == cat[2, 0] != 0 and cat[1, 0] == 0  # null -> bucket 0
+    assert num[:, 0].tolist() == pytest.approx([-0.7071, 0.7071, 0.0], abs=1e-3)
+    cat_none, num_none = spec.encode(None, 2)
+    assert cat_none.shape == (2, 1) and not num_none.any()
+
+
+# --------------------------------------------------------------------------- towers
+
+
+def test_user_tower_padding_side_and_empty_history(tiny_bert_dir):
+    torch.manual_seed(0)
+    model, _ = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16, history_length=4, user_heads=4))
+    model.eval()
+    items = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    none = torch.zeros(1, 0)
+    right = torch.zeros(1, 4, 16)
+    right[0, 2:] = items  # oldest first, left padding
+    left = torch.zeros(1, 4, 16)
+    left[0, :2] = items  # right padding
+    kwargs = dict(user_categorical=none.long(), user_numeric=none)
+    with torch.no_grad():
+        a = model("users", history=right, history_mask=torch.tensor([[False, False, True, True]]), **kwargs)
+        b = model("users", history=left, history_mask=torch.tensor([[True, True, False, False]]), **kwargs)
+        empty = model("users", history=torch.zeros(1, 4, 16), history_mask=torch.zeros(1, 4, dtype=torch.bool), **kwargs)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.isfinite(empty).all() and torch.allclose(empty.norm(dim=-1), torch.ones(1))
+
+
+def test_embedding_dim_must_split_into_heads():
+    with pytest.raises(UsageError, match="divisible"):
+        TwoTowerConfig(embedding_dim=10, user_heads=4)
+
+
+# --------------------------------------------------------------------------- artifact
+
+
+def test_init_artifact_round_trip(tiny_bert_dir, small_snapshot, tmp_path):
+    cfg = _config(tiny_bert_dir)
+    path = init_artifact(cfg, str(tiny_bert_dir), small_snapshot, tmp_path / "models")
+    art = load_artifact(path)
+    assert path.name == art.model_version and art.embedding_dim == 16
+    assert art.card["snapshot_hash"] == small_snapshot.hash and art.card["trained"] is False
+    assert art.user_features.columns == ["country", "age_band", "activity"]
+    items = small_snapshot.items().collect().head(5)
+    vectors = art.encode_items(render_item_text(items).to_list(), items["item_id"].to_list())
+    assert vectors.shape == (5, 16) and torch.allclose(vectors.norm(dim=-1), torch.ones(5), atol=1e-5)
+    users = small_snapshot.users().collect().head(3)
+    u = art.encode_users(vectors[:4].expand(3, 4, 16), torch.ones(3, 4, dtype=torch.bool), users)
+    assert u.shape == (3, 16)
+    assert not torch.allclose(u[0], u[1])  # different features, same history
+    # same seed, same inputs -> same weights -> same version (published in place)
+    assert init_artifact(cfg, str(tiny_bert_dir), small_snapshot, tmp_path / "models") == path
+
+
+def test_warm_ids_get_their_vector_and_cold_ids_text_only(tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16, num_item_ids=2))
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight[1:] = torch.randn(2, 16)
+    path = save_artifact(model, tokenizer, tmp_path, item_ids=[7, 9], user_features=UserFeatureSpec(), max_text_tokens=16)
+    art = load_artifact(path)
+    texts = ["same words"] * 3
+    warm7, warm9, cold = art.encode_items(texts, [7, 9, 12345])
+    assert not torch.allclose(warm7, warm9)
+    text_only = torch.nn.functional.normalize(
+        model.item_tower.projection(model.item_tower.pooled(**_tokens(tokenizer, texts[:1]))), dim=-1
+    )
+    assert torch.allclose(cold, text_only[0].detach(), atol=1e-5)
+    assert json.loads((path / "model_card.json").read_text())["model"]["num_item_ids"] == 2
+
+
+def _tokens(tokenizer, texts):
+    t = tokenizer(texts, max_length=16, padding=True, truncation=True, return_tensors="pt")
+    return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
+
+
+def test_model_version_changes_with_weights_and_tampering_is_detected(tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16))
+    kwargs = dict(item_ids=[], user_features=UserFeatureSpec(), max_text_tokens=16)
+    first = save_artifact(model, tokenizer, tmp_path, **kwargs)
+    with torch.no_grad():
+        model.user_tower.projection.bias += 0.01
+    second = save_artifact(model, tokenizer, tmp_path, **kwargs)
+    assert first.name != second.name
+    (second / "towers.pt").write_bytes(b"truncated")
+    with pytest.raises(IntegrityError):
+        load_artifact(second)
+
+
+def test_half_precision_inference_matches_fp32_closely(tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16))
+    path = save_artifact(model, tokenizer, tmp_path, item_ids=[], user_features=UserFeatureSpec(), max_text_tokens=16)
+    texts = ["a quiet drama", "space opera lasers"]
+    full = load_artifact(path).encode_items(texts, [1, 2])
+    half = load_artifact(path, precision="bf16").encode_items(texts, [1, 2])
+    assert half.dtype == torch.float32
+    assert torch.allclose(full, half, atol=0.05)
