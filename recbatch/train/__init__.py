@@ -1,0 +1,1 @@
+"""Distributed fine-tuning of the two-tower model with Ray Train + DeepSpeed."""

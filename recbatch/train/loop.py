@@ -1,0 +1,283 @@
+"""What each Ray Train worker runs: DeepSpeed training of the two towers.
+
+One step, for a micro-batch of B (user, positive item) examples:
+
+    positives  [B, T] tokens ──BERT (grad)──▶ [B, D]
+    histories  [B, L] rows ──pooled cache (no grad) ──proj + id (grad)──▶ [B, L, D] ──user tower──▶ [B, D]
+    negatives  [N] uniform rows ──pooled cache ──proj + id──▶ [N, D]      (optional)
+    loss = in-batch sampled softmax (logQ-corrected, accidental hits masked) over the B + N candidates
+
+The pooled cache holds the encoder's mean-pooled output for every catalog item
+and is refreshed at each epoch start and before each validation, each worker
+encoding an equal slice and all-gathering the rest (equal slices keep ZeRO-3's
+collective parameter gathers in step across ranks).
+
+Checkpoints: every rank saves its own DeepSpeed shards into a local folder and
+passes it to ``ray.train.report``, which merges all ranks' folders into one
+checkpoint in persistent storage. (Reporting only rank 0's folder, the
+classic mistake, would silently lose the other ranks' ZeRO shards.) On a
+restart after a failure, ``ray.train.get_checkpoint`` returns the latest and
+every rank loads its shards from it, then skips the micro-batches of the
+current epoch it had already consumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recbatch.config import TrainConfig
+from recbatch.model.features import UserFeatureSpec
+from recbatch.model.loss import candidate_log_q, two_tower_loss
+from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
+from recbatch.train.deepspeed_config import build_deepspeed_config
+from recbatch.train.examples import CatalogTensors, load_catalog, load_validation
+from recbatch.train.validation import full_ranking_metrics, history_inputs, item_vectors, pooled_catalog
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder inside each Ray checkpoint
+STATE_FILE = "train_state.json"  # loop position + loss curve, written by rank 0
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved with every checkpoint so a restart resumes exactly here."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    loss_curve: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0  # times this run resumed from a checkpoint (worker failure or --resume)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over attempts
+
+
+@dataclass
+class LoopConfig:
+    """Everything a worker needs, as plain data (it crosses process boundaries)."""
+
+    encoder_dir: str
+    tower: dict[str, Any]
+    train: dict[str, Any]
+    user_features: dict[str, Any]
+    loss: str
+    temperature: float
+    logq_correction: bool
+    extra_negatives: int
+    max_text_tokens: int
+    catalog_path: str
+    validation_path: str
+    total_steps: int
+
+
+def parameter_groups(model: TwoTower, train: TrainConfig) -> tuple[list[dict[str, Any]], list[float]]:
+    """AdamW groups: encoder vs towers (different peak LRs), decay vs no decay.
+
+    Biases, norms and embeddings are not weight-decayed (decaying an id
+    embedding pulls rarely-seen items to zero and so toward text-only).
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_encoder = name.startswith("item_tower.encoder.")
+        no_decay = param.ndim < 2 or "norm" in name.lower() or "embedding" in name or "recency" in name
+        groups.setdefault((is_encoder, no_decay), []).append(param)
+    out, peaks = [], []
+    for (is_encoder, no_decay), params in sorted(groups.items()):
+        lr = train.encoder_learning_rate if is_encoder else train.learning_rate
+        out.append({"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else train.weight_decay})
+        peaks.append(lr)
+    return out, peaks
+
+
+@torch.no_grad()
+def refresh_pooled_cache(engine, catalog: CatalogTensors, device: torch.device) -> torch.Tensor:
+    """Pooled encoder output for the whole catalog [M, H], computed in equal slices per rank."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    M = catalog.size
+    per_rank = -(-M // world)
+    rows = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp(max=M - 1)  # pad by repeating the last row
+    was_training = engine.training
+    engine.eval()
+    mine = pooled_catalog(engine, catalog, rows, device)  # [per_rank, H]
+    engine.train(was_training)
+    if world == 1:
+        return mine[:M]
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    return torch.cat(gathered)[:M]
+
+
+def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    def stacked(column: str, dtype) -> torch.Tensor:
+        values = batch[column]
+        array = np.stack(values) if values.dtype == object else values
+        return torch.as_tensor(array.astype(dtype)).to(device)
+
+    return {
+        "target": stacked("target", np.int64),
+        "history": stacked("history", np.int64),
+        "user_cat": stacked("user_cat", np.int64).reshape(len(batch["target"]), -1),
+        "user_num": stacked("user_num", np.float32).reshape(len(batch["target"]), -1),
+    }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: build, (re)load, train, validate, checkpoint."""
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+
+    started = time.perf_counter()
+    cfg = LoopConfig(**config)
+    train_cfg = TrainConfig(**cfg.train)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+
+    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
+    model, tokenizer = build_two_tower(cfg.encoder_dir, TwoTowerConfig(**cfg.tower))
+    spec = UserFeatureSpec(**cfg.user_features)
+    catalog = load_catalog(cfg.catalog_path, tokenizer, cfg.max_text_tokens)
+    validation = load_validation(cfg.validation_path, model.config.history_length, spec)
+
+    groups, peaks = parameter_groups(model, train_cfg)
+    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate)
+    ds_config = build_deepspeed_config(
+        train_cfg, on_gpu=on_gpu, world_size=world, total_steps=cfg.total_steps, group_learning_rates=peaks
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+
+    state, restored = TrainState(), False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+            state = TrainState(**json.loads((Path(folder) / STATE_FILE).read_text()))
+        restored = True
+        state.restarts += 1
+        log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, state.step, state.epoch, state.batches_in_epoch)
+
+    shard = ray.train.get_dataset_shard("train")
+    id_index = catalog.id_index.to(device)  # [M]
+    probability = catalog.probability.to(device)  # [M]
+    B = train_cfg.batch_size
+    window: list[float] = []
+    last_reported = state.step if restored else -1
+    step_start = time.perf_counter()
+
+    def tick(phase: str, since: float) -> float:
+        now = time.perf_counter()
+        state.timings[phase] = state.timings.get(phase, 0.0) + now - since
+        return now
+
+    tick("init", started)  # model, data, DeepSpeed set-up and restore of this attempt
+
+    def validate_and_checkpoint() -> torch.Tensor:
+        """Refresh the cache, rank the validation users, save every rank's shards, report."""
+        nonlocal last_reported
+        since = time.perf_counter()
+        pooled = refresh_pooled_cache(engine, catalog, device)
+        engine.eval()
+        items = item_vectors(engine, pooled, catalog)
+        metrics = full_ranking_metrics(engine, items, validation, train_cfg.validate_k)
+        engine.train()
+        state.metrics = metrics
+        tick("validate", since)
+        report = {"step": state.step, "epoch": state.epoch, **metrics}
+        if state.loss_curve:
+            report["loss"] = state.loss_curve[-1]["loss"]
+        with tempfile.TemporaryDirectory(prefix=f"recbatch-ckpt-r{rank}-") as folder:
+            engine.save_checkpoint(folder, tag=CHECKPOINT_TAG)
+            if rank == 0:
+                (Path(folder) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        last_reported = state.step
+        return pooled
+
+    while state.epoch < train_cfg.epochs and state.step < cfg.total_steps:
+        pooled = refresh_pooled_cache(engine, catalog, device)
+        batches = shard.iter_batches(
+            batch_size=B,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * B,
+            local_shuffle_seed=train_cfg.seed + state.epoch,
+        )
+        for index, batch in enumerate(batches):
+            if index < state.batches_in_epoch:
+                continue  # consumed before the restart
+            t = _batch_tensors(batch, device)
+            hist_rows = t["history"].clamp(min=0)  # [B, L]
+            inputs = {
+                "input_ids": catalog.input_ids[t["target"].cpu()].to(device),  # [B, T]
+                "attention_mask": catalog.attention_mask[t["target"].cpu()].to(device),
+                "id_index": id_index[t["target"]],  # [B]
+                "history_pooled": pooled[hist_rows],  # [B, L, H]
+                "history_id_index": id_index[hist_rows] * (t["history"] >= 0),  # [B, L]
+                "history_mask": t["history"] >= 0,
+                "user_categorical": t["user_cat"],
+                "user_numeric": t["user_num"],
+            }
+            candidate_rows = t["target"]
+            if cfg.extra_negatives:
+                g = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + rank * 7919 + state.step * 31 + index)
+                negatives = torch.randint(catalog.size, (cfg.extra_negatives,), generator=g).to(device)
+                inputs["negative_pooled"] = pooled[negatives]
+                inputs["negative_id_index"] = id_index[negatives]
+                candidate_rows = torch.cat([candidate_rows, negatives])
+            users, candidates = engine("train", **inputs)
+            log_q = None
+            if cfg.logq_correction:
+                p = probability[candidate_rows]
+                log_q = candidate_log_q(p, B, cfg.extra_negatives, catalog.size)
+            loss = two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
+            engine.backward(loss)
+            engine.step()
+            window.append(float(loss.detach()))
+            state.batches_in_epoch = index + 1
+            if engine.global_steps == state.step:
+                continue  # inside a gradient-accumulation window
+            state.step = int(engine.global_steps)
+
+            if train_cfg.fail_at_step == state.step and not restored and rank == world - 1:
+                log.error("fault injection (train.fail_at_step=%d): worker rank %d exits", state.step, rank)
+                os._exit(1)
+            if state.step % train_cfg.log_every_steps == 0 or state.step >= cfg.total_steps:
+                elapsed = time.perf_counter() - step_start
+                state.loss_curve.append(
+                    {
+                        "step": state.step,
+                        "loss": float(np.mean(window)),
+                        "lr": float(engine.get_lr()[-1]),
+                        "samples_per_s": len(window) * B * world / max(elapsed, 1e-9),
+                    }
+                )
+                window.clear()
+                step_start = time.perf_counter()
+            if state.step % train_cfg.checkpoint_every_steps == 0 or state.step >= cfg.total_steps:
+                pooled = validate_and_checkpoint()
+                step_start = time.perf_counter()
+            if state.step >= cfg.total_steps:
+                break
+        else:  # the epoch's data is exhausted
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    if last_reported != state.step:
+        validate_and_checkpoint()
