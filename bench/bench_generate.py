@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_generate.py                      # 1M users x 100k items
     .venv/bin/python bench/bench_generate.py --users 200000       # quicker
+    .venv/bin/python bench/bench_generate.py --ingest             # then ingest the full output too
 
 Each generation runs in a fresh subprocess (`recbatch generate`), and its peak
 RSS is read with resource.getrusage(RUSAGE_CHILDREN). The reference, measured
@@ -37,11 +38,20 @@ def generate(users: int, items: int, id_type: str, out: Path) -> tuple[float, fl
     return seconds, peak_gib, interactions
 
 
+def ingest(source: Path, root: Path) -> tuple[float, float]:
+    """(seconds, peak RSS GiB of all children so far) for `recbatch ingest` of a generated folder."""
+    cmd = [sys.executable, "-m", "recbatch.cli", "ingest", "--source", str(source), "--root", str(root)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--id-type", choices=["int", "string"], default="int")
+    parser.add_argument("--ingest", action="store_true", help="also time `recbatch ingest` of the full output")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
@@ -50,6 +60,8 @@ def main() -> None:
         ref_s, ref_gib, ref_rows = generate(ref_users, args.items, args.id_type, Path(tmp) / "reference")
         s, gib, rows = generate(args.users, args.items, args.id_type, Path(tmp) / "full")
         size_mib = sum(p.stat().st_size for p in (Path(tmp) / "full").glob("*.parquet")) / 2**20
+        if args.ingest:
+            ingest_s, after_gib = ingest(Path(tmp) / "full", Path(tmp) / "root")
 
     print(f"generate {args.users:,} users x {args.items:,} items ({args.id_type} ids): {rows:,} interactions")
     print(f"  wall time        {s:8.1f} s   ({rows / s / 1e6:.2f} M interactions/s)")
@@ -58,6 +70,10 @@ def main() -> None:
     print(f"reference: {ref_users:,} users x {args.items:,} items: {ref_rows:,} interactions, {ref_s:.1f} s, peak <= {ref_gib:.2f} GiB")
     print(f"  ratio full/reference: time {s / ref_s:.1f}x, interactions {rows / ref_rows:.1f}x, peak RSS {gib / ref_gib:.2f}x")
     print("  PASS" if gib < TARGET_GIB else "  FAIL: over the memory target")
+    if args.ingest:
+        peak = f"{after_gib:.2f} GiB" if after_gib > gib else f"<= {gib:.2f} GiB"
+        print(f"ingest of the full output (validate, split, hash, write): {ingest_s:.1f} s, peak RSS {peak}")
+        print(f"  ratio ingest/generate: time {ingest_s / s:.1f}x")
 
 
 if __name__ == "__main__":
