@@ -63,6 +63,9 @@ def ensure_ray(cfg: RayConfig, *, log_to_driver: bool = False) -> None:
         ray.init(log_to_driver=log_to_driver)
         return
     ray.init(
+        # "local": always a fresh in-process cluster, never one that `ray start`
+        # left running on this machine (ray.init() alone would join that one).
+        address="local",
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         include_dashboard=False,
