@@ -240,6 +240,17 @@ def test_bad_rows_are_refused_and_the_partial_version_discarded(
     assert client.dbsize() == 0  # the partial version was deleted
 
 
+def test_empty_run_is_refused(tmp_path, redis_server):
+    client = redis_server.client()
+    live = load_run(make_run(tmp_path, run=1), serving_cfg(redis_server)).version
+    empty = make_run(tmp_path, run=2, users=0)
+
+    with pytest.raises(DataValidationError, match="no users"):
+        load_run(empty, serving_cfg(redis_server))
+
+    assert assert_serves_run(client, 1, 60) == live
+
+
 # --------------------------------------------------------------------------- crash safety
 
 

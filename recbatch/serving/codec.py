@@ -62,7 +62,8 @@ class _IdLists:
 
     def __init__(self, column: pa.ListArray):
         lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()  # (rows,)
-        self.bounds = np.concatenate([[0], np.cumsum(lengths)])  # (rows + 1,) item offsets
+        # Python ints: indexing a list is several times cheaper than numpy scalars in the row loop.
+        self.bounds: list[int] = np.concatenate([[0], np.cumsum(lengths)]).tolist()  # (rows + 1,)
         flat = pc.list_flatten(column)  # (items,)
         self.is_string = pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)
         if self.is_string:
@@ -74,7 +75,7 @@ class _IdLists:
             self.raw = flat.to_numpy(zero_copy_only=False).astype("<i8", copy=False).tobytes()
 
     def row(self, i: int) -> bytes:
-        lo, hi = int(self.bounds[i]), int(self.bounds[i + 1])
+        lo, hi = self.bounds[i], self.bounds[i + 1]
         if not self.is_string:
             return self.raw[8 * lo : 8 * hi]
         offsets = self.char_offsets[lo : hi + 1]  # (n + 1,)
@@ -82,7 +83,7 @@ class _IdLists:
         return (offsets - start).astype("<u4").tobytes() + self.chars[start:end]
 
     def count(self, i: int) -> int:
-        return int(self.bounds[i + 1] - self.bounds[i])
+        return self.bounds[i + 1] - self.bounds[i]
 
 
 def encode_batch(batch: pa.RecordBatch, version: str) -> list[bytes]:
@@ -94,25 +95,20 @@ def encode_batch(batch: pa.RecordBatch, version: str) -> list[bytes]:
     kind = ID_STRING if items.is_string else ID_INT64
     scores = pc.list_flatten(batch.column("scores")).to_numpy(zero_copy_only=False)
     score_bytes = scores.astype("<f4", copy=False).tobytes()  # (items,) x 4 bytes
-    because = None
+    because, has_because = None, [False] * batch.num_rows
     if "because_item_ids" in batch.schema.names:
         column = batch.column("because_item_ids")
-        because = (_IdLists(column), column.is_valid().to_numpy(zero_copy_only=False))
+        because, has_because = _IdLists(column), column.is_valid().to_pylist()
 
     values = []
+    bounds = items.bounds
     for i in range(batch.num_rows):
-        n = items.count(i)
-        lo = int(items.bounds[i])
-        has_because = because is not None and bool(because[1][i])
-        parts = [
-            _HEADER.pack(MAGIC, kind, FLAG_BECAUSE if has_because else 0, len(tag), 0, n),
-            tag,
-            score_bytes[4 * lo : 4 * (lo + n)],
-            items.row(i),
-        ]
-        if has_because:
-            parts += [_COUNT.pack(because[0].count(i)), because[0].row(i)]
-        values.append(b"".join(parts))
+        lo, hi = bounds[i], bounds[i + 1]
+        header = _HEADER.pack(MAGIC, kind, FLAG_BECAUSE if has_because[i] else 0, len(tag), 0, hi - lo)
+        value = header + tag + score_bytes[4 * lo : 4 * hi] + items.row(i)
+        if has_because[i]:
+            value += _COUNT.pack(because.count(i)) + because.row(i)
+        values.append(value)
     return values
 
 

@@ -80,6 +80,8 @@ def load_run(
     from `redis_url` or the config. `on_batch` observes progress.
     """
     run = open_published_run(run_dir)
+    if run.users == 0:
+        raise DataValidationError(f"{run.path}: the run has no users; refusing to serve an empty version")
     client = client if client is not None else connect(cfg, redis_url)
     where = describe(client)
     keys = KeyLayout(cfg.key_prefix)
