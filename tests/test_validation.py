@@ -182,3 +182,8 @@ def test_quarantine_that_would_leave_nothing_fails(tmp_path, capsys):
         tmp_path, capsys, source, "interactions.csv", "every one of the 2 interactions rows is bad",
         "1 unparsable ts", "1 unknown item_id", flags=("--on-bad-rows", "quarantine"),
     )  # fmt: skip
+
+
+def test_a_column_of_only_null_ids_is_reported_as_null_ids(tmp_path, capsys):
+    source = write_source(tmp_path / "src", interactions="user_id,item_id,ts\n,1,1704200000\n,2,1704200001\n")
+    assert_rejected(tmp_path, capsys, source, "interactions.csv", "column 'user_id': 2 of 2", "no user_id")

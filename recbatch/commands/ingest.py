@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="source layout; auto detects it from the files present (ingest.format)",
     )
     p.add_argument(
-        "--on-bad-rows", choices=["fail", "quarantine"], help="fail, or set bad rows aside with a reason (ingest.on_bad_rows)"
+        "--on-bad-rows",
+        choices=["fail", "quarantine"],
+        help="fail, or set bad rows aside with a reason (ingest.on_bad_rows)",
     )
     p.add_argument(
         "--map",
@@ -37,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--protocol", choices=["leave_last_n", "temporal"], help="split protocol (split.protocol)")
     p.add_argument("--leave-last-n", type=int, help="test events per user (split.leave_last_n)")
-    p.add_argument("--min-user-interactions", type=int, help="users with fewer stay in train (split.min_user_interactions)")
+    p.add_argument(
+        "--min-user-interactions", type=int, help="users with fewer stay in train (split.min_user_interactions)"
+    )
     p.add_argument("--temporal-train-fraction", type=float, help="time cutoff quantile (split.temporal_train_fraction)")
     p.add_argument("--validation-n", type=int, help="validation events per user (split.validation_n)")
     p.add_argument("--min-rating", type=float, help="ratings below it are not positives; counted (ingest.min_rating)")

@@ -196,8 +196,10 @@ def make_user_chunk(
     late /= late.sum(axis=1, keepdims=True)
 
     dominant = early.argmax(axis=1)  # (U,)
-    country = np.where(rng.random(n_users) < 0.7, dominant % len(COUNTRIES), rng.integers(0, len(COUNTRIES), n_users))
-    age = np.where(rng.random(n_users) < 0.5, (dominant * 3 + 1) % len(AGE_BANDS), rng.integers(0, len(AGE_BANDS), n_users))
+    country_from_taste = dominant % len(COUNTRIES)
+    country = np.where(rng.random(n_users) < 0.7, country_from_taste, rng.integers(0, len(COUNTRIES), n_users))
+    age_from_taste = (dominant * 3 + 1) % len(AGE_BANDS)
+    age = np.where(rng.random(n_users) < 0.5, age_from_taste, rng.integers(0, len(AGE_BANDS), n_users))
     sigma = 0.5
     activity = rng.lognormal(-sigma**2 / 2, sigma, size=n_users)  # mean 1
     counts = np.clip(rng.poisson(cfg.interactions_per_user * activity), 2, 10 * cfg.interactions_per_user)

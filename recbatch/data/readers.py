@@ -77,10 +77,8 @@ def check_utf8(path: Path, separator: str = ",", chunk_bytes: int = 1 << 24) -> 
                 count += 1
                 if len(bad) < 3:
                     fields = line.rstrip(b"\r\n").split(separator.encode())
-                    col = next(
-                        (header[i] if i < len(header) else f"#{i + 1}" for i, v in enumerate(fields) if not _is_utf8(v)),
-                        "?",
-                    )
+                    bad_fields = [i for i, value in enumerate(fields) if not _is_utf8(value)]
+                    col = next((header[i] if i < len(header) else f"#{i + 1}" for i in bad_fields), "?")
                     bad.append((line_no, col, line[:60]))
     columns = sorted({c for _, c, _ in bad})
     examples = "; ".join(f"line {n} column '{c}': {raw!r}" for n, c, raw in bad)

@@ -68,7 +68,8 @@ def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataF
 def mark_cold_items(items: pl.DataFrame, split: pl.DataFrame) -> pl.DataFrame:
     """``is_cold``: the item has no interaction in the train split (only its text can place it)."""
     warm = split.filter(pl.col("split") == "train")["item_id"].unique()
-    marked = items.drop("is_cold", strict=False).with_columns((~pl.col("item_id").is_in(warm.implode())).alias("is_cold"))
+    is_cold = ~pl.col("item_id").is_in(warm.implode())
+    marked = items.drop("is_cold", strict=False).with_columns(is_cold.alias("is_cold"))
     # beside the other flags, before free-form attribute columns
     before = items.columns[: items.columns.index("available") + 1] if "available" in items.columns else items.columns
     return marked.select(*before, "is_cold", *[c for c in items.columns if c not in before and c != "is_cold"])

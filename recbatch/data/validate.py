@@ -269,7 +269,10 @@ def _unparsable(name: str, what: str) -> RowCheck:
 
 def _duplicate(name: str) -> RowCheck:
     return RowCheck(
-        name, f"duplicate {name}", f"repeat a value another row also has (all copies are bad)", pl.col(name).is_duplicated()
+        name,
+        f"duplicate {name}",
+        "repeat a value another row also has (all copies are bad)",
+        pl.col(name).is_duplicated(),
     )
 
 
@@ -375,8 +378,15 @@ def _id_kind(frame: pl.DataFrame, name: str) -> IdType:
 
 
 def check_id_types(pairs: list[tuple[RawTable, pl.DataFrame, str]]) -> IdType:
-    """All id columns must share one type, since the snapshot has one ``id_type``."""
-    kinds = [(table, name, _id_kind(frame, name)) for table, frame, name in pairs]
+    """All id columns must share one type, since the snapshot has one ``id_type``.
+
+    A column of only nulls has no type of its own; its rows fail the null-id check instead.
+    """
+    typed = [(table, frame, name) for table, frame, name in pairs if frame[name].null_count() < frame.height]
+    kinds = [(table, name, _id_kind(frame, name)) for table, frame, name in typed]
+    if not kinds:
+        table, _, name = pairs[0]
+        raise DataValidationError(f"{table.path}: column '{name}': all {table.frame.height} rows have no id (null)")
     first_table, first_name, first_kind = kinds[0]
     for table, name, kind in kinds[1:]:
         if kind != first_kind:
@@ -387,6 +397,12 @@ def check_id_types(pairs: list[tuple[RawTable, pl.DataFrame, str]]) -> IdType:
                 "or all text) so they survive to the recommendations unchanged."
             )
     return first_kind
+
+
+def _cast_ids(frame: pl.DataFrame, id_type: IdType) -> pl.DataFrame:
+    """Give all-null id columns (which have no type of their own) the source's id type."""
+    dtype = pl.Int64 if id_type == "int" else pl.String
+    return frame.with_columns(pl.col(c).cast(dtype) for c in ("item_id", "user_id") if c in frame.columns)
 
 
 def _id_words(kind: IdType) -> str:
@@ -413,11 +429,14 @@ def validate_source(
     if source.users is not None:
         id_pairs.append((source.users, users_frame, "user_id"))
     id_type = check_id_types(id_pairs)
+    items_frame = _cast_ids(items_frame, id_type)
+    interactions_frame = _cast_ids(interactions_frame, id_type)
+    users_frame = _cast_ids(users_frame, id_type) if users_frame is not None else None
 
     item_checks = [
         _null("item_id"),
         _duplicate("item_id"),
-        RowCheck("title", "empty title", "have an empty title", pl.col("title").is_null() | (pl.col("title").str.strip_chars() == "")),
+        RowCheck("title", "empty title", "have an empty title", pl.col("title").fill_null("").str.strip_chars() == ""),
     ]
     if "available" in items_frame.columns:
         item_checks.append(_unparsable("available", "true/false"))
