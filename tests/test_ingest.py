@@ -147,3 +147,25 @@ def test_missing_or_unrecognised_source_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "other" / "notes.txt").write_text("hi")
     assert main(["ingest", "--root", str(tmp_path / "root"), "--source", str(tmp_path / "other")]) == 2
     assert "cannot tell the layout" in capsys.readouterr().err
+
+
+def test_text_timestamps_in_the_usual_shapes(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "items.csv").write_text("item_id,title\n1,One\n2,Two\n3,Three\n4,Four\n")
+    (source / "interactions.csv").write_text(
+        "user_id,item_id,ts\n"
+        "1,1,1709280000\n"  # unix seconds
+        "1,2,2024-03-02\n"  # a date
+        "1,3,2024-03-03 10:00:00\n"  # naive: UTC
+        "1,4,2024-03-04T10:00:00+02:00\n"  # with an offset
+    )
+    snapshot = ingest(config(tmp_path, source))
+    ts = dict(snapshot.interactions().collect().select("item_id", "ts").iter_rows())
+    utc = dt.UTC
+    assert ts == {
+        1: dt.datetime(2024, 3, 1, 8, 0, tzinfo=utc),
+        2: dt.datetime(2024, 3, 2, tzinfo=utc),
+        3: dt.datetime(2024, 3, 3, 10, tzinfo=utc),
+        4: dt.datetime(2024, 3, 4, 8, tzinfo=utc),
+    }

@@ -36,12 +36,12 @@ ROW = "__row"  # 1-based data row number in the source file, for messages
 RAW = "__raw_"  # prefix of the source value kept beside each parsed column
 EARLIEST_TS = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 PLAIN_INTEGER = r"^-?(0|[1-9][0-9]*)$"  # no leading zeros: "000123" is a text id
-TIMESTAMP_FORMATS = (
-    None,  # polars' inference (ISO-8601 with or without offset)
-    "%Y-%m-%d %H:%M:%S",
-    "%Y-%m-%dT%H:%M:%S",
+TIMESTAMP_FORMATS = (  # tried in turn; the first that parses a value wins
+    None,  # polars' inference from the first value
+    "%Y-%m-%dT%H:%M:%S%.f%#z",  # ISO-8601 with an offset or Z (fraction optional)
+    "%Y-%m-%d %H:%M:%S%.f%#z",
+    "%Y-%m-%dT%H:%M:%S%.f",  # naive: read as UTC
     "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S%.f",
     "%Y-%m-%d",
 )
 
