@@ -169,3 +169,19 @@ def test_text_timestamps_in_the_usual_shapes(tmp_path):
         3: dt.datetime(2024, 3, 3, 10, tzinfo=utc),
         4: dt.datetime(2024, 3, 4, 8, tzinfo=utc),
     }
+
+
+def test_a_table_may_be_a_folder_of_parquet_parts(tmp_path, generated):
+    source = tmp_path / "parts"
+    (source / "interactions").mkdir(parents=True)
+    inter = pl.read_parquet(generated["int"] / "interactions.parquet")
+    half = inter.height // 2
+    inter.head(half).write_parquet(source / "interactions" / "part-00000.parquet")
+    inter.tail(inter.height - half).write_parquet(source / "interactions" / "part-00001.parquet")
+    pl.read_parquet(generated["int"] / "items.parquet").write_parquet(source / "items.parquet")
+    pl.read_parquet(generated["int"] / "users.parquet").write_parquet(source / "users.parquet")
+
+    snapshot = ingest(config(tmp_path, source))
+    assert snapshot.counts["interactions"] == inter.height
+    assert {"interactions/part-00000.parquet", "interactions/part-00001.parquet"} <= set(snapshot.manifest["sources"])
+    assert snapshot.hash == ingest(config(tmp_path, generated["int"])).hash  # same rows, same snapshot

@@ -156,7 +156,7 @@ def ingest(cfg: Config) -> Snapshot:
                 "id_type": clean.id_type,
                 "format": source.format,
                 "counts": counts,
-                "sources": _describe_sources(source.files),
+                "sources": _describe_sources(Path(cfg.ingest.source), source.files),
                 "split": dataclasses.asdict(cfg.split),
                 "ingest": {"on_bad_rows": cfg.ingest.on_bad_rows, "min_rating": cfg.ingest.min_rating},
                 "ignored_columns": clean.ignored_columns,
@@ -170,7 +170,9 @@ def ingest(cfg: Config) -> Snapshot:
     return Snapshot.open(final)
 
 
-def _describe_sources(files: list[Path]) -> dict[str, dict[str, object]]:
+def _describe_sources(folder: Path, files: list[Path]) -> dict[str, dict[str, object]]:
+    """Each source file by its path inside the source folder, with size and sha256."""
     return {
-        p.name: {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+        str(p.relative_to(folder)): {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
     }

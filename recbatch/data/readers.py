@@ -33,7 +33,8 @@ class RawTable:
 
     name: str  # "interactions" | "items" | "users"
     frame: pl.DataFrame
-    path: Path  # the file named in error messages
+    path: Path  # the file (or folder of Parquet parts) named in error messages
+    typed: bool = False  # Parquet: keep its types; text: validation parses the values
 
 
 @dataclass
@@ -156,25 +157,31 @@ def read_delimited(
     return frame
 
 
-def read_table_file(path: Path) -> pl.DataFrame:
-    """A canonical table from Parquet (types kept) or CSV (all text, parsed later)."""
+def parquet_parts(path: Path) -> list[Path]:
+    """The Parquet files of a table: the file itself, or a folder's ``*.parquet`` parts in name order."""
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def read_table_file(name: str, path: Path) -> RawTable:
+    """A canonical table from CSV (all text, parsed later) or Parquet (types kept; a file or a folder of parts)."""
     if path.suffix.lower() == ".csv":
-        return read_delimited(path)
-    if path.stat().st_size == 0:
-        raise empty_file_error(path, "0 bytes")
+        return RawTable(name, read_delimited(path), path)
+    parts = parquet_parts(path)
+    if not parts or all(p.stat().st_size == 0 for p in parts):
+        raise empty_file_error(path, "no Parquet data")
     try:
-        frame = pl.read_parquet(path)
+        frame = pl.read_parquet(parts)
     except pl.exceptions.PolarsError as exc:
-        raise DataValidationError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise DataValidationError(f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
     if frame.height == 0:
         raise empty_file_error(path, "a schema but no rows")
-    return frame
+    return RawTable(name, frame, path, typed=True)
 
 
 def find_table_file(folder: Path, name: str) -> Path | None:
-    """``name`` as given, or with a .parquet / .csv extension; None when absent."""
+    """``name`` as given (a file, or a folder of Parquet parts), or with a .parquet / .csv extension."""
     for candidate in (folder / name, folder / f"{name}.parquet", folder / f"{name}.csv"):
-        if candidate.is_file():
+        if candidate.is_file() or (candidate.is_dir() and any(candidate.glob("*.parquet"))):
             return candidate
     return None
 
@@ -212,14 +219,15 @@ def read_canonical(cfg: IngestConfig) -> RawSource:
                 f"{folder}: no {table} table found (looked for {file_name}, {file_name}.parquet, "
                 f"{file_name}.csv); the canonical layout needs interactions and items."
             )
-        frame = apply_column_map(read_table_file(path), table, cfg.column_map)
-        tables[table] = RawTable(table, frame, path)
+        raw = read_table_file(table, path)
+        raw.frame = apply_column_map(raw.frame, table, cfg.column_map)
+        tables[table] = raw
     return RawSource(
         format="canonical",
         interactions=tables["interactions"],
         items=tables["items"],
         users=tables.get("users"),
-        files=[t.path for t in tables.values()],
+        files=[part for t in tables.values() for part in parquet_parts(t.path)],
     )
 
 

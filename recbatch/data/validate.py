@@ -229,7 +229,7 @@ def parse_table(table: RawTable, specs: tuple[ColumnSpec, ...]) -> pl.DataFrame:
     every value fits) and ``__row`` numbers the rows for messages.
     """
     frame = table.frame
-    from_text = table.path.suffix.lower() != ".parquet"
+    from_text = not table.typed
     parsers = {
         "timestamp": _parse_timestamp,
         "number": _parse_number,
