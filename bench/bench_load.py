@@ -137,6 +137,19 @@ def read_latency(url: str, users: int, reads: int = 20_000) -> tuple[float, floa
     return q(ours, 50), q(ours, 99), q(plain, 50), q(plain, 99)
 
 
+def time_gc(url: str) -> tuple[float, int]:
+    """Seconds to delete every version but the live one (SCAN of the whole db + UNLINK)."""
+    from recbatch.serving.gc import collect_garbage
+    from recbatch.serving.keys import KeyLayout
+    from recbatch.serving.versions import live_version
+
+    client, keys = redis.Redis.from_url(url), KeyLayout("bench")
+    total = client.dbsize()
+    started = time.perf_counter()
+    collect_garbage(client, keys, {live_version(client, keys)})
+    return time.perf_counter() - started, total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -167,6 +180,7 @@ def main() -> None:
             runs[name]["server_cpu_seconds"] = server_cpu(url) - before
         p50, p99, plain50, plain99 = read_latency(url, args.users)
         used = redis.Redis.from_url(url).info("memory")["used_memory"] / 2**30
+        gc_seconds, gc_keys = time_gc(url)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -193,6 +207,8 @@ def main() -> None:
     print(f"read get_recommendations (Lua, 1 round trip): p50 {p50:.0f} us  p99 {p99:.0f} us; "
           f"reference two GETs: p50 {plain50:.0f} us  p99 {plain99:.0f} us  (p50 ratio {p50 / plain50:.2f})")
     print(f"redis used_memory with both versions loaded: {used:.2f} GiB")
+    print(f"garbage collection of the {args.small_users:,}-user version in a {gc_keys:,}-key database: "
+          f"{gc_seconds:.1f} s")
 
 
 if __name__ == "__main__":

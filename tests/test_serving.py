@@ -467,7 +467,8 @@ def test_mask_url_hides_only_the_password():
 # --------------------------------------------------------------------------- other languages
 
 
-def test_documented_javascript_reader_decodes_a_stored_value(tmp_path, redis_server):
+@pytest.mark.parametrize("id_type", ["int", "string"])
+def test_documented_javascript_reader_decodes_a_stored_value(tmp_path, redis_server, id_type):
     """The JavaScript reader in docs/serving.md, run with node against the live server."""
     node = shutil.which("node")
     if node is None:
@@ -475,10 +476,10 @@ def test_documented_javascript_reader_decodes_a_stored_value(tmp_path, redis_ser
     doc = (REPO / "docs" / "serving.md").read_text()
     script = re.search(r"```js\n(.*?)```", doc, re.S).group(1)
     (tmp_path / "reader.js").write_text(script)
-    load_run(make_run(tmp_path, run=1, users=10, because=True), serving_cfg(redis_server))
+    load_run(make_run(tmp_path, run=1, users=10, id_type=id_type, because=True), serving_cfg(redis_server))
     client = redis_server.client()
 
-    for user in (4, 5):
+    for user in (user_key(4, id_type), user_key(6, id_type)):  # with and without because ids
         out = subprocess.run(
             [node, str(tmp_path / "reader.js"), "127.0.0.1", str(redis_server.port), PREFIX, str(user)],
             capture_output=True, text=True, timeout=30, check=True,
