@@ -41,28 +41,31 @@ def temporal_cutoff(interactions: pl.DataFrame, train_fraction: float) -> pl.Exp
 
 def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
     """Interactions plus ``split`` in {train, validation, test}, sorted chronologically per user."""
-    ordered = chronological(interactions)
-    per_user = pl.len().over("user_id")
-    position = pl.int_range(pl.len()).over("user_id")  # 0 = the user's first event
-    eligible = per_user >= cfg.min_user_interactions
-    not_first = position > 0
-
+    # Per-user counters are materialised once as columns: window expressions are
+    # the expensive part, and reusing them by name keeps each computed once.
+    ordered = chronological(interactions).with_columns(
+        pl.len().over("user_id").alias("__n"),  # the user's events
+        pl.int_range(pl.len()).over("user_id").alias("__pos"),  # 0 = the user's first event
+    )
+    n, pos = pl.col("__n"), pl.col("__pos")
+    eligible = n >= cfg.min_user_interactions
     if cfg.protocol == "leave_last_n":
-        from_end = per_user - 1 - position  # 0 = the user's latest event
-        is_test = eligible & not_first & (from_end < cfg.leave_last_n)
+        from_end = n - 1 - pos  # 0 = the user's latest event
+        is_test = eligible & (pos > 0) & (from_end < cfg.leave_last_n)
     else:
         is_test = pl.col("ts") > temporal_cutoff(ordered, cfg.temporal_train_fraction)
 
-    flagged = ordered.with_columns(is_test.alias("__test"), eligible.alias("__eligible"))
-    in_train = ~pl.col("__test")
-    train_count = in_train.sum().over("user_id")
-    train_position = in_train.cast(pl.Int64).cum_sum().over("user_id") - 1
-    train_from_end = train_count - 1 - train_position
-    is_validation = (
-        in_train & pl.col("__eligible") & (train_position > 0) & (train_from_end < cfg.validation_n)
+    # In both protocols a user's train events are a prefix of their history
+    # (test takes the latest ones), so counting train events is enough to
+    # find the end of the train part.
+    flagged = ordered.with_columns(is_test.alias("__test")).with_columns(
+        (~pl.col("__test")).sum().over("user_id").alias("__train_n")
     )
+    train_from_end = pl.col("__train_n") - 1 - pos  # 0 = the user's latest train event
+    is_validation = ~pl.col("__test") & eligible & (pos > 0) & (train_from_end < cfg.validation_n)
     split = pl.when(pl.col("__test")).then(pl.lit("test")).when(is_validation).then(pl.lit("validation"))
-    return flagged.with_columns(split.otherwise(pl.lit("train")).alias("split")).drop("__test", "__eligible")
+    helpers = ["__n", "__pos", "__test", "__train_n"]
+    return flagged.with_columns(split.otherwise(pl.lit("train")).alias("split")).drop(helpers)
 
 
 def mark_cold_items(items: pl.DataFrame, split: pl.DataFrame) -> pl.DataFrame:
