@@ -187,3 +187,8 @@ def test_quarantine_that_would_leave_nothing_fails(tmp_path, capsys):
 def test_a_column_of_only_null_ids_is_reported_as_null_ids(tmp_path, capsys):
     source = write_source(tmp_path / "src", interactions="user_id,item_id,ts\n,1,1704200000\n,2,1704200001\n")
     assert_rejected(tmp_path, capsys, source, "interactions.csv", "column 'user_id': 2 of 2", "no user_id")
+
+
+def test_ragged_csv_is_reported_with_the_file(tmp_path, capsys):
+    source = write_source(tmp_path / "src", items="item_id,title\n1,One\n2,Two,extra,fields\n")
+    assert_rejected(tmp_path, capsys, source, "items.csv", "could not be parsed", "same number of fields")
