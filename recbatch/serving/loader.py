@@ -109,11 +109,8 @@ def load_run(
             _discard(client, keys, version, gc_done)
             raise
         collected = _gc_result(gc_done)
-
-    # Keeping the old rollback target through the load may leave one version too many.
-    with store_errors(where, "deleting old versions"):
-        keep_now = versions_to_keep(versions.history(client, keys), cfg.keep_versions)
-        collected += collect_garbage(client, keys, keep_now, batch_size=cfg.batch_size)
+        # Keeping the old rollback target through the load may leave one version too many.
+        collected += _gc_result(pool.submit(_collect_after_flip, client, keys, cfg))
 
     seconds = time.perf_counter() - started
     log.info("version %s is live (%d users in %.1f s); previous %s", version, written, seconds, previous)
@@ -227,6 +224,11 @@ def _discard(client: redis.Redis, keys: KeyLayout, version: str, gc_done: Future
         delete_versions(client, keys, [version])
     except redis.RedisError as exc:  # the next load's GC will finish the job
         log.warning("could not delete partial version %s now (%s); the next load will", version, exc)
+
+
+def _collect_after_flip(client: redis.Redis, keys: KeyLayout, cfg: ServingConfig) -> list[str]:
+    keep = versions_to_keep(versions.history(client, keys), cfg.keep_versions)
+    return collect_garbage(client, keys, keep, batch_size=cfg.batch_size)
 
 
 def _gc_result(gc_done: Future) -> list[str]:
