@@ -82,7 +82,10 @@ def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: i
     topic_of = np.arange(items) % topics
     is_cold = np.zeros(items, dtype=bool)
     for t in range(topics):
-        is_cold[np.flatnonzero(topic_of == t)[-2:]] = True
+        is_cold[rng.choice(np.flatnonzero(topic_of == t), size=2, replace=False)] = True
+    # Each title: its topic's words plus two of that topic's eight flavour words.
+    flavour = [" ".join(rng.choice([f"t{topic_of[i]}w{j}" for j in range(8)], size=2, replace=False))
+               for i in range(items)]
     popularity = 1.0 / (1 + rng.permutation(items)) ** 0.7
     rows = []
     for u in range(users):
@@ -95,7 +98,7 @@ def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: i
         rows += [(u, int(i), "validation") for i in picked[12:14]]
         rows += [(u, int(i), "test") for i in picked[14:]] + [(u, cold_pick, "test")]
     item_rows = [
-        {"item_id": i, "title": f"{TOPIC_WORDS[topic_of[i]]} {i}", "genres": f"g{topic_of[i]}",
+        {"item_id": i, "title": f"{TOPIC_WORDS[topic_of[i]]} {flavour[i]}", "genres": f"g{topic_of[i]}",
          "is_cold": bool(is_cold[i]), "available": True}
         for i in range(items)
     ]

@@ -15,8 +15,8 @@ so the evaluation reads baselines and the two-tower through one code path.
 
 The baselines: ``most_popular``; ``item_knn`` (cosine item-item neighbours on
 the binary user-item matrix, ``implicit``); ``als`` and ``bpr`` (``implicit``,
-CPU); ``content`` (TF-IDF of the rendered item text reduced by a truncated SVD
-(LSA), user = mean of the history's item vectors); and ``random``, the floor.
+CPU); ``content`` (TF-IDF of the rendered item text, user = mean of the
+history's item vectors); and ``random``, the floor.
 Collaborative baselines can only rank items with a training interaction, so
 cold items are masked for them; ``content`` and ``random`` rank every item.
 """
@@ -61,12 +61,18 @@ class TrainingData:
     user_ids: pl.Series  # row -> user id
     item_ids: pl.Series  # column -> item id: the whole catalog, sorted (ties break by id)
     available: np.ndarray  # [N] bool: may be recommended at all
+    cold: np.ndarray  # [N] bool: the snapshot's is_cold (no interaction in the train split)
     item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
 
     @property
     def warm(self) -> np.ndarray:
-        """[N] bool: items with at least one interaction in the matrix."""
-        return np.asarray(self.matrix.getnnz(axis=0) > 0)
+        """[N] bool: items a collaborative model can place: interacted with, and not cold.
+
+        An item seen only in validation rows is still cold by the snapshot's
+        definition, so collaborative baselines leave it out like the
+        two-tower's id embedding does, and cold-slice numbers stay comparable.
+        """
+        return np.asarray(self.matrix.getnnz(axis=0) > 0) & ~self.cold
 
 
 def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
@@ -94,11 +100,13 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
         if "available" in items.columns
         else np.ones(items.height, dtype=bool)
     )
+    cold = items["is_cold"].fill_null(False).to_numpy() if "is_cold" in items.columns else np.zeros(items.height, bool)
     return TrainingData(
         matrix=matrix,
         user_ids=users["user_id"],
         item_ids=items["item_id"],
         available=np.asarray(available, dtype=bool),
+        cold=np.asarray(cold, dtype=bool),
         item_text=render_item_text(items).to_list(),
     )
 
@@ -206,8 +214,34 @@ class BPR(Baseline):
         return model.user_factors, model.item_factors  # bias folded in as an extra factor
 
 
-class ItemKNN(Baseline):
-    """Score = sum of cosine similarities to the user's items, `neighbors` kept per item."""
+class DenseScoreBaseline(Baseline):
+    """Baselines whose scores are a sparse product, ranked one block of users at a time.
+
+    The product ``[B, N]`` is formed densely per block and selected with the
+    scoring kernel's tie rule (score descending, item id ascending).
+    """
+
+    def scores(self, data: TrainingData, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError  # [B, N]
+
+    def rank(self, data, rows, k):
+        scores = torch.from_numpy(np.asarray(self.scores(data, rows), dtype=np.float32))  # [B, N]
+        seen = data.matrix[rows].tocoo()
+        scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = float("-inf")
+        scores[:, torch.from_numpy(~self.item_mask(data))] = float("-inf")
+        index = torch.arange(scores.shape[1]).expand_as(scores)  # [B, N]
+        values, idx = select_topk(scores, index, k)
+        idx = torch.where(torch.isneginf(values), PAD_INDEX, idx)
+        return idx.numpy(), values.numpy()
+
+
+class ItemKNN(DenseScoreBaseline):
+    """Score = sum of cosine similarities to the user's items, `neighbors` kept per item.
+
+    ``implicit`` builds the neighbour matrix; its own recommend() leaks
+    filtered items back with score 0 when given a candidate list, so ranking
+    goes through `DenseScoreBaseline.rank`.
+    """
 
     name = "item_knn"
     grid = [{"neighbors": n} for n in (20, 100, 400)]
@@ -222,40 +256,32 @@ class ItemKNN(Baseline):
             model.fit(data.matrix, show_progress=False)
         self._similarity = model.similarity.tocsr()  # [N, N] sparse
 
-    def rank(self, data, rows, k):
-        # implicit's own recommend() leaks filtered items back with score 0 when
-        # given a candidate list, so selection is done here with the kernel's rule.
-        history = data.matrix[rows]  # [B, N]
-        scores = torch.from_numpy((history @ self._similarity).toarray().astype(np.float32))  # [B, N]
-        seen = history.tocoo()
-        scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = float("-inf")
-        scores[:, torch.from_numpy(~self.item_mask(data))] = float("-inf")
-        index = torch.arange(scores.shape[1]).expand_as(scores)  # [B, N]
-        values, idx = select_topk(scores, index, k)
-        idx = torch.where(torch.isneginf(values), PAD_INDEX, idx)
-        return idx.numpy(), values.numpy()
+    def scores(self, data, rows):
+        return (data.matrix[rows] @ self._similarity).toarray()  # [B, N]
 
 
-class Content(Baseline):
-    """Text only: LSA vectors of the item text; a user is the mean of their items' vectors."""
+class Content(DenseScoreBaseline):
+    """Text only: TF-IDF of the rendered item text; a user is the mean of their items' vectors.
+
+    Scores are cosine-like (unit item rows, averaged profile), so cold items
+    compete on their text alone.
+    """
 
     name = "content"
     collaborative = False
-    grid = [{"dims": d} for d in (64, 256)]
+    grid = [{"ngrams": n} for n in (1, 2)]
 
-    def vectors(self, data):
-        from sklearn.decomposition import TruncatedSVD
+    def fit(self, data: TrainingData) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, self.params["ngrams"]))
+        self._items = vectorizer.fit_transform(data.item_text).astype(np.float32).tocsr()  # [N, V] unit rows
+
+    def scores(self, data, rows):
         from sklearn.preprocessing import normalize
 
-        tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1).fit_transform(
-            data.item_text
-        )  # [N, V] sparse
-        dims = max(1, min(self.params["dims"], tfidf.shape[1] - 1, tfidf.shape[0] - 1))
-        items = TruncatedSVD(dims, random_state=self.seed).fit_transform(tfidf)  # [N, dims]
-        items = normalize(items).astype(np.float32)
-        history = normalize(data.matrix, norm="l1")  # [U, N]: rows average the history
-        return np.asarray(history @ items), items
+        profile = normalize(data.matrix[rows], norm="l1") @ self._items  # [B, V]: mean of history
+        return (profile @ self._items.T).toarray()  # [B, N]
 
 
 BASELINES: dict[str, type[Baseline]] = {
