@@ -3,9 +3,10 @@
 Which versions go: every registered version except those the caller keeps
 (the live one, its rollback target, the newest ``keep_versions``, and a load
 in progress). That includes versions of killed loads, which never reached the
-history. How: one SCAN over ``P:v:*`` in pages, UNLINK in batches (Redis frees
-the memory in a background thread), then the meta hash and the registry entry
-last, so an interrupted collection is simply finished by the next one.
+history. How: per version, a SCAN with ``MATCH P:v:<version>:*`` (Redis filters
+server-side, so only that version's keys come back), UNLINK in batches (Redis
+frees the memory in a background thread), then the meta hash and the registry
+entry last, so an interrupted collection is simply finished by the next one.
 """
 
 from __future__ import annotations
@@ -48,25 +49,25 @@ def delete_versions(
     client: redis.Redis, keys: KeyLayout, versions: Iterable[str], *, batch_size: int = 1000
 ) -> int:
     """UNLINK every key of `versions`, then their meta and registry entries; returns keys deleted."""
-    doomed = set(versions)
-    if not doomed:
-        return 0
-    metas = {keys.meta(v).encode() for v in doomed}  # deleted last: they mark unfinished work
-    batch: list[bytes] = []
+    doomed = sorted(set(versions))
     deleted = 0
-    for key in client.scan_iter(match=keys.all_versions_pattern, count=batch_size):
-        if key not in metas and keys.version_of_key(key) in doomed:
-            batch.append(key)
+    for version in doomed:
+        meta = keys.meta(version).encode()  # deleted last: it marks unfinished work
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=keys.version_pattern(version), count=batch_size):
+            if key != meta:
+                batch.append(key)
             if len(batch) >= batch_size:
                 deleted += client.unlink(*batch)
                 batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    pipe = client.pipeline(transaction=True)
-    for version in doomed:
-        pipe.unlink(keys.meta(version))
-        pipe.zrem(keys.registry, version)
-        pipe.lrem(keys.history, 0, version)
-    pipe.execute()
-    log.info("deleted %d version(s) (%d keys): %s", len(doomed), deleted, sorted(doomed))
+        if batch:
+            deleted += client.unlink(*batch)
+    if doomed:
+        pipe = client.pipeline(transaction=True)
+        for version in doomed:
+            pipe.unlink(keys.meta(version))
+            pipe.zrem(keys.registry, version)
+            pipe.lrem(keys.history, 0, version)
+        pipe.execute()
+        log.info("deleted %d version(s) (%d keys): %s", len(doomed), deleted, doomed)
     return deleted

@@ -47,19 +47,9 @@ class KeyLayout:
     def user(self, version: str, user_id: int | str) -> str:
         return f"{self.version_root(version)}u:{user_id}"
 
-    @property
-    def all_versions_pattern(self) -> str:
-        """SCAN pattern matching the keys of every version (for garbage collection)."""
-        return f"{_glob_escape(self.prefix)}:v:*"
-
-    def version_of_key(self, key: bytes | str) -> str | None:
-        """The version a ``P:v:<version>:...`` key belongs to, or None."""
-        text = key.decode() if isinstance(key, bytes) else key
-        head = f"{self.prefix}:v:"
-        if not text.startswith(head):
-            return None
-        version, sep, _ = text[len(head) :].partition(":")
-        return version if sep else None
+    def version_pattern(self, version: str) -> str:
+        """SCAN pattern matching every key of one version (Redis does the matching)."""
+        return _glob_escape(self.version_root(version)) + "*"
 
 
 def _glob_escape(text: str) -> str:
