@@ -132,6 +132,12 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     incremental: bool = True
+    # Interactions a user's history (the user tower's input) is built from. The
+    # default keeps the test split out so offline evaluation stays honest; a
+    # production run that serves from the latest behaviour may add "test".
+    history_splits: list[Literal["train", "validation", "test"]] = field(
+        default_factory=lambda: ["train", "validation"]
+    )
 
 
 @dataclass

@@ -1,0 +1,212 @@
+"""The embedding stage: items, then users, encoded by Ray Data actor pools.
+
+    snapshot items ──read_parquet──▶ text + input_hash ──▶ [reuse plan] ──▶ ItemEncoder pool ─┐
+                                                         previous rows with the same hash ───┴▶ items/
+    snapshot users + histories ──▶ history rows + input_hash ──▶ [reuse plan] ──▶ UserEncoder pool ─┐
+                          (item matrix of this model version, one Ray object)  previous rows ─────┴▶ users/
+
+Each output is ``embeddings/<model_version>/{items,users}``, published
+atomically with a manifest that counts what was encoded and what was reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recbatch.config import Config, EmbedConfig
+from recbatch.data.snapshot import Snapshot
+from recbatch.embed.incremental import ReusePlan, plan_reuse
+from recbatch.embed.items import ItemEncoder, item_hashes
+from recbatch.embed.store import publish_embeddings, read_hashes, read_matrix
+from recbatch.embed.users import UserEncoder, user_inputs
+from recbatch.errors import DataValidationError, UsageError
+from recbatch.layout import RunLayout
+from recbatch.runtime import ensure_ray, resolve_precision
+from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
+from recbatch.storage import verify_manifest
+
+log = logging.getLogger(__name__)
+
+# Rows per Ray Data batch handed to an actor, in model batches: the window the
+# actor sorts by length. Wider windows bucket better but hold more in memory.
+WINDOW_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    items_dir: Path
+    users_dir: Path
+    model_version: str
+    items_encoded: int
+    items_reused: int
+    users_encoded: int
+    users_reused: int
+    seconds: float
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any]:
+    """The card of a published model artifact (checked complete first), without loading weights."""
+    from recbatch.model.artifact import CARD_FILE
+
+    verify_manifest(model_dir, checksums=False)
+    return json.loads((Path(model_dir) / CARD_FILE).read_text())
+
+
+def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
+    """Embed every item and user of `snapshot` with the model at `model_dir`.
+
+    With ``embed.incremental`` (the default) rows whose input is unchanged
+    since the last run of the same model version are reused, not re-encoded.
+    """
+    started = time.perf_counter()
+    card = read_model_card(model_dir)
+    version = card["model_version"]
+    layout = RunLayout.of(cfg.root)
+    ensure_ray(cfg.ray)
+    actor = _actor_settings(cfg.embed, model_dir)
+    common = {"model_version": version, "snapshot_hash": snapshot.hash, "id_type": snapshot.id_type,
+              "embedding_dim": int(card["model"]["embedding_dim"]), "device": actor["device"],
+              "precision": actor["precision"]}
+
+    items_dir = layout.embeddings(version, "items")
+    current_items = _current_item_hashes(snapshot)
+    items_plan = _encode_incrementally(
+        _snapshot_items(snapshot, cfg.embed), current_items, "item_id", ItemEncoder, actor,
+        items_dir, cfg.embed, {**common, "kind": "item_embeddings"},
+    )
+
+    item_ids, item_matrix = read_matrix(items_dir, "item_id")  # [N], [N, D]
+    feature_columns = _user_feature_columns(card)
+    users = user_inputs(
+        snapshot, item_ids, current_items,
+        history_length=int(card["model"]["history_length"]),
+        history_splits=cfg.embed.history_splits,
+        feature_columns=feature_columns,
+    )
+    users_dir = layout.embeddings(version, "users")
+    users_plan = _encode_incrementally(
+        _from_table(users, cfg.embed), users.select(["user_id", "input_hash"]), "user_id", UserEncoder,
+        {**actor, "item_matrix": _put(item_matrix), "feature_columns": feature_columns},
+        users_dir, cfg.embed, {**common, "kind": "user_embeddings", "history_splits": cfg.embed.history_splits},
+    )
+    seconds = time.perf_counter() - started
+    log.info("embedded items (%d encoded, %d reused) and users (%d encoded, %d reused) in %.1f s",
+             items_plan.encoded, items_plan.reused, users_plan.encoded, users_plan.reused, seconds)
+    return EmbedResult(items_dir, users_dir, version, items_plan.encoded, items_plan.reused,
+                       users_plan.encoded, users_plan.reused, seconds)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _actor_settings(cfg: EmbedConfig, model_dir: Path) -> dict[str, Any]:
+    """Constructor arguments shared by the item and user actors: device, precision, threads."""
+    import ray
+
+    on_gpu = cfg.gpus_per_actor > 0
+    if on_gpu:
+        have = ray.cluster_resources().get("GPU", 0)
+        need = cfg.gpus_per_actor * cfg.num_actors
+        if have < need:  # Ray would wait forever for GPUs that never come
+            raise UsageError(f"embed.gpus_per_actor x embed.num_actors = {need} GPUs, but the Ray cluster has {have}")
+    return {
+        "model_dir": str(model_dir),
+        "device": "cuda" if on_gpu else "cpu",
+        "precision": resolve_precision(cfg.precision, on_gpu),
+        "threads": max(1, int(cfg.cpus_per_actor)),
+        "batch_size": cfg.batch_size,
+    }
+
+
+def _num_blocks(rows: int, cfg: EmbedConfig) -> int:
+    """At least two blocks per actor (one Parquet file is one block: one busy actor otherwise)."""
+    return max(2 * cfg.num_actors, math.ceil(rows / (cfg.batch_size * WINDOW_BATCHES)), 1)
+
+
+def _snapshot_items(snapshot: Snapshot, cfg: EmbedConfig):
+    """The snapshot's item rows as a Ray dataset of several blocks."""
+    import ray
+
+    path = snapshot.table_path("items")
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if rows == 0:
+        raise DataValidationError(f"{path}: the snapshot has no items to embed")
+    return ray.data.read_parquet(str(path)).repartition(_num_blocks(rows, cfg))
+
+
+def _current_item_hashes(snapshot: Snapshot) -> pa.Table:
+    """``(item_id, input_hash)`` of every snapshot item (text columns only are read)."""
+    names = snapshot.items().collect_schema().names()
+    return item_hashes(snapshot.items().select([c for c in ("item_id", *ITEM_TEXT_COLUMNS) if c in names]).collect())
+
+
+def _from_table(table: pa.Table, cfg: EmbedConfig):
+    """A driver-side table as a Ray dataset, already cut into blocks (no shuffle needed)."""
+    import ray
+
+    step = max(1, math.ceil(table.num_rows / _num_blocks(table.num_rows, cfg)))
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
+
+
+def _put(value: Any) -> Any:
+    import ray
+
+    return ray.put(value)
+
+
+def _user_feature_columns(card: dict[str, Any]) -> list[str]:
+    spec = card.get("user_features") or {}
+    return list(spec.get("categorical", [])) + list(spec.get("numeric", []))
+
+
+def _encode_incrementally(
+    inputs,  # a Ray dataset of the encoder's input rows
+    current: pa.Table,  # (id, input_hash) of every row of `inputs`
+    id_column: str,
+    encoder: type,
+    encoder_args: dict[str, Any],
+    final: Path,
+    cfg: EmbedConfig,
+    fields: dict[str, Any],
+) -> ReusePlan:
+    """Encode new/changed rows with an actor pool, copy reusable ones, publish both together."""
+    import ray
+    from ray.data.expressions import col
+
+    started = time.perf_counter()
+    previous = read_hashes(final, id_column) if cfg.incremental else None
+    plan = plan_reuse(current, previous, id_column)
+    parts = []
+    if plan.encoded:
+        todo = inputs.filter(expr=col(id_column).is_in(plan.encode_ids.to_pylist())) if plan.reused else inputs
+        parts.append(
+            todo.map_batches(
+                encoder,
+                fn_constructor_kwargs=encoder_args,
+                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                num_cpus=cfg.cpus_per_actor,
+                num_gpus=cfg.gpus_per_actor,
+                batch_size=cfg.batch_size * WINDOW_BATCHES,
+                batch_format="pyarrow",
+            )
+        )
+    if plan.reused:
+        kept = ray.data.read_parquet(str(final)).filter(expr=col(id_column).is_in(plan.reuse_ids.to_pylist()))
+        parts.append(kept)
+    schema = embeddings_schema(fields["id_type"], id_column)
+    if not parts:
+        parts.append(ray.data.from_arrow(schema.empty_table()))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    publish_embeddings(ds, final, schema, {**fields, "encoded": plan.encoded, "reused": plan.reused,
+                                           "seconds": round(time.perf_counter() - started, 3)})
+    log.info("%s: %d encoded, %d reused", final, plan.encoded, plan.reused)
+    return plan

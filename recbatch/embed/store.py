@@ -1,0 +1,98 @@
+"""Reading and publishing embedding folders.
+
+An embeddings folder (``embeddings/<model_version>/{items,users}``) is written
+like every other output: into a staging folder by Ray Data's Parquet writer,
+then ``_manifest.json`` and ``_SUCCESS``, then swapped in atomically. A reader
+therefore sees the previous complete set or the new one, and an incremental
+rerun can read the previous set while it writes the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from recbatch.errors import IntegrityError
+from recbatch.storage import is_complete, publish_dir, staging_dir_for, write_manifest
+
+try:  # Ray is imported lazily by callers; the filename provider needs its base class.
+    from ray.data.datasource import FilenameProvider
+except ImportError:  # pragma: no cover - ray is a hard dependency
+    FilenameProvider = object  # type: ignore[misc,assignment]
+
+
+class PartFilenames(FilenameProvider):
+    """``part-<task>-<write>.parquet``: the layout's file names, unique per write task."""
+
+    def __init__(self) -> None:
+        super().__init__(file_format="parquet")
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"part-{task_index:05d}-{write_uuid}.parquet"
+
+
+def _dataset(folder: Path) -> pads.Dataset:
+    return pads.dataset(folder, format="parquet", exclude_invalid_files=False,
+                        ignore_prefixes=[".", "_"])
+
+
+def read_hashes(folder: str | Path, id_column: str) -> pa.Table | None:
+    """``(id, input_hash)`` of a complete embeddings folder, or None if there is none.
+
+    Only ids and hashes are read (not the vectors): this is what decides reuse.
+    """
+    folder = Path(folder)
+    if not is_complete(folder):
+        return None
+    return _dataset(folder).to_table(columns=[id_column, "input_hash"])
+
+
+def read_matrix(folder: str | Path, id_column: str) -> tuple[pa.Array, np.ndarray]:
+    """All ids and their vectors as one float32 matrix ``[N, D]`` (row i is ids[i])."""
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise IntegrityError(f"{folder}: embeddings are missing or incomplete")
+    table = _dataset(folder).to_table(columns=[id_column, "embedding"])
+    return table.column(id_column).combine_chunks(), list_column_to_matrix(table.column("embedding"))
+
+
+def list_column_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float32> column of equal-length rows as a ``[N, D]`` float32 matrix (no Python loop)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if values.size % n:
+        raise IntegrityError(f"embedding rows have unequal lengths ({values.size} values, {n} rows)")
+    return values.reshape(n, values.size // n)
+
+
+def matrix_to_list_array(matrix: np.ndarray) -> pa.Array:
+    """``[N, D]`` float32 → a plain list<float32> Arrow column (not a Ray tensor type)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, d = matrix.shape
+    offsets = np.arange(0, (n + 1) * d, d, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.reshape(-1)))
+
+
+def publish_embeddings(ds: Any, final: str | Path, schema: pa.Schema, fields: dict[str, Any]) -> Path:
+    """Write a Ray dataset of embedding rows to `final`: staging, manifest, atomic swap.
+
+    `schema` is written even when the dataset is empty, so readers always find
+    a typed file.
+    """
+    import pyarrow.parquet as pq
+
+    final = Path(final)
+    staging = staging_dir_for(final)
+    ds.write_parquet(str(staging), filename_provider=PartFilenames())
+    if not any(staging.glob("*.parquet")):
+        pq.write_table(schema.empty_table(), staging / "part-00000-empty.parquet")
+    write_manifest(staging, {**fields, "rows": _dataset(staging).count_rows()})
+    return publish_dir(staging, final)
