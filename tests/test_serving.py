@@ -294,6 +294,23 @@ def test_load_killed_midway_leaves_old_version_live(tmp_path, redis_server):
     assert assert_serves_run(client, 3, 60) == newest.version
 
 
+def test_load_that_does_not_fit_in_memory_fails_cleanly(tmp_path, redis_server, capsys):
+    client = redis_server.client()
+    live = load_run(make_run(tmp_path, run=1), serving_cfg(redis_server)).version
+    used = client.info("memory")["used_memory"]
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used + 100_000)  # room for a fraction of the next run
+    too_big = make_run(tmp_path, run=2, users=3000)
+
+    code = cli_main(["load", "--run", str(too_big), "--redis-url", redis_server.url,
+                     "--set", f"serving.key_prefix={PREFIX}", "--set", "serving.batch_size=100"])
+
+    err = capsys.readouterr().err
+    assert code == 6 and "maxmemory" in err and "MSETNX" not in err, err
+    assert registered_versions(client, KeyLayout(PREFIX)) == [live]  # the partial version was deleted
+    assert assert_serves_run(client, 1, 60) == live
+
+
 # --------------------------------------------------------------------------- concurrency
 
 

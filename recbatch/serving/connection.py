@@ -9,6 +9,7 @@ only because config asked), and every message shows it masked.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -79,7 +80,11 @@ def store_errors(where: str, doing: str, url: str | None = None) -> Iterator[Non
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ServingStoreError(_clean(f"could not reach Redis at {where} while {doing}: {exc}", url)) from None
     except redis.RedisError as exc:
-        raise ServingStoreError(_clean(f"Redis at {where} failed while {doing}: {exc}", url)) from None
+        reason = _PIPELINE_PREFIX.sub("", str(exc))  # drop the echoed command and its binary values
+        raise ServingStoreError(_clean(f"Redis at {where} failed while {doing}: {reason}", url)) from None
+
+
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.S)
 
 
 def _clean(message: str, url: str | None) -> str:

@@ -63,7 +63,9 @@ def delete_versions(
         if batch:
             deleted += client.unlink(*batch)
     if doomed:
-        pipe = client.pipeline(transaction=True)
+        # Not MULTI: Redis refuses every command queued in a MULTI once memory is full, and
+        # cleaning up after an out-of-memory load is exactly when this must work. Order is enough.
+        pipe = client.pipeline(transaction=False)
         for version in doomed:
             pipe.unlink(keys.meta(version))
             pipe.zrem(keys.registry, version)
