@@ -1,0 +1,57 @@
+"""`recbatch embed`: item and user embeddings of a snapshot with a model artifact.
+
+    recbatch embed --root runs/demo                      # latest snapshot, latest model
+    recbatch embed --snapshot runs/demo/snapshots/<hash> --model runs/demo/models/<version> --actors 2
+
+Incremental by default: rows whose input is unchanged since the last run of
+the same model version are reused (``--full`` re-encodes everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recbatch.config import Config
+from recbatch.errors import UsageError
+
+HELP = "embed a snapshot's items and users with a model (Ray Data actor pools, incremental)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot", help="snapshot folder (default: the latest under --root)")
+    p.add_argument("--model", help="model artifact folder (default: the latest under --root)")
+    p.add_argument("--actors", type=int, help="encoder actors (config key embed.num_actors)")
+    p.add_argument("--batch-size", type=int, help="rows per model batch (config key embed.batch_size)")
+    p.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, 0 = CPU (config key embed.gpus_per_actor)")
+    p.add_argument("--full", action="store_true", help="re-encode every row (config key embed.incremental=false)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "embed.num_actors": args.actors,
+        "embed.batch_size": args.batch_size,
+        "embed.gpus_per_actor": args.gpus_per_actor,
+        "embed.incremental": False if args.full else None,
+    }
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.embed.stage import embed
+    from recbatch.layout import RunLayout
+
+    layout = RunLayout.of(cfg.root)
+    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
+    if snapshot_dir is None:
+        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}")
+    model_dir = Path(args.model) if args.model else layout.latest_model()
+    if model_dir is None:
+        raise UsageError(f"no --model given and no model under {layout.models}")
+    result = embed(cfg, Snapshot.open(snapshot_dir), model_dir)
+    print(
+        f"model {result.model_version}: items {result.items_encoded} encoded, {result.items_reused} reused; "
+        f"users {result.users_encoded} encoded, {result.users_reused} reused; {result.seconds:.1f} s\n"
+        f"  {result.items_dir}\n  {result.users_dir}"
+    )
+    return 0
