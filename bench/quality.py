@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/quality.py [--data ../shared/data/ml-latest-small] [--root /tmp/recbatch-quality]
         [--model leave_last_n=DIR --model temporal=DIR]   # two-tower artifacts trained on that protocol's snapshot
+    .venv/bin/python bench/quality.py --scale-users 1000000   # evaluation time and peak memory at scale
 
 Protocols (config ``split``):
   leave_last_n  per user, the last 5 interactions are test, for users with >= 10 interactions
@@ -14,12 +15,20 @@ validation carve-out, refit on train + validation), evaluates it on the test
 split, and prints a table with NDCG@10 relative to the best baseline -- the
 reference measured in the same run -- plus the seconds the evaluation of one
 run took. A report folder per protocol is written under --root/reports/.
+
+``--scale-users N`` instead measures the metric code alone on a synthetic run
+of N users x 100 items (100k-item catalog, 5 test and 10 history rows per
+user), in a child process so its peak RSS is measured; the reference is the
+same with N/10 users. Bounded memory shows as a peak that grows far slower
+than N.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import resource
 import sys
 import time
 from pathlib import Path
@@ -49,7 +58,11 @@ def main() -> None:
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--baselines", default="random,most_popular,item_knn,als,bpr,content")
     parser.add_argument("--model", action="append", default=[], metavar="PROTOCOL=DIR")
+    parser.add_argument("--scale-users", type=int, help="only measure evaluation at this many users")
     args = parser.parse_args()
+    if args.scale_users:
+        scale(args.scale_users, Path(args.root) / "scale")
+        return
     logging.basicConfig(level=logging.WARNING)
     models = dict(spec.split("=", 1) for spec in args.model)
 
@@ -93,6 +106,65 @@ def main() -> None:
         write_report(results, report, context={"snapshot": snapshot.hash, "protocol": protocol,
                                                "evaluate_seconds": eval_seconds})
         print(f"report: {report}")
+
+
+def _synthetic_run(folder: Path, users: int, items: int = 100_000, k: int = 100, chunk: int = 100_000) -> None:
+    """recs/part-*.parquet, test.parquet, history.parquet, items.parquet of a random run."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(0)
+    (folder / "recs").mkdir(parents=True, exist_ok=True)
+    for part, start in enumerate(range(0, users, chunk)):
+        n = min(chunk, users - start)
+        ids = np.arange(start, start + n)
+        # k distinct items per user: a random offset into a random stride walk of the catalog
+        lists = (rng.integers(0, items, (n, 1)) + np.arange(k) * 7919) % items  # [n, k]
+        pl.DataFrame({"user_id": ids, "item_ids": lists}).write_parquet(folder / "recs" / f"part-{part:05d}.parquet")
+        for name, per_user in (("test", 5), ("history", 10)):
+            pl.DataFrame({
+                "user_id": np.repeat(ids, per_user), "item_id": rng.integers(0, items, n * per_user),
+            }).write_parquet(folder / f"{name}-{part:05d}.parquet")
+    pl.DataFrame({"item_id": np.arange(items), "is_cold": np.arange(items) % 50 == 0}).write_parquet(folder / "items.parquet")
+
+
+def _evaluate_synthetic(folder: str, queue) -> None:
+    import polars as pl
+
+    from recbatch.eval.metrics import evaluate
+
+    folder_ = Path(folder)
+    started = time.perf_counter()
+    result = evaluate(
+        pl.scan_parquet(folder_ / "recs" / "*.parquet"), pl.scan_parquet(folder_ / "test-*.parquet"),
+        pl.scan_parquet(folder_ / "history-*.parquet"), pl.scan_parquet(folder_ / "items.parquet"),
+        ks=[10, 100], name="synthetic",
+    )
+    seconds = time.perf_counter() - started
+    queue.put((seconds, result.at("ndcg", 10), result.users["all"],
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
+
+
+def scale(users: int, root: Path) -> None:
+    """Evaluation time and peak RSS at `users` and at users / 10 (reference), same process layout."""
+    rows = []
+    for n in (users // 10, users):
+        folder = root / f"users-{n}"
+        if not (folder / "items.parquet").exists():
+            started = time.perf_counter()
+            _synthetic_run(folder, n)
+            print(f"generated {n:,} users in {time.perf_counter() - started:.1f} s", flush=True)
+        queue = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(target=_evaluate_synthetic, args=(str(folder), queue))
+        child.start()
+        seconds, ndcg, evaluated, peak_gib = queue.get()
+        child.join()
+        rows.append((n, seconds, peak_gib))
+        print(f"{n:>10,} users x 100: evaluate {seconds:6.1f} s, peak RSS {peak_gib:.2f} GiB "
+              f"(ndcg@10 {ndcg:.5f}, {evaluated:,} users)", flush=True)
+    (small, t_small, m_small), (big, t_big, m_big) = rows
+    print(f"ratios vs reference ({small:,} users): {big / small:.0f}x users -> {t_big / t_small:.1f}x time, "
+          f"{m_big / m_small:.2f}x peak memory")
 
 
 if __name__ == "__main__":

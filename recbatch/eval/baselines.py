@@ -269,12 +269,15 @@ class Content(DenseScoreBaseline):
 
     name = "content"
     collaborative = False
-    grid = [{"ngrams": n} for n in (1, 2)]
+    # min_df drops terms (mostly title words) that occur in too few items to link any two of them
+    grid = [{"ngrams": 1, "min_df": 1}, {"ngrams": 2, "min_df": 5}, {"ngrams": 2, "min_df": 10}]
 
     def fit(self, data: TrainingData) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, self.params["ngrams"]))
+        vectorizer = TfidfVectorizer(
+            sublinear_tf=True, ngram_range=(1, self.params["ngrams"]), min_df=self.params["min_df"]
+        )
         self._items = vectorizer.fit_transform(data.item_text).astype(np.float32).tocsr()  # [N, V] unit rows
 
     def scores(self, data, rows):
