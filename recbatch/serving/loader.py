@@ -7,10 +7,11 @@ Order of work, and why:
 2. Register a new version namespace (state ``loading``) so that, should this
    process die, the next load's garbage collection finds what it left.
 3. Stream the Parquet in batches of ``serving.batch_size`` rows (memory stays
-   bounded by one batch, whatever the run's size), encode each user's list
+   bounded by two batches, whatever the run's size), encode each user's list
    (codec.py), and write each batch with one MSETNX in a non-transactional
-   pipeline. MSETNX refuses if any key exists, so a user written twice is
-   caught by Redis itself. Meanwhile a background thread deletes old versions.
+   pipeline, encoding the next batch while one is on the wire. MSETNX refuses
+   if any key exists, so a user written twice is caught by Redis itself.
+   Meanwhile a background thread deletes old versions.
 4. Check the written count against the manifest, mark the version complete,
    and flip the pointer with one Lua script that re-checks the count. Readers
    switch from the whole old run to the whole new one in that instant.
@@ -152,28 +153,52 @@ def _write_users(
     cfg: ServingConfig,
     on_batch: BatchHook | None,
 ) -> tuple[int, int]:
-    """Write every user of the run under `version`; returns (users written, batches)."""
+    """Write every user of the run under `version`; returns (users written, batches).
+
+    Batch i+1 is read and encoded while batch i is on the wire (one writer thread,
+    one batch in flight), so the loader's CPU work overlaps Redis's. Batches are
+    still acknowledged in order, each before the next is sent.
+    """
     root = keys.version_root(version)
     written = batches = 0
-    for path, batch in _batches(run, cfg.batch_size):
-        _check_batch(batch, path, run)
-        user_keys = [f"{root}u:{uid}" for uid in batch.column("user_id").to_pylist()]
-        values = encode_batch(batch, version)
-        pipe = client.pipeline(transaction=False)
-        pipe.msetnx(dict(zip(user_keys, values)))
-        if cfg.version_ttl_seconds:
-            for key in user_keys:
-                pipe.expire(key, cfg.version_ttl_seconds)
-        if not pipe.execute()[0]:
-            raise DataValidationError(
-                f"{path}: a user in rows {written}..{written + batch.num_rows} already has a "
-                "row earlier in the run (column 'user_id' must be unique)"
-            )
-        written += batch.num_rows
-        batches += 1
-        if on_batch is not None:
-            on_batch(batches, written)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbatch-write") as writer:
+        in_flight: tuple[Future, Path, int] | None = None
+        for path, batch in _batches(run, cfg.batch_size):
+            _check_batch(batch, path, run)
+            user_keys = [f"{root}u:{uid}" for uid in batch.column("user_id").to_pylist()]
+            pairs = dict(zip(user_keys, encode_batch(batch, version)))
+            if in_flight is not None:
+                written, batches = _acknowledge(in_flight, written, batches, on_batch)
+            sent = writer.submit(_send_batch, client, pairs, cfg.version_ttl_seconds)
+            in_flight = (sent, path, batch.num_rows)
+        if in_flight is not None:
+            written, batches = _acknowledge(in_flight, written, batches, on_batch)
     return written, batches
+
+
+def _send_batch(client: redis.Redis, pairs: dict[str, bytes], ttl_seconds: int | None) -> bool:
+    """One MSETNX (plus EXPIREs) in a non-transactional pipeline; False if any key existed."""
+    pipe = client.pipeline(transaction=False)
+    pipe.msetnx(pairs)
+    if ttl_seconds:
+        for key in pairs:
+            pipe.expire(key, ttl_seconds)
+    return bool(pipe.execute()[0])
+
+
+def _acknowledge(
+    in_flight: tuple[Future, Path, int], written: int, batches: int, on_batch: BatchHook | None
+) -> tuple[int, int]:
+    """Wait for a sent batch; a refused MSETNX means a user already written earlier."""
+    sent, path, rows = in_flight
+    if not sent.result():
+        raise DataValidationError(
+            f"{path}: a user among run rows {written}..{written + rows - 1} already has a row "
+            "earlier in the run (column 'user_id' must be unique)"
+        )
+    if on_batch is not None:
+        on_batch(batches + 1, written + rows)
+    return written + rows, batches + 1
 
 
 def _batches(run: PublishedRun, batch_size: int) -> Iterator[tuple[Path, pa.RecordBatch]]:
