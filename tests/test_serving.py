@@ -345,19 +345,27 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
                 return
             time.sleep(0.05)
 
+    reads_during_loads = []
+
+    def let_readers_in(batches: int, users_written: int) -> None:
+        """Between batches of a load: give readers time, and count what they read meanwhile."""
+        before = len(reads)
+        time.sleep(0.005)
+        reads_during_loads.append(len(reads) - before)
+
     threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
     for t in threads:
         t.start()
     try:
         wait_for_reads(200)
         for r in (1, 2):
-            run_of_version[load_run(runs[r], cfg).version] = r
+            run_of_version[load_run(runs[r], cfg, on_batch=let_readers_in).version] = r
             wait_for_reads(200)
         rolled_back_to = json.loads(_cli_out(["rollback", "--redis-url", redis_server.url,
                                                "--set", f"serving.key_prefix={PREFIX}"]))["live"]
         assert run_of_version[rolled_back_to] == 1
         wait_for_reads(200)
-        run_of_version[load_run(runs[3], cfg).version] = 3
+        run_of_version[load_run(runs[3], cfg, on_batch=let_readers_in).version] = 3
         wait_for_reads(200)
     finally:
         done.set()
@@ -369,6 +377,7 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
     mixed = [r for r in reads if r[2] != expected_items(run_of_version[r[1]], r[0], k)]
     assert not mixed, mixed[:3]
     assert {run_of_version[v] for _, v, _ in reads} == {0, 1, 2, 3}  # every live version was read
+    assert sum(reads_during_loads) > 0  # and reads did overlap the loads
     client = redis_server.client()
     assert len(registered_versions(client, KeyLayout(PREFIX))) == 2  # keep_versions
 
