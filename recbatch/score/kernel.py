@@ -23,7 +23,10 @@ where the tiles are simply larger.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,6 +59,7 @@ def topk(
     item_tile: int = 1024,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The K highest inner products of each user with the items, best first.
 
@@ -71,6 +75,12 @@ def topk(
         device: "cpu" or a CUDA device.
         precision: "fp32", or "fp16" (CUDA only: half-precision products,
             selection in fp32).
+        threads: CPU only: user blocks scored concurrently, each op on one
+            thread. Torch's own intra-op threads spin-wait between the many
+            small per-tile ops and collapse on a shared machine (measured:
+            10x slower than single-threaded under load), so parallelism
+            comes from whole blocks instead; torch is held at one intra-op
+            thread for the duration of the call.
 
     Returns:
         (indices [U, k] int64 into item_emb rows, padded with -1;
@@ -104,16 +114,35 @@ def topk(
         return out_idx, out_val
 
     scorer = _BlockScorer(items, k, item_tile, device, dtype)
-    for start in range(0, n_users, user_block):
+
+    def score_block(start: int) -> None:
         stop = min(start + user_block, n_users)
         users = torch.from_numpy(user_emb[start:stop]).to(device=device, dtype=dtype)  # [B, D]
         seen = None if exclude is None else exclude[start:stop]
         idx, val = scorer.score(users, seen)  # [B, k] each, on device
         idx_np = idx.cpu().numpy()
-        hit = idx_np >= 0
-        out_idx[start:stop] = np.where(hit, kept[np.maximum(idx_np, 0)], PAD_INDEX)
+        out_idx[start:stop] = np.where(idx_np >= 0, kept[np.maximum(idx_np, 0)], PAD_INDEX)
         out_val[start:stop] = val.float().cpu().numpy()
+
+    starts = range(0, n_users, user_block)
+    if device.type != "cpu" or threads <= 1:
+        with _torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+            for start in starts:
+                score_block(start)
+        return out_idx, out_val
+    with _torch_threads(1), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(score_block, starts))  # list(): re-raise any block's error
     return out_idx, out_val
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _BlockScorer:
@@ -131,25 +160,29 @@ class _BlockScorer:
         n_items = self.items.shape[0]
         n_block = users.shape[0]
         seen_rows, seen_cols = _block_exclusions(seen, dev)
-        # Columns of the running state hold items in ascending index order among ties.
-        best_val = torch.full((n_block, k), PAD_SCORE, device=dev)  # [B, k] float32
-        best_idx = torch.full((n_block, k), PAD_INDEX, dtype=torch.int64, device=dev)  # [B, k]
+        starts = list(range(0, n_items, tile))
+        if seen_cols is not None:  # where each tile's exclusions begin in the column-sorted list
+            edges = torch.tensor(starts + [n_items], device=dev)
+            seen_at = torch.searchsorted(seen_cols, edges).tolist()
         pending = _Candidates(n_block, dev)
-        budget = max(2 * n_block * k, n_block * min(tile, n_items))
+        budget = 2 * n_block * k  # merge once about two lists per user have piled up
         tile_buf = torch.empty((n_block, min(tile, n_items)), device=dev, dtype=self.dtype)
         mask_buf = torch.empty(tile_buf.shape, device=dev, dtype=torch.bool)
 
-        for t0 in range(0, n_items, tile):
+        for t, t0 in enumerate(starts):
             t1 = min(t0 + tile, n_items)
             scores = tile_buf[:, : t1 - t0]
             torch.mm(users, self.items[t0:t1].T, out=scores)  # [B, T]
-            if seen_cols is not None:
-                lo, hi = torch.searchsorted(seen_cols, torch.tensor([t0, t1], device=dev)).tolist()
-                if hi > lo:
-                    scores[seen_rows[lo:hi], seen_cols[lo:hi] - t0] = PAD_SCORE
+            if seen_cols is not None and seen_at[t + 1] > seen_at[t]:
+                lo, hi = seen_at[t], seen_at[t + 1]
+                scores[seen_rows[lo:hi], seen_cols[lo:hi] - t0] = PAD_SCORE
+            if t == 0:  # nothing to prune against yet: plain selection on the first tile
+                first_idx = torch.arange(t0, t1, device=dev).expand(n_block, -1)
+                best_val, best_idx = select_topk(scores.float(), first_idx, k)
+                continue
             threshold = best_val[:, k - 1 :].to(self.dtype)  # [B, 1]: the K-th best so far
             survivors = torch.gt(scores, threshold, out=mask_buf[:, : t1 - t0])
-            rows, cols = survivors.nonzero().unbind(1)  # row-major: ascending item per row
+            rows, cols = _true_positions(survivors)  # row-major: ascending item per row
             if rows.numel():
                 pending.add(rows, cols + t0, scores[rows, cols].float())
             if pending.size >= budget:
@@ -247,6 +280,24 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     vals = torch.from_numpy(np.concatenate([p[1] for p in parts], axis=1).astype(np.float32))
     idx, vals = _order_by_score_then_index(idx, vals)
     return idx[:, :k].numpy(), vals[:, :k].numpy()
+
+
+def _true_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the True entries of a sparse [B, T] bool mask, in row-major order.
+
+    ``nonzero`` scans every byte; reading the mask as int64 words first scans
+    8x fewer elements, and only the few non-zero words are opened up.
+    """
+    n_rows, width = mask.shape
+    if width % 8 or not mask.is_contiguous():
+        return mask.nonzero().unbind(1)
+    flat = mask.view(-1)  # [B * T]
+    words = flat.view(torch.int64)  # [B * T / 8]: 8 flags per word
+    word_at = words.nonzero().squeeze(1)  # [W]
+    positions = (word_at[:, None] * 8 + torch.arange(8, device=mask.device)).view(-1)  # [W * 8]
+    positions = positions[flat.index_select(0, positions)]
+    rows = torch.div(positions, width, rounding_mode="floor")
+    return rows, positions - rows * width
 
 
 def _block_exclusions(seen: sp.csr_matrix | None, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
