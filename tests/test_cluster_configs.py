@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -213,6 +214,24 @@ def test_one_image_everywhere() -> None:
         assert launcher["docker"].get(key, image) == image
     for container in _pod_containers(_rayjob()):
         assert container["image"] == image, container["name"]
+
+
+def _bash_syntax_error(command: str) -> str:
+    """bash's complaint about a command line ('' when it parses); nothing is executed."""
+    result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+    return result.stderr.strip()
+
+
+def test_every_shell_command_in_the_image_and_launcher_parses() -> None:
+    """A broken continuation or quote fails `docker build` / `ray up` on the cluster; catch it here."""
+    commands = [rest for ins, rest in _dockerfile_instructions() if ins == "RUN"]
+    launcher = _one(CLUSTER / "ray-cluster.yaml")
+    for key in ("initialization_commands", "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+        commands += launcher[key]
+    assert len(commands) > 10
+    for command in commands:
+        assert _bash_syntax_error(command) == "", command
+    assert _bash_syntax_error("echo 'unclosed") != ""  # the check itself can fail
 
 
 # --------------------------------------------------------------------------- Dockerfile
