@@ -1,0 +1,191 @@
+"""The Ray Data callables of the scoring stage (they run inside Ray workers).
+
+    users (+ seen, blocked) ─▶ ShardScorer(shard 0) ─▶ ... ─▶ ShardScorer(shard S-1) ─▶ Finisher ─▶ rows
+                               each holds one item shard and merges its top-K
+                               into the running ``top_index``/``top_score`` lists
+
+Every scorer holds its item shard for its whole life (passed once as an
+object reference), so a batch only carries user vectors and their filter
+lists. With one shard this is plain user-sharded scoring; with several it is
+Spark's blocked ``recommendForAll``: top-K per item shard, merged per user.
+
+Item indices are positions in the catalog sorted by item id, so breaking
+ties by index is breaking them by id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from recbatch.score.kernel import merge_topk, topk
+
+# Columns carried between the stages of one batch.
+TOP_INDEX = "top_index"  # list<int64>: catalog positions, -1 padded, length k
+TOP_SCORE = "top_score"  # list<float32>: -inf padded
+SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
+BLOCKED = "blocked"  # list<int64>: catalog positions blocklisted for this user
+
+
+def _resolve(value: Any) -> Any:
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def fixed_lists_to_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """Fixed-length list rows as a ``[rows, width]`` numpy matrix, without a Python loop."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(column), width)
+
+
+def matrix_to_list_column(matrix: np.ndarray, keep: np.ndarray | None = None) -> pa.Array:
+    """``[rows, width]`` → a plain Arrow list column; `keep` [rows, width] bool trims each row.
+
+    Rows keep their leading `keep` entries: padding is only ever at a row's end.
+    """
+    rows, width = matrix.shape
+    if keep is None:
+        offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int64)
+        values = matrix.reshape(-1)
+    else:
+        offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+        values = matrix[keep]
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)).cast(
+        pa.list_(pa.from_numpy_dtype(values.dtype))
+    )
+
+
+def lists_to_csr(columns: list[pa.ChunkedArray | pa.Array], n_cols: int, lo: int = 0) -> sp.csr_matrix:
+    """Union of list<int64> columns (catalog positions) as a [rows, n_cols] CSR, shifted by -lo.
+
+    Entries outside ``[lo, lo + n_cols)`` belong to other item shards and are dropped.
+    """
+    parts = []
+    for column in columns:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        lengths = pa.compute.list_value_length(column).to_numpy(zero_copy_only=False)
+        rows = np.repeat(np.arange(len(column)), np.nan_to_num(lengths).astype(np.int64))
+        cols = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64) - lo
+        inside = (cols >= 0) & (cols < n_cols)
+        parts.append((rows[inside], cols[inside]))
+    n_rows = len(columns[0])
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    data = np.ones(len(rows), dtype=np.float32)
+    return sp.csr_matrix((data, (rows, cols)), shape=(n_rows, n_cols))
+
+
+class ShardScorer:
+    """Scores a batch of users against one item shard and merges into their running top-K."""
+
+    def __init__(
+        self,
+        items: Any,  # [N_shard, D] float32, or an ObjectRef to it
+        eligible: Any,  # [N_shard] bool: available and not globally blocked
+        offset: int,  # catalog position of the shard's first item
+        k: int,
+        filter_seen: bool,
+        user_block: int,
+        item_tile: int,
+        device: str,
+        precision: str,
+        threads: int,
+    ) -> None:
+        self.items = _resolve(items)
+        self.eligible = _resolve(eligible)
+        self.offset = offset
+        self.k = k
+        self.filter_seen = filter_seen
+        self.tiles = {"user_block": user_block, "item_tile": item_tile}
+        self.device = device
+        self.precision = precision
+        self.threads = threads
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        users = fixed_lists_to_matrix(batch.column("embedding"), self.items.shape[1])  # [B, D]
+        filters = [batch.column(BLOCKED)] + ([batch.column(SEEN)] if self.filter_seen else [])
+        exclude = lists_to_csr(filters, len(self.items), lo=self.offset)  # [B, N_shard]
+        idx, scores = topk(
+            users, self.items, self.k, exclude=exclude, item_mask=self.eligible,
+            device=self.device, precision=self.precision, threads=self.threads, **self.tiles,
+        )  # [B, k] each
+        idx = np.where(idx >= 0, idx + self.offset, -1)
+        if TOP_INDEX in batch.column_names:  # an earlier shard's lists: keep the best of both
+            earlier = (
+                fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k),
+                fixed_lists_to_matrix(batch.column(TOP_SCORE), self.k),
+            )
+            idx, scores = merge_topk([earlier, (idx, scores)], self.k)
+            batch = batch.drop_columns([TOP_INDEX, TOP_SCORE])
+        return batch.append_column(TOP_INDEX, matrix_to_list_column(idx)).append_column(
+            TOP_SCORE, matrix_to_list_column(scores.astype(np.float32))
+        )
+
+
+class Finisher:
+    """Turns catalog positions into item ids, trims padding and adds the explanation column."""
+
+    def __init__(
+        self,
+        item_ids: Any,  # pa.Array [N], sorted: catalog position -> item id
+        k: int,
+        model_version: str,
+        items: Any | None = None,  # [N, D] float32 (or ref): only for explanations
+    ) -> None:
+        self.item_ids = _resolve(item_ids)
+        self.k = k
+        self.model_version = model_version
+        self.items = None if items is None else _resolve(items)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        idx = fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k)  # [B, k]
+        scores = fixed_lists_to_matrix(batch.column(TOP_SCORE), self.k)  # [B, k]
+        keep = idx >= 0
+        columns = {
+            "user_id": batch.column("user_id"),
+            "item_ids": _take_lists(self.item_ids, idx, keep),
+            "scores": matrix_to_list_column(scores.astype(np.float32), keep),
+            "model_version": pa.array([self.model_version] * batch.num_rows, pa.string()),
+        }
+        if self.items is not None:
+            because = most_similar_history(self.items, idx, batch.column(SEEN))  # [B, k]
+            columns["because_item_ids"] = _take_lists(self.item_ids, because, keep)
+        return pa.table(columns)
+
+
+def _take_lists(item_ids: pa.Array, idx: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """Item ids at catalog positions `idx` [B, k], as list rows trimmed by `keep`; -1 gives null."""
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    chosen = idx[keep]
+    values = item_ids.take(pa.array(chosen, mask=chosen < 0))  # -1 (no such item) -> null
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def most_similar_history(items: np.ndarray, recommended: np.ndarray, history: pa.ChunkedArray) -> np.ndarray:
+    """For each recommended item, the user's history item with the highest inner product.
+
+    ``items`` [N, D]; ``recommended`` [B, k] catalog positions (-1 padded);
+    ``history`` B lists of catalog positions. Returns [B, k] positions, -1
+    where the slot is padding or the user has no history.
+    """
+    if isinstance(history, pa.ChunkedArray):
+        history = history.combine_chunks()
+    offsets = history.offsets.to_numpy()
+    flat = history.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.full(recommended.shape, -1, dtype=np.int64)
+    for row in range(len(recommended)):
+        past = flat[offsets[row] : offsets[row + 1]]
+        recs = recommended[row]
+        valid = recs >= 0
+        if len(past) == 0 or not valid.any():
+            continue
+        similarity = items[recs[valid]] @ items[past].T  # [k', H]
+        out[row, valid] = past[np.argmax(similarity, axis=1)]
+    return out

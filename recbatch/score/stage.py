@@ -1,0 +1,272 @@
+"""The scoring stage: exact top-K for every user, staged with a manifest.
+
+    items/ embeddings ──sort by id──▶ catalog [N, D] + eligible [N] ──(object refs)──┐
+    users/ embeddings ──join seen + blocked lists──▶ Ray dataset (several blocks)     │
+        ──▶ ShardScorer pool per item shard ──▶ Finisher ──▶ write_recommendations ◀─┘
+                                                              staged/dt=YYYY-MM-DD/
+
+The output is *staged*, not published: the quality gate reads it, and
+``recbatch.publish.publish_run`` swaps it into ``recommendations/`` only if the
+gate passes. Everything the rows depend on (model version, snapshot, config,
+timings) goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from recbatch.config import Config, ScoreConfig
+from recbatch.data.snapshot import Snapshot
+from recbatch.embed.store import read_matrix
+from recbatch.errors import DataValidationError, UsageError
+from recbatch.layout import RunLayout
+from recbatch.runtime import ensure_ray, resolve_precision
+from recbatch.score.actors import BLOCKED, SEEN, Finisher, ShardScorer
+from recbatch.score.writer import write_recommendations
+from recbatch.storage import verify_manifest
+
+log = logging.getLogger(__name__)
+
+# Users per Ray Data batch, in kernel user blocks: big enough to keep the
+# kernel's threads busy, small enough to stream.
+BATCH_BLOCKS = 4
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Items sorted by id: position i is item ``ids[i]`` with vector ``vectors[i]``."""
+
+    ids: pa.Array  # [N]
+    vectors: np.ndarray  # [N, D] float32
+    eligible: np.ndarray  # [N] bool: available and not globally blocked
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str | Path,
+          run_date: dt.date | str) -> Path:
+    """Score every user with embeddings in `users_dir`; write ``RunLayout.staged_for(run_date)``."""
+    import ray
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    items_manifest = verify_manifest(items_dir, checksums=False)
+    model_version = items_manifest.get("model_version") or Path(items_dir).parent.name
+    catalog = load_catalog(snapshot, items_dir, cfg.score)
+    users = user_rows(snapshot, users_dir, catalog, cfg.score)
+    timings["prepare"] = round(time.perf_counter() - started, 3)
+
+    ensure_ray(cfg.ray)
+    t0 = time.perf_counter()
+    ds = ray.data.from_arrow(_slices(users, _num_blocks(users.num_rows, cfg.score)))
+    ds = score_dataset(ds, catalog, model_version, cfg.score)
+    staged = RunLayout.of(cfg.root).staged_for(run_date)
+    manifest_fields = {
+        "run_date": str(run_date),
+        "model_version": model_version,
+        "snapshot_hash": snapshot.hash,
+        "k": cfg.score.k,
+        "items": catalog.size,
+        "eligible_items": int(catalog.eligible.sum()),
+        "config": cfg.to_dict(),
+    }
+    batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    manifest = write_recommendations(
+        _timed(batches, timings, "score_and_write", t0, manifest_fields),
+        staged, id_type=snapshot.id_type, rows_per_file=cfg.score.rows_per_file,
+        manifest_fields=manifest_fields,
+    )
+    if manifest["users"] != users.num_rows:
+        raise DataValidationError(f"{staged}: scored {manifest['users']} users of {users.num_rows}")
+    log.info("scored %d users x %d items (k=%d) in %s", users.num_rows, catalog.size, cfg.score.k, timings)
+    return staged
+
+
+def _timed(batches, timings: dict[str, float], name: str, t0: float, fields: dict[str, Any]):
+    """Pass batches through, then record the elapsed time into the manifest's ``timings``."""
+    yield from batches
+    timings[name] = round(time.perf_counter() - t0, 3)
+    fields["timings"] = dict(timings)
+
+
+def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
+    """Chain one scorer pool per item shard, then the finisher (lazy Ray dataset)."""
+    import ray
+
+    on_gpu = cfg.gpus_per_actor > 0
+    if on_gpu and ray.cluster_resources().get("GPU", 0) < cfg.gpus_per_actor * cfg.num_actors:
+        raise UsageError(
+            f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
+            f"but the Ray cluster has {ray.cluster_resources().get('GPU', 0)}"
+        )
+    actor = {
+        "k": cfg.k,
+        "filter_seen": cfg.filter_seen,
+        "user_block": cfg.user_block,
+        "item_tile": cfg.item_tile,
+        "device": "cuda" if on_gpu else "cpu",
+        "precision": resolve_precision(cfg.precision, on_gpu),
+        "threads": max(1, math.ceil(cfg.cpus_per_actor)),
+    }
+    pool = {
+        "compute": ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        "num_cpus": cfg.cpus_per_actor,
+        "num_gpus": cfg.gpus_per_actor,
+        "batch_size": cfg.user_block * BATCH_BLOCKS,
+        "batch_format": "pyarrow",
+        "zero_copy_batch": True,
+    }
+    bounds = np.linspace(0, catalog.size, cfg.item_shards + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        shard = {
+            "items": ray.put(np.ascontiguousarray(catalog.vectors[lo:hi])),
+            "eligible": ray.put(catalog.eligible[lo:hi]),
+            "offset": int(lo),
+        }
+        ds = ds.map_batches(ShardScorer, fn_constructor_kwargs={**actor, **shard}, **pool)
+    finisher = {
+        "item_ids": ray.put(catalog.ids),
+        "k": cfg.k,
+        "model_version": model_version,
+        "items": ray.put(catalog.vectors) if cfg.explanations else None,
+    }
+    return ds.map_batches(
+        Finisher, fn_constructor_kwargs=finisher, compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=min(cfg.cpus_per_actor, 0.5), batch_format="pyarrow", batch_size=None,
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_catalog(snapshot: Snapshot, items_dir: str | Path, cfg: ScoreConfig) -> Catalog:
+    """Item vectors sorted by id, with the items every user may receive.
+
+    An item may be recommended when the snapshot lists it, ``available`` is
+    not false (with ``score.filter_unavailable``) and no global blocklist row
+    names it.
+    """
+    ids, vectors = read_matrix(items_dir, "item_id")  # [N], [N, D]
+    _check_vectors(vectors, Path(items_dir), "item_id", ids)
+    order = pc.sort_indices(ids).to_numpy()
+    ids, vectors = ids.take(pa.array(order)), np.ascontiguousarray(vectors[order])
+    names = snapshot.items().collect_schema().names()
+    columns = ["item_id"] + (["available"] if "available" in names else [])
+    listed = snapshot.items().select(columns).collect()
+    catalog = pl.DataFrame({"item_id": pl.Series(ids), "position": np.arange(len(ids))})
+    merged = catalog.join(listed.with_columns(listed_=pl.lit(True)), on="item_id", how="left").sort("position")
+    eligible = merged["listed_"].fill_null(False).to_numpy()
+    if cfg.filter_unavailable and "available" in columns:
+        eligible &= merged["available"].fill_null(True).to_numpy()
+    blocked_globally, _ = _blocklist(cfg, snapshot)
+    if blocked_globally is not None:
+        eligible &= ~catalog["item_id"].is_in(blocked_globally.implode()).to_numpy()
+    return Catalog(ids=ids, vectors=vectors, eligible=eligible.astype(bool))
+
+
+def user_rows(snapshot: Snapshot, users_dir: str | Path, catalog: Catalog, cfg: ScoreConfig) -> pa.Table:
+    """``user_id, embedding, seen, blocked``: one row per user to score.
+
+    ``seen`` holds the catalog positions of every item the user interacted
+    with (the nightly run filters all of history); ``blocked`` the positions
+    the per-user blocklist removes.
+    """
+    users_dir = Path(users_dir)
+    verify_manifest(users_dir, checksums=False)
+    users = pl.from_arrow(pads.dataset(users_dir, format="parquet").to_table(columns=["user_id", "embedding"]))
+    positions = pl.DataFrame({"item_id": pl.Series(catalog.ids), "position": np.arange(catalog.size)}).lazy()
+    seen = (
+        snapshot.interactions().select("user_id", "item_id")
+        .join(positions, on="item_id", how="inner")
+        .group_by("user_id").agg(pl.col("position").unique().sort().alias(SEEN))
+    )
+    _, per_user = _blocklist(cfg, snapshot)
+    table = users.lazy().join(seen, on="user_id", how="left")
+    if per_user is not None:
+        blocked = (
+            per_user.lazy().join(positions, on="item_id", how="inner")
+            .group_by("user_id").agg(pl.col("position").unique().sort().alias(BLOCKED))
+        )
+        table = table.join(blocked, on="user_id", how="left")
+    else:
+        table = table.with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias(BLOCKED))
+    empty = pl.lit([], dtype=pl.List(pl.Int64))
+    table = table.with_columns(pl.col(SEEN, BLOCKED).cast(pl.List(pl.Int64)).fill_null(empty)).collect()
+    vectors = table["embedding"].list.len()
+    if table.height and vectors.n_unique() != 1 or (table.height and vectors[0] != catalog.vectors.shape[1]):
+        raise DataValidationError(
+            f"{users_dir}: column 'embedding' lengths {sorted(vectors.unique().to_list())[:5]} do not all "
+            f"equal the item embedding dimension {catalog.vectors.shape[1]}"
+        )
+    bad = table.filter(~pl.col("embedding").list.eval(pl.element().is_finite()).list.all())
+    if bad.height:
+        raise DataValidationError(
+            f"{users_dir}: column 'embedding' has {bad.height} rows with NaN/inf values, "
+            f"e.g. users {bad['user_id'].head(5).to_list()}"
+        )
+    return table.to_arrow()
+
+
+def _blocklist(cfg: ScoreConfig, snapshot: Snapshot) -> tuple[pl.Series | None, pl.DataFrame | None]:
+    """(globally blocked item ids, per-user ``user_id,item_id`` rows) from ``score.blocklist``.
+
+    A file with only ``item_id`` blocks globally; with ``user_id`` too, rows
+    whose user_id is null block globally and the rest per user.
+    """
+    if not cfg.blocklist:
+        return None, None
+    path = Path(cfg.blocklist)
+    if not path.exists():
+        raise UsageError(f"score.blocklist {path} does not exist")
+    table = pl.read_parquet(path)
+    if "item_id" not in table.columns:
+        raise DataValidationError(f"{path}: blocklist lacks column 'item_id' (has {table.columns})")
+    nulls = table.filter(pl.col("item_id").is_null()).height
+    if nulls:
+        raise DataValidationError(f"{path}: column 'item_id' has {nulls} null rows")
+    want = pl.Int64 if snapshot.id_type == "int" else pl.String
+    try:
+        table = table.with_columns(pl.col(c).cast(want, strict=True) for c in ("item_id", "user_id") if c in table.columns)
+    except pl.exceptions.InvalidOperationError as exc:
+        raise DataValidationError(f"{path}: blocklist ids do not match the snapshot's id type {snapshot.id_type}: {exc}") from None
+    if "user_id" not in table.columns:
+        return table["item_id"], None
+    return (
+        table.filter(pl.col("user_id").is_null())["item_id"],
+        table.filter(pl.col("user_id").is_not_null()).select("user_id", "item_id"),
+    )
+
+
+def _check_vectors(vectors: np.ndarray, folder: Path, id_column: str, ids: pa.Array) -> None:
+    bad = ~np.isfinite(vectors).all(axis=1) if vectors.size else np.zeros(0, bool)
+    if bad.any():
+        examples = ids.take(pa.array(np.flatnonzero(bad)[:5])).to_pylist()
+        raise DataValidationError(
+            f"{folder}: column 'embedding' has {int(bad.sum())} rows with NaN/inf values, e.g. {id_column} {examples}"
+        )
+    if len(vectors) == 0:
+        raise DataValidationError(f"{folder}: no item embeddings to score against")
+
+
+def _num_blocks(rows: int, cfg: ScoreConfig) -> int:
+    """Several blocks per actor: one block would keep every other actor idle."""
+    return max(2 * cfg.num_actors, math.ceil(rows / (cfg.user_block * BATCH_BLOCKS)), 1)
+
+
+def _slices(table: pa.Table, blocks: int) -> list[pa.Table]:
+    step = max(1, math.ceil(table.num_rows / blocks))
+    return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]

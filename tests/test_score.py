@@ -1,0 +1,174 @@
+"""The scoring stage end to end on Ray, against a brute-force NumPy reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recbatch.config import Config
+from recbatch.data.snapshot import Snapshot
+from recbatch.errors import DataValidationError
+from recbatch.schemas import embeddings_schema
+from recbatch.score.stage import score
+from recbatch.storage import SUCCESS, verify_manifest, write_manifest
+
+RUN_DATE = dt.date(2026, 11, 29)
+K = 8
+
+
+def make_world(root: Path, id_type: str = "int", n_users: int = 40, n_items: int = 60, dim: int = 8, seed: int = 0):
+    """A snapshot and item/user embeddings written by hand in the layout's formats."""
+    rng = np.random.default_rng(seed)
+
+    def item_id(i):
+        return 1000 + 7 * i if id_type == "int" else f"item-{i:03d}"
+
+    def user_id(u):
+        return 5 * u + 3 if id_type == "int" else f"user-{u:03d}"
+
+    items = [item_id(i) for i in rng.permutation(n_items)]  # unsorted on purpose
+    users = [user_id(u) for u in range(n_users)]
+    available = rng.random(n_items) > 0.15
+    pairs = {(u, i) for u in range(n_users) for i in rng.choice(n_items, size=rng.integers(0, min(12, n_items)), replace=False)}
+    pairs |= {(1, i) for i in range(n_items)}  # user 1 has seen everything
+    pairs |= {(2, i) for i in range(n_items) if i >= 3}  # user 2: at most 3 eligible items
+    pairs = sorted(pairs)
+    snap = root / "snapshots" / "s1"
+    snap.mkdir(parents=True)
+    ts = pa.array([0] * len(pairs), pa.timestamp("us", tz="UTC"))
+    interactions = pa.table({"user_id": [users[u] for u, _ in pairs], "item_id": [items[i] for _, i in pairs], "ts": ts})
+    pq.write_table(interactions, snap / "interactions.parquet")
+    pq.write_table(pa.table({"item_id": items, "title": [f"t{i}" for i in range(n_items)], "available": available}),
+                   snap / "items.parquet")
+    pq.write_table(pa.table({"user_id": users}), snap / "users.parquet")
+    write_manifest(snap, {"snapshot_hash": "s1", "id_type": id_type, "counts": {"users": n_users, "items": n_items}})
+
+    # Quarter-integer components: every inner product is exact in float32 whatever
+    # the summation order, so the many exact ties must be broken by id alone.
+    item_vectors = (rng.integers(-4, 5, size=(n_items, dim)) / 4).astype(np.float32)
+    item_vectors[5] = item_vectors[9]
+    user_vectors = (rng.integers(-4, 5, size=(n_users, dim)) / 4).astype(np.float32)
+    dirs = {}
+    for kind, ids, vectors, column in (("items", items, item_vectors, "item_id"), ("users", users, user_vectors, "user_id")):
+        folder = root / "embeddings" / "m1" / kind
+        folder.mkdir(parents=True)
+        table = pa.table(
+            {column: ids, "embedding": [list(v) for v in vectors], "input_hash": ["h"] * len(ids),
+             "model_version": ["m1"] * len(ids)},
+            schema=embeddings_schema(id_type, column),
+        )
+        half = len(ids) // 2
+        pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
+        pq.write_table(table.slice(half), folder / "part-00001.parquet")
+        write_manifest(folder, {"model_version": "m1"})
+        dirs[kind] = folder
+    world = {
+        "items": items, "users": users, "available": available, "pairs": pairs,
+        "item_vectors": item_vectors, "user_vectors": user_vectors,
+    }
+    return Snapshot.open(snap), dirs, world
+
+
+def reference(world, k, blocked=frozenset(), blocked_for=frozenset()):
+    """Per user: eligible items by (score desc, id asc), exhaustively."""
+    seen = {(u, i) for u, i in world["pairs"]}
+    scores = world["user_vectors"] @ world["item_vectors"].T
+    out = {}
+    for u, uid in enumerate(world["users"]):
+        ranked = [
+            (-scores[u, i], iid, i)
+            for i, iid in enumerate(world["items"])
+            if world["available"][i] and (u, i) not in seen and iid not in blocked and (uid, iid) not in blocked_for
+        ]
+        ranked.sort()
+        out[uid] = ([iid for _, iid, _ in ranked[:k]], [-s for s, _, _ in ranked[:k]])
+    return out
+
+
+def read_rows(folder: Path) -> dict:
+    df = pl.read_parquet(folder / "*.parquet")
+    return {r["user_id"]: r for r in df.iter_rows(named=True)}
+
+
+def assert_matches(rows, want):
+    assert set(rows) == set(want)
+    for uid, (ids, scores) in want.items():
+        assert rows[uid]["item_ids"] == ids, uid
+        np.testing.assert_allclose(rows[uid]["scores"], scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("shards", [1, 3])
+def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
+    snapshot, dirs, world = make_world(tmp_path)
+    blocked = {world["items"][0], world["items"][1]}
+    blocked_for = {(world["users"][0], world["items"][i]) for i in range(2, 30)}
+    blocklist = tmp_path / "blocklist.parquet"
+    pq.write_table(
+        pa.table({
+            "user_id": [None, None] + [u for u, _ in sorted(blocked_for)],
+            "item_id": sorted(blocked) + [i for _, i in sorted(blocked_for)],
+        }, schema=pa.schema([("user_id", pa.int64()), ("item_id", pa.int64())])),
+        blocklist,
+    )
+    cfg = Config(root=str(tmp_path)).with_overrides({
+        "score.k": K, "score.item_shards": shards, "score.user_block": 16, "score.item_tile": 16,
+        "score.rows_per_file": 15, "score.blocklist": str(blocklist), "score.num_actors": 2,
+        "score.cpus_per_actor": 0.5,
+    })
+    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+
+    assert staged == tmp_path / "staged" / "dt=2026-11-29" and (staged / SUCCESS).exists()
+    manifest = verify_manifest(staged)
+    assert manifest["users"] == manifest["rows"] == len(world["users"])
+    assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
+    assert len(manifest["files"]) == 3 and "score_and_write" in manifest["timings"]
+    rows = read_rows(staged)
+    want = reference(world, K, blocked, blocked_for)
+    assert_matches(rows, want)
+    assert rows[world["users"][1]]["item_ids"] == []  # has seen everything
+    assert 0 < len(rows[world["users"][2]]["item_ids"]) <= 3
+    assert all(len(r["item_ids"]) == K for uid, r in rows.items() if uid not in world["users"][:3])
+
+
+@pytest.mark.ray
+def test_string_ids_and_explanations(ray_local, tmp_path):
+    snapshot, dirs, world = make_world(tmp_path, id_type="string", n_users=12, n_items=30)
+    cfg = Config(root=str(tmp_path)).with_overrides({"score.k": 5, "score.explanations": True, "score.cpus_per_actor": 0.5})
+    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    rows = read_rows(staged)
+    assert_matches(rows, reference(world, 5))
+    position = {iid: i for i, iid in enumerate(world["items"])}
+    history = {}
+    for u, i in world["pairs"]:
+        history.setdefault(world["users"][u], []).append(i)
+    vectors = world["item_vectors"]
+    for uid, row in rows.items():
+        assert len(row["because_item_ids"]) == len(row["item_ids"])
+        if uid not in history:
+            assert set(row["because_item_ids"]) <= {None}
+            continue
+        for rec, because in zip(row["item_ids"], row["because_item_ids"]):
+            similarity = {world["items"][h]: float(vectors[position[rec]] @ vectors[h]) for h in history[uid]}
+            assert similarity[because] == pytest.approx(max(similarity.values()), abs=1e-5)
+
+
+def test_bad_embeddings_stage_nothing(tmp_path):
+    """Validation happens before Ray starts: nothing is staged."""
+    snapshot, dirs, world = make_world(tmp_path, n_users=6, n_items=10)
+    folder = dirs["users"]
+    table = pq.read_table(folder / "part-00001.parquet")
+    vectors = table.column("embedding").to_pylist()
+    vectors[0][1] = float("nan")
+    table = table.set_column(1, "embedding", pa.array(vectors, pa.list_(pa.float32())))
+    pq.write_table(table, folder / "part-00001.parquet")
+    write_manifest(folder, {"model_version": "m1"})
+    with pytest.raises(DataValidationError, match=r"embedding.*1 rows.*NaN"):
+        score(Config(root=str(tmp_path)), snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    assert not (tmp_path / "staged").exists() or not any((tmp_path / "staged").iterdir())
