@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import duckdb
 import polars as pl
@@ -10,7 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recbatch.errors import DataValidationError
+from recbatch.errors import DataValidationError, IntegrityError
+from recbatch.layout import RunLayout
+from recbatch.publish import publish_run
 from recbatch.schemas import recommendations_schema
 from recbatch.score.writer import write_recommendations
 from recbatch.storage import MANIFEST, SUCCESS, verify_manifest
@@ -80,3 +89,100 @@ def test_rewrite_replaces_previous_whole(tmp_path):
     assert sorted(pl.read_parquet(out / "*.parquet")["user_id"].to_list()) == [100, 101]
     assert json.loads((out / MANIFEST).read_text())["v"] == 2
     verify_manifest(out)
+
+
+# --------------------------------------------------------------------------- publish_run
+
+DATE = dt.date(2026, 11, 29)
+
+
+def stage_run(layout: RunLayout, users, model_version: str) -> None:
+    write_recommendations(
+        [rec_table(users, model_version=model_version)], layout.staged_for(DATE), id_type="int",
+        rows_per_file=4, manifest_fields={"run_date": DATE.isoformat(), "model_version": model_version, "k": 3},
+    )
+
+
+def test_publish_adds_gate_fields_and_readers_see_it(tmp_path):
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE),
+                        {"metrics": {"ndcg@10": 0.31}, "gate": {"passed": True, "forced": False}})
+    manifest = verify_manifest(final)
+    assert manifest["metrics"]["ndcg@10"] == 0.31 and manifest["gate"]["passed"] is True
+    assert manifest["model_version"] == "m1" and manifest["rows"] == 10 and "published_at" in manifest
+    assert not layout.staged_for(DATE).exists()
+    assert layout.published_runs() == [final]
+    assert pl.read_parquet(final / "*.parquet").height == 10
+    assert duckdb.sql(f"select count(distinct user_id) from '{final}/*.parquet'").fetchall() == [(10,)]
+
+
+def test_rerun_for_same_date_replaces_whole_run(tmp_path):
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    stage_run(layout, [50, 51, 52], "m2")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    df = pl.read_parquet(final / "*.parquet")
+    assert sorted(df["user_id"].to_list()) == [50, 51, 52] and set(df["model_version"]) == {"m2"}
+    assert len(verify_manifest(final)["files"]) == 1 and len(list(final.glob("*.parquet"))) == 1
+    assert not list(final.parent.glob(".staging-*")) and not list(final.parent.glob(".previous-*"))
+
+
+def test_tampered_stage_is_refused_and_live_run_kept(tmp_path):
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    stage_run(layout, [7, 8], "m2")
+    part = layout.staged_for(DATE) / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:-9] + b"corrupted")  # same size, other bytes
+    with pytest.raises(IntegrityError, match="sha256"):
+        publish_run(layout.staged_for(DATE), final, {})
+    assert verify_manifest(final)["model_version"] == "m1"
+    assert not list(final.parent.glob(".staging-*"))
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import polars as pl
+    from recbatch.score.writer import write_recommendations
+
+    def batches():
+        for start in range(0, 10_000, 100):
+            yield pl.DataFrame({
+                "user_id": list(range(start, start + 100)),
+                "item_ids": [[1, 2]] * 100, "scores": [[0.5, 0.4]] * 100, "model_version": ["m2"] * 100,
+            })
+            if start == 500:
+                open(sys.argv[2], "w").close()  # several files are written: now kill me
+                time.sleep(60)
+
+    write_recommendations(batches(), sys.argv[1], id_type="int", rows_per_file=200, manifest_fields={})
+    """
+)
+
+
+def test_run_killed_mid_write_leaves_previous_run_intact(tmp_path):
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    before = verify_manifest(final)
+    flag = tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(final), str(flag)])
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None, "the writer exited before it was killed"
+            assert time.monotonic() < deadline, "the writer never got going"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = list(final.parent.glob(".staging-*"))
+    assert len(partial) == 1 and list(partial[0].glob("part-*.parquet"))  # it was mid-write
+    assert not (partial[0] / SUCCESS).exists()
+    assert verify_manifest(final) == before  # previous run intact, byte for byte
+    assert sorted(pl.read_parquet(final / "*.parquet")["user_id"].to_list()) == list(range(10))
+    assert layout.published_runs() == [final]
