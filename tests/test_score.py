@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recbatch.cli import main
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import DataValidationError
@@ -138,11 +139,15 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
 
 
 @pytest.mark.ray
-def test_string_ids_and_explanations(ray_local, tmp_path):
+def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
     snapshot, dirs, world = make_world(tmp_path, id_type="string", n_users=12, n_items=30)
-    cfg = Config(root=str(tmp_path)).with_overrides({"score.k": 5, "score.explanations": True, "score.cpus_per_actor": 0.5})
-    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
-    rows = read_rows(staged)
+    code = main([
+        "score", "--root", str(tmp_path), "--snapshot", str(snapshot.path), "--items", str(dirs["items"]),
+        "--users", str(dirs["users"]), "--date", "2026-11-29", "--k", "5", "--explanations",
+        "--set", "score.cpus_per_actor=0.5",
+    ])
+    assert code == 0
+    rows = read_rows(tmp_path / "staged" / "dt=2026-11-29")
     assert_matches(rows, reference(world, 5))
     position = {iid: i for i, iid in enumerate(world["items"])}
     history = {}

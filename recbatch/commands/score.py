@@ -1,0 +1,75 @@
+"""`recbatch score`: exact top-K for every user, written to the staged folder of a run date.
+
+    recbatch score --root runs/demo                              # latest snapshot and model, today
+    recbatch score --root runs/demo --date 2026-11-29 --k 50 --actors 2 --item-shards 3 --explanations
+    recbatch score --snapshot S --items E/items --users E/users  # explicit embedding folders
+
+The output is staged (``staged/dt=YYYY-MM-DD``), not published: the nightly
+job gates it on quality and ``recbatch.publish.publish_run`` makes it live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+from recbatch.config import Config
+from recbatch.errors import UsageError
+
+HELP = "score every user against the whole catalog (exact top-K) into staged/dt=<date>"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--date", type=dt.date.fromisoformat, default=None, help="run date YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--snapshot", help="snapshot folder (default: the latest under --root)")
+    p.add_argument("--model", help="model artifact folder whose embeddings to use (default: the latest)")
+    p.add_argument("--items", help="item embeddings folder (default: embeddings/<model_version>/items)")
+    p.add_argument("--users", help="user embeddings folder (default: embeddings/<model_version>/users)")
+    p.add_argument("--k", type=int, help="list length (config key score.k)")
+    p.add_argument("--actors", type=int, help="scoring actors per item shard (config key score.num_actors)")
+    p.add_argument("--item-shards", type=int, help="item shards, merged per user (config key score.item_shards)")
+    p.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, 0 = CPU (config key score.gpus_per_actor)")
+    p.add_argument("--blocklist", help="Parquet of item_id or user_id,item_id to exclude (config key score.blocklist)")
+    p.add_argument("--explanations", action="store_true", help="add because_item_ids (config key score.explanations)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "score.k": args.k,
+        "score.num_actors": args.actors,
+        "score.item_shards": args.item_shards,
+        "score.gpus_per_actor": args.gpus_per_actor,
+        "score.blocklist": args.blocklist,
+        "score.explanations": True if args.explanations else None,
+    }
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.layout import RunLayout
+    from recbatch.score.stage import score
+    from recbatch.storage import read_manifest
+
+    layout = RunLayout.of(cfg.root)
+    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
+    if snapshot_dir is None:
+        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}")
+    if args.items and args.users:
+        items_dir, users_dir = Path(args.items), Path(args.users)
+    else:
+        model_dir = Path(args.model) if args.model else layout.latest_model()
+        if model_dir is None:
+            raise UsageError(f"no --model (or --items and --users) given and no model under {layout.models}")
+        version = read_manifest(model_dir).get("model_version", model_dir.name)
+        items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
+        users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
+    for name, folder in (("items", items_dir), ("users", users_dir)):
+        if not folder.is_dir():
+            raise UsageError(f"{name} embeddings {folder} do not exist: run `recbatch embed` first")
+    run_date = args.date or dt.datetime.now(dt.timezone.utc).date()
+    staged = score(cfg, Snapshot.open(snapshot_dir), items_dir, users_dir, run_date)
+    manifest = read_manifest(staged)
+    print(f"scored {manifest['users']} users (k={manifest['k']}, model {manifest['model_version']}) "
+          f"in {manifest.get('timings')}\n  {staged}")
+    return 0
