@@ -20,6 +20,7 @@ slicing each user's whole sequence per row (O(sum of squared lengths)).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,9 @@ class CatalogTensors:
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
+
+    def to(self, device: torch.device) -> "CatalogTensors":
+        return CatalogTensors(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def load_catalog(path: str | Path, tokenizer, max_text_tokens: int) -> CatalogTensors:

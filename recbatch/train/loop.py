@@ -137,6 +137,46 @@ def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[s
     }
 
 
+def step_loss(
+    run,
+    t: dict[str, torch.Tensor],
+    pooled: torch.Tensor,
+    catalog: CatalogTensors,
+    cfg: LoopConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The training loss of one micro-batch (shared by the DeepSpeed loop and the plain-PyTorch bench).
+
+    `run` is the engine or the bare model; `t` holds target [B], history [B, L]
+    (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F]; `pooled` is
+    the per-epoch cache [M, H].
+    """
+    B = t["target"].shape[0]
+    hist_rows = t["history"].clamp(min=0)  # [B, L]
+    history_mask = t["history"] >= 0
+    inputs = {
+        "input_ids": catalog.input_ids[t["target"]],  # [B, T]
+        "attention_mask": catalog.attention_mask[t["target"]],
+        "id_index": catalog.id_index[t["target"]],  # [B]
+        "history_pooled": pooled[hist_rows],  # [B, L, H]
+        "history_id_index": catalog.id_index[hist_rows] * history_mask,  # [B, L]
+        "history_mask": history_mask,
+        "user_categorical": t["user_cat"],
+        "user_numeric": t["user_num"],
+    }
+    candidate_rows = t["target"]
+    if cfg.extra_negatives:
+        negatives = torch.randint(catalog.size, (cfg.extra_negatives,), generator=generator).to(pooled.device)
+        inputs["negative_pooled"] = pooled[negatives]
+        inputs["negative_id_index"] = catalog.id_index[negatives]
+        candidate_rows = torch.cat([candidate_rows, negatives])
+    users, candidates = run("train", **inputs)  # [B, D], [B + N, D]
+    log_q = None
+    if cfg.logq_correction:
+        log_q = candidate_log_q(catalog.probability[candidate_rows], B, cfg.extra_negatives, catalog.size)
+    return two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: build, (re)load, train, validate, checkpoint."""
     import deepspeed
@@ -175,10 +215,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, state.step, state.epoch, state.batches_in_epoch)
 
     shard = ray.train.get_dataset_shard("train")
-    id_index = catalog.id_index.to(device)  # [M]
-    probability = catalog.probability.to(device)  # [M]
+    catalog = catalog.to(device)
     B = train_cfg.batch_size
     window: list[float] = []
+    batch_generator = torch.Generator()  # uniform extra negatives, reseeded per batch (resumable)
     last_reported = state.step if restored else -1
     step_start = time.perf_counter()
 
@@ -223,31 +263,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for index, batch in enumerate(batches):
             if index < state.batches_in_epoch:
                 continue  # consumed before the restart
-            t = _batch_tensors(batch, device)
-            hist_rows = t["history"].clamp(min=0)  # [B, L]
-            inputs = {
-                "input_ids": catalog.input_ids[t["target"].cpu()].to(device),  # [B, T]
-                "attention_mask": catalog.attention_mask[t["target"].cpu()].to(device),
-                "id_index": id_index[t["target"]],  # [B]
-                "history_pooled": pooled[hist_rows],  # [B, L, H]
-                "history_id_index": id_index[hist_rows] * (t["history"] >= 0),  # [B, L]
-                "history_mask": t["history"] >= 0,
-                "user_categorical": t["user_cat"],
-                "user_numeric": t["user_num"],
-            }
-            candidate_rows = t["target"]
-            if cfg.extra_negatives:
-                g = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + rank * 7919 + state.step * 31 + index)
-                negatives = torch.randint(catalog.size, (cfg.extra_negatives,), generator=g).to(device)
-                inputs["negative_pooled"] = pooled[negatives]
-                inputs["negative_id_index"] = id_index[negatives]
-                candidate_rows = torch.cat([candidate_rows, negatives])
-            users, candidates = engine("train", **inputs)
-            log_q = None
-            if cfg.logq_correction:
-                p = probability[candidate_rows]
-                log_q = candidate_log_q(p, B, cfg.extra_negatives, catalog.size)
-            loss = two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
+            batch_generator.manual_seed(train_cfg.seed * 1_000_003 + rank * 7919 + state.step * 31 + index)
+            loss = step_loss(engine, _batch_tensors(batch, device), pooled, catalog, cfg, batch_generator)
             engine.backward(loss)
             engine.step()
             window.append(float(loss.detach()))

@@ -96,20 +96,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
-    loop_config = LoopConfig(
-        encoder_dir=encoder_dir,
-        tower=dataclasses.asdict(tower),
-        train=dataclasses.asdict(cfg.train),
-        user_features=dataclasses.asdict(prepared.user_features),
-        loss=cfg.model.loss,
-        temperature=cfg.model.temperature,
-        logq_correction=cfg.model.logq_correction,
-        extra_negatives=cfg.model.extra_negatives,
-        max_text_tokens=cfg.model.max_text_tokens,
-        catalog_path=str(prepared.catalog),
-        validation_path=str(prepared.validation),
-        total_steps=total_steps,
-    )
+    loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps)
 
     ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
@@ -148,6 +135,26 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
             snapshot=snapshot,
             extra_card={"train_run": str(run_dir), "total_steps": total_steps, "num_workers": cfg.train.num_workers},
         )
+
+
+def make_loop_config(
+    cfg: Config, encoder_dir: str, tower: TwoTowerConfig, prepared: PreparedInputs, total_steps: int
+) -> LoopConfig:
+    """What every worker receives: plain data only (paths, dicts, numbers)."""
+    return LoopConfig(
+        encoder_dir=encoder_dir,
+        tower=dataclasses.asdict(tower),
+        train=dataclasses.asdict(cfg.train),
+        user_features=dataclasses.asdict(prepared.user_features),
+        loss=cfg.model.loss,
+        temperature=cfg.model.temperature,
+        logq_correction=cfg.model.logq_correction,
+        extra_negatives=cfg.model.extra_negatives,
+        max_text_tokens=cfg.model.max_text_tokens,
+        catalog_path=str(prepared.catalog),
+        validation_path=str(prepared.validation),
+        total_steps=total_steps,
+    )
 
 
 def worker_env(cfg: Config) -> dict[str, str]:
