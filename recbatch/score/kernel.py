@@ -324,7 +324,7 @@ def _dtype_for(precision: str, device: torch.device) -> torch.dtype:
 def _as_float32_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.require(x, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])  # torch wants writeable memory
     if x.ndim != 2:
         raise ValueError(f"embeddings must be 2-D, got shape {x.shape}")
     return x

@@ -39,7 +39,7 @@ from recbatch.storage import verify_manifest
 
 log = logging.getLogger(__name__)
 
-# Users per Ray Data batch, in kernel user blocks: big enough to keep the
+# Users per Ray Data block, in kernel user blocks: big enough to keep the
 # kernel's threads busy, small enough to stream.
 BATCH_BLOCKS = 4
 
@@ -126,7 +126,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
         "compute": ray.data.ActorPoolStrategy(size=cfg.num_actors),
         "num_cpus": cfg.cpus_per_actor,
         "num_gpus": cfg.gpus_per_actor,
-        "batch_size": cfg.user_block * BATCH_BLOCKS,
+        "batch_size": None,  # one block per call: the blocks are already cut to size
         "batch_format": "pyarrow",
         "zero_copy_batch": True,
     }
