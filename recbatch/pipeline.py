@@ -180,8 +180,8 @@ def run_nightly(
     layout = RunLayout.of(cfg.root)
     summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root), stop_after=stop_after)
     summary.stages = [StageRecord(name) for name in STAGES]
+    preflight(cfg)  # before the try: a refused config writes nothing, not even a summary
     try:
-        preflight(cfg)
         ensure_ray(cfg.ray)
         _run_stages(cfg, run_date, layout, summary, force_train, force_publish, stop_after)
     except _Stop:
