@@ -123,7 +123,7 @@ def test_a_user_on_two_rows_is_rejected(tmp_path):
 def test_mismatched_id_types_are_a_clear_error(tmp_path):
     snap = Snapshot.open(write_snapshot(tmp_path / "snap", _rows(10, 20, 30), ITEMS))
     run = write_run(tmp_path / "run", {"10": ["1"]}, id_type="string")
-    with pytest.raises(DataValidationError, match="user_id"):
+    with pytest.raises(DataValidationError, match="'user_id' holds String"):
         evaluate_run(run, snap, ks=[1])
 
 

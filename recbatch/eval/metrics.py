@@ -60,6 +60,7 @@ CURVE_MAX_K = 100  # metric@K curves are reported for K = 1..CURVE_MAX_K
 POPULARITY_BINS = 10  # catalog items in equal-size bins, most popular first
 
 _STREAMING = "streaming"
+_SMALL = "force_right"  # join build side: the held-out / history side, not the exploded run
 
 
 @dataclass
@@ -156,12 +157,16 @@ def _first_repeat(items: list[Any]) -> Any:
 
 def _check_id_types(recs: pl.LazyFrame, heldout: pl.LazyFrame, source: str) -> None:
     """A run keyed by strings cannot be joined to an int snapshot: say so plainly."""
-    rec_type = recs.collect_schema()["user_id"]
-    truth_type = heldout.collect_schema()["user_id"]
-    if rec_type.is_integer() != truth_type.is_integer():
-        raise DataValidationError(
-            f"{source}: column 'user_id' is {rec_type} but the held-out split has {truth_type}"
-        )
+    rec_schema, truth_schema = recs.collect_schema(), heldout.collect_schema()
+    pairs = (
+        ("user_id", rec_schema["user_id"], truth_schema["user_id"]),
+        ("item_ids", rec_schema["item_ids"].inner, truth_schema["item_id"]),  # type: ignore[union-attr]
+    )
+    for column, rec_type, truth_type in pairs:
+        if rec_type.is_integer() != truth_type.is_integer():
+            raise DataValidationError(
+                f"{source}: column '{column}' holds {rec_type} ids but the held-out split has {truth_type}"
+            )
 
 
 # --------------------------------------------------------------------------- core
@@ -185,6 +190,9 @@ def evaluate(
     history: user_id, item_id                       -- interactions before the held-out ones
     items:   item_id [, is_cold, available]         -- the catalog
     """
+    item_type = recs.collect_schema().get("item_ids")
+    if isinstance(item_type, pl.Array):  # fixed-size lists (e.g. from numpy) read like plain ones
+        recs = recs.with_columns(pl.col("item_ids").cast(pl.List(item_type.inner)))
     validate_recommendations(recs, source)
     _check_id_types(recs, heldout, source)
     max_k = max(max_k, *ks)
@@ -197,8 +205,11 @@ def evaluate(
         .join(catalog.select("item_id", "is_cold"), on="item_id", how="left")
         .with_columns(pl.col("is_cold").fill_null(False))
     )
-    ranked = _explode(recs, max_k).join(truth.select("user_id").unique(), on="user_id", how="semi")
-    hits = ranked.join(truth, on=["user_id", "item_id"], how="inner")
+    # Joins hash their right side (held-out pairs, history pairs: bounded by the
+    # split) and stream the exploded lists through it, never the other way round.
+    evaluated = recs.join(truth.select("user_id").unique(), on="user_id", how="semi", build_side=_SMALL)
+    ranked = _explode(evaluated, max_k)
+    hits = ranked.join(truth, on=["user_id", "item_id"], how="inner", build_side=_SMALL)
     popularity = history.group_by("item_id").agg(popularity=pl.len())
     exposure = (
         ranked.filter(pl.col("rank") <= ks[-1])
@@ -207,11 +218,15 @@ def evaluate(
     )
     seen = (
         ranked.filter(pl.col("rank") <= ks[-1])
-        .join(history.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="semi")
+        .join(history.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="semi",
+              build_side=_SMALL)
         .select([(pl.col("rank") <= k).sum().alias(f"seen@{k}") for k in ks])
     )
+    # No common-subplan elimination: it would cache the exploded run (users x K rows)
+    # in memory to share it; streaming it once per query keeps memory bounded.
     truth_df, hits_df, catalog_df, exposure_df, seen_df, popularity_df = pl.collect_all(
-        [truth, hits, catalog, exposure, seen, popularity], engine=_STREAMING
+        [truth, hits, catalog, exposure, seen, popularity], engine=_STREAMING,
+        optimizations=pl.QueryOptFlags(comm_subplan_elim=False),
     )
 
     users: dict[str, int] = {}
