@@ -128,7 +128,8 @@ def _synthetic_run(folder: Path, users: int, items: int = 100_000, k: int = 100,
             pl.DataFrame({
                 "user_id": np.repeat(ids, per_user), "item_id": rng.integers(0, items, n * per_user),
             }).write_parquet(folder / f"{name}-{part:05d}.parquet")
-    pl.DataFrame({"item_id": np.arange(items), "is_cold": np.arange(items) % 50 == 0}).write_parquet(folder / "items.parquet")
+    catalog = pl.DataFrame({"item_id": np.arange(items), "is_cold": np.arange(items) % 50 == 0})
+    catalog.write_parquet(folder / "items.parquet")
 
 
 def _evaluate_synthetic(folder: str, queue) -> None:

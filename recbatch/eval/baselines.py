@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from recbatch.config import Config
 from recbatch.errors import UsageError
+from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
 from recbatch.score.kernel import PAD_INDEX, select_topk, topk
 from recbatch.score.writer import write_recommendations
@@ -308,17 +309,8 @@ def recommendation_tables(
     for start in range(0, len(rows), USER_BLOCK):
         block = rows[start : start + USER_BLOCK]
         idx, scores = model.rank(data, block, k)  # [B, k] each, -1 padded
-        valid = idx >= 0
-        offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
-        item_ids = data.item_ids.to_arrow().take(pa.array(idx[valid]))
-        yield pa.table(
-            {
-                "user_id": data.user_ids.to_arrow().take(pa.array(block)),
-                "item_ids": pa.ListArray.from_arrays(offsets, item_ids),
-                "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
-                "model_version": pa.array([model_version] * len(block)),
-            }
-        )
+        users = data.user_ids.to_arrow().take(pa.array(block))
+        yield lists_table(users, idx, scores, data.item_ids.to_arrow(), model_version)
 
 
 def _cutoff(metric: str) -> int:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recbatch.config import Config
+from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
 
 HISTORY_SPLITS = ("train", "validation")  # everything before the test rows
@@ -42,7 +43,9 @@ def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Serie
     return users.gather(np.sort(order))
 
 
-def catalog_vectors(artifact: Any, snapshot: Any, items_dir: str | Path | None, batch: int) -> tuple[pa.Array, np.ndarray]:
+def catalog_vectors(
+    artifact: Any, snapshot: Any, items_dir: str | Path | None, batch: int
+) -> tuple[pa.Array, np.ndarray]:
     """(item ids sorted ascending [N], unit item vectors [N, D]) for this model version."""
     from recbatch.embed.store import read_matrix
     from recbatch.model.features import render_item_text
@@ -93,7 +96,8 @@ def holdout_lists(
     vectors = []  # [U, D] in blocks
     with torch.inference_mode():
         for block in inputs.iter_slices(cfg.embed.batch_size):
-            index, mask = left_padded(block[HISTORY_INDEX].to_arrow().cast(pa.list_(pa.int32())), artifact.history_length)
+            history = block[HISTORY_INDEX].to_arrow().cast(pa.list_(pa.int32()))
+            index, mask = left_padded(history, artifact.history_length)  # [b, L] each
             vectors.append(artifact.encode_users(
                 torch.from_numpy(items[index]), torch.from_numpy(mask),  # [b, L, D], [b, L]
                 block.select(features) if features else None,
@@ -106,14 +110,7 @@ def holdout_lists(
         user_matrix, items, k, exclude=seen, item_mask=available,
         user_block=cfg.score.user_block, item_tile=cfg.score.item_tile, device=device,
     )  # [U, k] each, -1 padded
-    valid = idx >= 0
-    offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
-    return pl.from_arrow(pa.table({
-        "user_id": inputs["user_id"].to_arrow(),
-        "item_ids": pa.ListArray.from_arrays(offsets, item_ids.take(pa.array(idx[valid]))),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
-        "model_version": pa.array([artifact.model_version] * len(inputs)),
-    }))
+    return pl.from_arrow(lists_table(inputs["user_id"].to_arrow(), idx, scores, item_ids, artifact.model_version))
 
 
 def _seen_matrix(snapshot: Any, users: pl.Series, item_ids: pl.Series) -> sp.csr_matrix:
