@@ -144,6 +144,13 @@ def _heldout_recall(artifact_dir: Path, snapshot, k: int = 10) -> dict[str, floa
     return out
 
 
+def test_cli_train_without_a_snapshot_is_a_usage_error(tmp_path, capsys):
+    from recbatch.cli import main
+
+    assert main(["train", "--root", str(tmp_path), "--workers", "2", "--zero-stage", "3"]) == 2
+    assert "no snapshot" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- Ray runs
 
 
