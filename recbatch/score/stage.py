@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import pyarrow.dataset as pads
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.store import read_matrix
-from recbatch.errors import DataValidationError, UsageError
+from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
 from recbatch.score.actors import BLOCKED, SEEN, Finisher, ShardScorer
@@ -90,8 +91,9 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         staged, id_type=snapshot.id_type, rows_per_file=cfg.score.rows_per_file,
         manifest_fields=manifest_fields,
     )
-    if manifest["users"] != users.num_rows:
-        raise DataValidationError(f"{staged}: scored {manifest['users']} users of {users.num_rows}")
+    if manifest["users"] != users.num_rows:  # never leave a short run looking complete
+        shutil.rmtree(staged, ignore_errors=True)
+        raise IntegrityError(f"{staged}: scored {manifest['users']} users of {users.num_rows}; removed")
     log.info("scored %d users x %d items (k=%d) in %s", users.num_rows, catalog.size, cfg.score.k, timings)
     return staged
 
