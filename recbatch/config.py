@@ -127,6 +127,10 @@ class EmbedConfig:
     """Batch encoding of items and users with a Ray Data actor pool."""
 
     batch_size: int = 256
+    # Item batches are cut by padded size, not rows: at most this many tokens
+    # (rows x longest text) per batch, so long texts go in small batches.
+    # 2048 measured best on 2 CPU cores (bench/README.md); raise it on GPUs (e.g. 32768).
+    max_batch_tokens: int = 2048
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -266,6 +270,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every_steps": (1, None),
     "train.fail_at_step": (1, None),
     "embed.batch_size": (1, None),
+    "embed.max_batch_tokens": (1, None),
     "embed.num_actors": (1, None),
     "embed.cpus_per_actor": (0, None),
     "embed.gpus_per_actor": (0, None),

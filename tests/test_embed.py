@@ -222,7 +222,7 @@ def test_rerun_reencodes_only_changed_items_and_their_users(tmp_path, ray_local,
 
 def test_length_bucketing_cuts_padding_and_covers_every_row():
     from recbatch.embed.bucketing import (
-        arrival_order_batches, length_sorted_batches, padded_token_count, padding_fraction,
+        arrival_order_batches, length_sorted_batches, padded_token_count, padding_fraction, token_budget_batches,
     )
 
     lengths = np.random.default_rng(0).integers(4, 64, size=1000)
@@ -234,6 +234,12 @@ def test_length_bucketing_cuts_padding_and_covers_every_row():
     assert padding_fraction(lengths, sorted_batches) < padding_fraction(lengths, plain) / 10
     assert padded_token_count(lengths, sorted_batches) >= lengths.sum()
     assert padding_fraction(np.full(10, 7), length_sorted_batches(np.full(10, 7), 4)) == 0.0
+
+    budget = token_budget_batches(lengths, max_tokens=256, max_rows=32)
+    assert sorted(np.concatenate(budget).tolist()) == list(range(1000))
+    assert all(len(b) * lengths[b].max() <= 256 and len(b) <= 32 for b in budget)
+    assert padding_fraction(lengths, budget) < padding_fraction(lengths, sorted_batches)
+    assert [len(b) for b in token_budget_batches(np.array([300, 5]), max_tokens=100, max_rows=8)] == [1, 1]
 
 
 def test_left_padded_puts_most_recent_last_and_truncates_old_items():
@@ -259,3 +265,19 @@ def test_reuse_plan_reuses_equal_hashes_and_encodes_new_or_changed_rows():
     assert sorted(plan.encode_ids.to_pylist()) == ["c", "d"]
     first = plan_reuse(current, None, "item_id")
     assert (first.encoded, first.reused) == (4, 0)
+
+
+@pytest.mark.ray
+def test_bad_requests_fail_before_any_work(tmp_path, ray_local, tiny_bert_dir):
+    from recbatch.embed.stage import embed
+    from recbatch.errors import UsageError
+
+    snapshot = make_snapshot(tmp_path, "int")
+    cfg = make_config(tmp_path, tiny_bert_dir)
+    model_dir = _init_model(cfg, tiny_bert_dir, snapshot)
+    gpus = ray_local.cluster_resources().get("GPU", 0)
+    with pytest.raises(UsageError, match="GPUs, but the Ray cluster has"):
+        embed(cfg.with_overrides({"embed.gpus_per_actor": 1.0, "embed.num_actors": int(gpus) + 1}), snapshot, model_dir)
+    with pytest.raises(UsageError, match="trained on int ids"):
+        embed(cfg, make_snapshot(tmp_path / "other", "string"), model_dir)
+    assert not (tmp_path / "embeddings").exists()

@@ -29,6 +29,28 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_rows: int) -> list[np.ndarray]:
+    """Length-sorted batches holding at most `max_tokens` padded tokens (and `max_rows` rows).
+
+    Sorting alone still pads a whole batch to its longest member, and a few
+    long texts (a title with a description) at the head of a batch of short
+    ones dominate its cost. Capping the padded size instead gives long texts
+    small batches and short texts large ones, so every batch costs about the
+    same and almost nothing is padding.
+    """
+    if max_tokens < 1 or max_rows < 1:
+        raise ValueError(f"max_tokens and max_rows must be >= 1, got {max_tokens}, {max_rows}")
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(1, int(lengths[order[start]]))  # sorted: the first row is the longest
+        rows = max(1, min(max_rows, max_tokens // longest))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
 def arrival_order_batches(n: int, batch_size: int) -> list[np.ndarray]:
     """The batches a plain loop would form: the reference bucketing is measured against."""
     order = np.arange(n)

@@ -1,10 +1,8 @@
-"""The item side of the embedding stage: model inputs and the encoding actor.
+"""The item side of the embedding stage: input hashes and the encoding actor.
 
 ``item_hashes`` runs on the driver: the reuse plan needs only ids and hashes.
-``ItemEncoder`` runs inside Ray workers (which is why it lives in the
-package): it is the callable class an actor pool instantiates once per actor,
-so the model loads once per actor rather than once per batch, and it renders
-the text of the snapshot rows it is handed.
+``ItemEncoder`` runs in the actor pool: it renders the text of the snapshot
+rows it is handed, buckets them by token length and encodes them.
 """
 
 from __future__ import annotations
@@ -15,11 +13,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from recbatch.embed.bucketing import length_sorted_batches
-from recbatch.embed.store import matrix_to_list_array
+from recbatch.embed.actor import EncoderActor
+from recbatch.embed.bucketing import token_budget_batches
 from recbatch.model.features import item_input_hash, render_item_text
 from recbatch.runtime import Precision
-from recbatch.schemas import embeddings_schema, id_type_of
+
 
 def item_hashes(items: pl.DataFrame) -> pa.Table:
     """``(item_id, input_hash)``: all the reuse plan needs, computed without the model.
@@ -30,45 +28,19 @@ def item_hashes(items: pl.DataFrame) -> pa.Table:
     return pa.table({"item_id": items["item_id"].to_arrow(), "input_hash": item_input_hash(items).to_arrow()})
 
 
-class EncoderActor:
-    """What item and user encoders share: one model per actor, pinned threads and device.
-
-    `threads` is set explicitly because an actor with fractional ``num_cpus``
-    would otherwise let torch use every core of the node and fight its
-    neighbours for them.
-    """
-
-    def __init__(self, model_dir: str | Path, device: str, precision: Precision, threads: int, batch_size: int):
-        import torch
-
-        from recbatch.model.artifact import load_artifact
-
-        if device == "cpu":
-            torch.set_num_threads(max(1, threads))
-        self.artifact = load_artifact(model_dir, device=device, precision=precision)
-        self.batch_size = batch_size
-
-    def rows(self, id_column: str, ids: pa.Array, vectors: np.ndarray, hashes: pa.Array) -> pa.Table:
-        """Output rows in the embeddings schema (plain list<float32>, not a tensor type)."""
-        n = len(ids)
-        table = pa.table(
-            {
-                id_column: ids,
-                "embedding": matrix_to_list_array(vectors),
-                "input_hash": hashes,
-                "model_version": pa.array([self.artifact.model_version] * n, pa.string()),
-            }
-        )
-        return table.cast(embeddings_schema(id_type_of(ids.type), id_column))
-
-
 class ItemEncoder(EncoderActor):
     """Encodes rendered item texts, batching them by token length to cut padding.
 
     Ray Data hands the actor a window of several model batches; the actor
-    sorts the window by token length and encodes it in `batch_size` slices,
-    so each slice is padded only to a length its members nearly share.
+    sorts the window by token length and cuts it into batches of at most
+    `max_batch_tokens` padded tokens (and `batch_size` rows), so each batch
+    is padded only to a length its members nearly share.
     """
+
+    def __init__(self, model_dir: str | Path, device: str, precision: Precision, threads: int, batch_size: int,
+                 max_batch_tokens: int):
+        super().__init__(model_dir, device, precision, threads, batch_size)
+        self.max_batch_tokens = max_batch_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -80,7 +52,7 @@ class ItemEncoder(EncoderActor):
         lengths = self.token_lengths(texts)
         vectors = np.empty((len(texts), self.artifact.embedding_dim), dtype=np.float32)  # [N, D]
         with torch.inference_mode():
-            for rows in length_sorted_batches(lengths, self.batch_size):
+            for rows in token_budget_batches(lengths, self.max_batch_tokens, self.batch_size):
                 vectors[rows] = self.artifact.encode_items(
                     [texts[i] for i in rows], ids.take(pa.array(rows)).to_pylist()
                 ).numpy()  # [b, D]

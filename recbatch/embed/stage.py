@@ -1,12 +1,14 @@
 """The embedding stage: items, then users, encoded by Ray Data actor pools.
 
-    snapshot items ──read_parquet──▶ text + input_hash ──▶ [reuse plan] ──▶ ItemEncoder pool ─┐
-                                                         previous rows with the same hash ───┴▶ items/
-    snapshot users + histories ──▶ history rows + input_hash ──▶ [reuse plan] ──▶ UserEncoder pool ─┐
-                          (item matrix of this model version, one Ray object)  previous rows ─────┴▶ users/
+    items.parquet ─read_parquet─▶ rows to encode ─▶ ItemEncoder pool (render, bucket, encode) ─┐
+                  previous rows of this model version with the same input_hash ──────────────┴▶ items/
+    users + histories (polars) ─▶ rows to encode ─▶ UserEncoder pool (item matrix: one Ray object) ─┐
+                  previous rows of this model version with the same input_hash ────────────────────┴▶ users/
 
-Each output is ``embeddings/<model_version>/{items,users}``, published
-atomically with a manifest that counts what was encoded and what was reused.
+Which rows to encode is decided on the driver from ids and input hashes only
+(incremental.py); the vectors stay in Ray Data. Each output is
+``embeddings/<model_version>/{items,users}``, published atomically with a
+manifest that counts what was encoded and what was reused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recbatch.embed.store import publish_embeddings, read_hashes, read_matrix
 from recbatch.embed.users import UserEncoder, user_inputs
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.layout import RunLayout
+from recbatch.model.features import UserFeatureSpec
 from recbatch.runtime import ensure_ray, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
 from recbatch.storage import verify_manifest
@@ -70,6 +73,9 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     started = time.perf_counter()
     card = read_model_card(model_dir)
     version = card["model_version"]
+    if card.get("id_type", snapshot.id_type) != snapshot.id_type:
+        raise UsageError(f"{model_dir} was trained on {card['id_type']} ids but snapshot {snapshot.hash} "
+                         f"has {snapshot.id_type} ids: train a model on this catalog first")
     layout = RunLayout.of(cfg.root)
     ensure_ray(cfg.ray)
     actor = _actor_settings(cfg.embed, model_dir)
@@ -80,12 +86,13 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     items_dir = layout.embeddings(version, "items")
     current_items = _current_item_hashes(snapshot)
     items_plan = _encode_incrementally(
-        _snapshot_items(snapshot, cfg.embed), current_items, "item_id", ItemEncoder, actor,
+        _snapshot_items(snapshot, cfg.embed), current_items, "item_id", ItemEncoder,
+        {**actor, "max_batch_tokens": cfg.embed.max_batch_tokens},
         items_dir, cfg.embed, {**common, "kind": "item_embeddings"},
     )
 
     item_ids, item_matrix = read_matrix(items_dir, "item_id")  # [N], [N, D]
-    feature_columns = _user_feature_columns(card)
+    feature_columns = UserFeatureSpec(**card["user_features"]).columns
     users = user_inputs(
         snapshot, item_ids, current_items,
         history_length=int(card["model"]["history_length"]),
@@ -163,11 +170,6 @@ def _put(value: Any) -> Any:
     return ray.put(value)
 
 
-def _user_feature_columns(card: dict[str, Any]) -> list[str]:
-    spec = card.get("user_features") or {}
-    return list(spec.get("categorical", [])) + list(spec.get("numeric", []))
-
-
 def _encode_incrementally(
     inputs,  # a Ray dataset of the encoder's input rows
     current: pa.Table,  # (id, input_hash) of every row of `inputs`
@@ -206,7 +208,6 @@ def _encode_incrementally(
     if not parts:
         parts.append(ray.data.from_arrow(schema.empty_table()))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    publish_embeddings(ds, final, schema, {**fields, "encoded": plan.encoded, "reused": plan.reused,
-                                           "seconds": round(time.perf_counter() - started, 3)})
+    publish_embeddings(ds, final, schema, {**fields, "encoded": plan.encoded, "reused": plan.reused}, started)
     log.info("%s: %d encoded, %d reused", final, plan.encoded, plan.reused)
     return plan

@@ -36,8 +36,7 @@ class PartFilenames(FilenameProvider):
 
 
 def _dataset(folder: Path) -> pads.Dataset:
-    return pads.dataset(folder, format="parquet", exclude_invalid_files=False,
-                        ignore_prefixes=[".", "_"])
+    return pads.dataset(folder, format="parquet")  # skips "_manifest.json", "_SUCCESS", ".staging-*"
 
 
 def read_hashes(folder: str | Path, id_column: str) -> pa.Table | None:
@@ -81,12 +80,17 @@ def matrix_to_list_array(matrix: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.reshape(-1)))
 
 
-def publish_embeddings(ds: Any, final: str | Path, schema: pa.Schema, fields: dict[str, Any]) -> Path:
+def publish_embeddings(
+    ds: Any, final: str | Path, schema: pa.Schema, fields: dict[str, Any], started: float | None = None
+) -> Path:
     """Write a Ray dataset of embedding rows to `final`: staging, manifest, atomic swap.
 
     `schema` is written even when the dataset is empty, so readers always find
-    a typed file.
+    a typed file. The dataset is lazy and runs here, so ``seconds`` in the
+    manifest (from `started`, a ``time.perf_counter()``) is taken after the write.
     """
+    import time
+
     import pyarrow.parquet as pq
 
     final = Path(final)
@@ -94,5 +98,7 @@ def publish_embeddings(ds: Any, final: str | Path, schema: pa.Schema, fields: di
     ds.write_parquet(str(staging), filename_provider=PartFilenames())
     if not any(staging.glob("*.parquet")):
         pq.write_table(schema.empty_table(), staging / "part-00000-empty.parquet")
+    if started is not None:
+        fields = {**fields, "seconds": round(time.perf_counter() - started, 3)}
     write_manifest(staging, {**fields, "rows": _dataset(staging).count_rows()})
     return publish_dir(staging, final)

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 
 from recbatch.data.snapshot import Snapshot
-from recbatch.embed.items import EncoderActor
+from recbatch.embed.actor import EncoderActor
 from recbatch.model.features import user_histories, user_input_hash
 from recbatch.runtime import Precision
 
