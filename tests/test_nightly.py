@@ -23,7 +23,9 @@ def _published_rows(folder: Path) -> pl.DataFrame:
 
 
 @pytest.mark.ray
-def test_nightly_runs_every_stage_then_rerun_is_idempotent(ray_local, tiny_pipeline_config, demo_source):
+def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
+    ray_local, tiny_pipeline_config, demo_source, redis_server
+):
     cfg = tiny_pipeline_config()
     demo_source(cfg)
 
@@ -40,7 +42,7 @@ def test_nightly_runs_every_stage_then_rerun_is_idempotent(ray_local, tiny_pipel
     assert "ndcg@10" in manifest["metrics"]
     assert layout.run_summary(RUN_DATE).exists()
 
-    # Rerun the same date: nothing is retrained, rescored or republished.
+    # 1. Rerun the same date: nothing is retrained, rescored or republished.
     second = run_nightly(cfg, RUN_DATE)
     status = {s.name: s.status for s in second.stages}
     assert status["train"] == "skipped"
@@ -49,20 +51,9 @@ def test_nightly_runs_every_stage_then_rerun_is_idempotent(ray_local, tiny_pipel
     assert second.stage("embed").details["items_encoded"] == 0
     assert read_manifest(final)["files"] == manifest["files"]
     assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
+    before = manifest
 
-
-@pytest.mark.ray
-def test_driver_stopped_between_score_and_publish_then_rerun_publishes_once(
-    ray_local, tiny_pipeline_config, demo_source
-):
-    cfg = tiny_pipeline_config()
-    demo_source(cfg)
-    layout = RunLayout.of(cfg.root)
-    final = layout.recommendations_for(RUN_DATE)
-    run_nightly(cfg, RUN_DATE)
-    before = read_manifest(final)
-
-    # New data arrives (a new snapshot); the driver dies after scoring it.
+    # 2. New data arrives (a new snapshot); the driver stops after scoring it.
     src = Path(cfg.ingest.source) / "interactions.parquet"
     inter = pl.read_parquet(src)
     pl.concat([inter, inter.head(30).with_columns(pl.col("ts") + pl.duration(days=1))]).write_parquet(src)
@@ -71,7 +62,8 @@ def test_driver_stopped_between_score_and_publish_then_rerun_publishes_once(
     assert read_manifest(final) == before  # previous run still live and complete
     assert layout.staged_for(RUN_DATE).exists()
 
-    # Readers keep reading the date's folder while the rerun publishes.
+    # 3. The rerun publishes once, while readers keep reading the date's folder,
+    #    then loads the published run into Redis.
     seen_rows: list[int] = []
     stop = threading.Event()
 
@@ -82,7 +74,7 @@ def test_driver_stopped_between_score_and_publish_then_rerun_publishes_once(
     t = threading.Thread(target=reader)
     t.start()
     try:
-        rerun = run_nightly(cfg2, RUN_DATE)
+        rerun = run_nightly(cfg2.with_overrides({"serving.redis_url": redis_server.url}), RUN_DATE)
     finally:
         stop.set()
         t.join()
@@ -93,6 +85,16 @@ def test_driver_stopped_between_score_and_publish_then_rerun_publishes_once(
     assert seen_rows and set(seen_rows) == {before["users"]}
     assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
     assert not list(layout.recommendations.glob(".*"))  # no staging or previous copies left
+
+    assert rerun.stage("load").status == "ran"
+    assert rerun.stage("load").details["users"] == after["users"]
+    import redis
+
+    from recbatch.serving.reader import get_recommendations
+
+    row = _published_rows(final).row(0, named=True)
+    got = get_recommendations(redis.Redis.from_url(redis_server.url), row["user_id"])
+    assert got is not None and list(got.item_ids) == row["item_ids"]
 
 
 def test_wrong_config_fails_before_any_work(tmp_path, tiny_bert_dir):
