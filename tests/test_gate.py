@@ -69,8 +69,35 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     assert list(holdout_user_ids(snapshot, 40)) == list(holdout_user_ids(snapshot, 40))  # fixed slice
     assert metrics["seen_share@10"] == 0.0  # pre-test history is filtered
     assert 0.0 <= metrics["ndcg@10"] <= 1.0 and metrics["coverage@10"] > 0.0
+    # The embed stage's item vectors (a folder) give the same numbers as encoding here.
+    items_dir = _write_item_embeddings(tmp_path / "emb", model_dir, snapshot)
+    assert evaluate_holdout(cfg, snapshot, model_dir, items_dir) == pytest.approx(metrics)
     first = check_gate(metrics, None, CFG)
     assert first.passed
     better_last_run = {"run_date": "x", "metrics": {"ndcg@10": metrics["ndcg@10"] + 0.5}}
     with pytest.raises(QualityGateError):
         check_gate(metrics, better_last_run, CFG)
+
+
+def _write_item_embeddings(folder, model_dir, snapshot):
+    """An embeddings folder as the embed stage publishes it (embeddings_schema + manifest)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recbatch.embed.store import matrix_to_list_array
+    from recbatch.eval.holdout import catalog_vectors
+    from recbatch.model.artifact import load_artifact
+    from recbatch.schemas import embeddings_schema
+    from recbatch.storage import write_manifest
+
+    artifact = load_artifact(model_dir)
+    ids, matrix = catalog_vectors(artifact, snapshot, None, batch=64)
+    folder.mkdir()
+    table = pa.table(
+        [ids, matrix_to_list_array(matrix), pa.array(["h"] * len(ids)), pa.array([artifact.model_version] * len(ids))],
+        schema=embeddings_schema("int"),
+    )
+    pq.write_table(table.slice(0, 50), folder / "part-00000.parquet")  # two files, as Ray Data writes
+    pq.write_table(table.slice(50), folder / "part-00001.parquet")
+    write_manifest(folder, {"model_version": artifact.model_version})
+    return folder
