@@ -223,12 +223,36 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_record(self) -> dict[str, Any]:
+        """The config as recorded in manifests and model cards: secrets masked.
+
+        A Redis URL may carry a password (``redis://:pw@host``); anything we
+        write to disk or logs shows ``***`` in its place.
+        """
+        data = self.to_dict()
+        if data["serving"]["redis_url"]:
+            data["serving"]["redis_url"] = mask_url_password(data["serving"]["redis_url"])
+        return data
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with dotted-key overrides applied (``{"score.k": 50}``), validated."""
         data = self.to_dict()
         for dotted, value in overrides.items():
             _set_dotted(data, dotted, value)
         return config_from_dict(data)
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with any password replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # --------------------------------------------------------------------------- range checks

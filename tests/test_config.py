@@ -92,3 +92,13 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert code == 2
     assert "'generate.users'" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_recorded_config_masks_the_redis_password():
+    from recbatch.config import load_config
+
+    cfg = load_config(None, {"serving.redis_url": "redis://:hunter2@127.0.0.1:6379/0"})
+    recorded = cfg.to_record()
+    assert recorded["serving"]["redis_url"] == "redis://:***@127.0.0.1:6379/0"
+    assert "hunter2" not in str(recorded)
+    assert cfg.serving.redis_url.endswith("hunter2@127.0.0.1:6379/0")  # the live config keeps it

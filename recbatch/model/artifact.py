@@ -242,7 +242,7 @@ def init_artifact(cfg: "Config", encoder: str, snapshot: "Snapshot | None", out_
         max_text_tokens=cfg.model.max_text_tokens,
         id_type=id_type,
         snapshot_hash=snapshot_hash,
-        extra_card={"config": cfg.to_dict(), "trained": False},
+        extra_card={"config": cfg.to_record(), "trained": False},
     )
 
 

@@ -83,7 +83,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         "k": cfg.score.k,
         "items": catalog.size,
         "eligible_items": int(catalog.eligible.sum()),
-        "config": cfg.to_dict(),
+        "config": cfg.to_record(),
     }
     batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
     manifest = write_recommendations(

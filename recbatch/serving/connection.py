@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 
-from recbatch.config import ServingConfig
+from recbatch.config import mask_url_password, ServingConfig
 from recbatch.errors import ServingStoreError, UsageError
 
 MASK = "***"
@@ -41,14 +41,7 @@ def resolve_redis_url(cfg: ServingConfig, override: str | None = None) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (user name and host kept)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    return mask_url_password(url)
 
 
 def scrub(text: str, url: str) -> str:

@@ -211,7 +211,7 @@ def export_artifact(
         step=state.step,
         metrics=state.metrics,
         loss_curve=state.loss_curve,
-        extra_card={"config": cfg.to_dict(), "trained": True, **(extra_card or {})},
+        extra_card={"config": cfg.to_record(), "trained": True, **(extra_card or {})},
     )
 
 
