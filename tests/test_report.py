@@ -13,9 +13,15 @@ from recbatch.storage import verify_manifest
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, tiny_bert_dir):
+    from recbatch.config import Config
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.model.artifact import init_artifact
+
     root = tmp_path_factory.mktemp("root")
     snap = synthetic_snapshot(root / "snapshots" / "synthetic")
+    model_cfg = Config().with_overrides({"model.embedding_dim": 16, "model.history_length": 8})
+    model_dir = init_artifact(model_cfg, str(tiny_bert_dir), Snapshot.open(snap), root / "models")
     # A run that puts each user's own test items first: an oracle, so its numbers are known.
     import polars as pl
 
@@ -25,7 +31,7 @@ def report(tmp_path_factory):
     out = root / "report"
     rc = main([
         "evaluate", "--root", str(root), "--snapshot", str(snap), "--run", f"oracle={root / 'oracle'}",
-        "--baselines", "random,most_popular", "--out", str(out),
+        "--model", f"tiny={model_dir}", "--baselines", "random,most_popular", "--out", str(out),
         "--set", "score.k=20", "--set", "eval.ks=[5,10,20]",
     ])
     assert rc == 0
@@ -36,7 +42,8 @@ def test_report_files_and_numbers(report):
     verify_manifest(report)
     payload = json.loads((report / "report.json").read_text())
     models = {m["name"]: m for m in payload["models"]}
-    assert set(models) == {"oracle", "random", "most_popular"}
+    assert set(models) == {"oracle", "tiny", "random", "most_popular"}
+    assert models["tiny"]["users"]["all"] == 200 and models["tiny"]["metrics"]["seen_share@20"] == 0.0
     assert models["oracle"]["metrics"]["ndcg@10"] == pytest.approx(1.0)
     assert models["oracle"]["metrics"]["cold/recall@5"] == pytest.approx(1.0)
     assert len(models["random"]["curves"]["all"]["ndcg"]) == 100

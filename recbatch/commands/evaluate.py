@@ -1,7 +1,8 @@
 """`recbatch evaluate`: score runs and baselines on a snapshot's held-out split, write a report.
 
     recbatch evaluate --snapshot runs/demo/snapshots/<hash> \\
-        --run two_tower=runs/demo/recommendations/dt=2026-11-29 --baselines --out report/
+        --run nightly=runs/demo/recommendations/dt=2026-11-29 \\
+        --model two_tower=runs/demo/models/<version> --baselines --out report/
 
 Every run is read through the same metric code (recbatch.eval.metrics), and
 the baselines are produced through the same writer as the scoring stage, so
@@ -28,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a recommendations folder to evaluate under NAME (repeatable)",
     )
     p.add_argument(
+        "--model", action="append", default=[], metavar="NAME=DIR",
+        help="a two-tower model artifact to rank and evaluate under NAME (repeatable; test split, "
+        "users from eval.holdout_users, encoded from their pre-test history)",
+    )
+    p.add_argument(
         "--baselines", nargs="?", const="config", metavar="A,B",
         help="also train and evaluate baselines: the ones in eval.baselines, or a comma list "
         "(random, most_popular, item_knn, als, bpr, content)",
@@ -36,17 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report folder (default: <root>/reports/dt=<today>)")
 
 
-def parse_runs(specs: list[str]) -> dict[str, Path]:
+def parse_named_dirs(specs: list[str], flag: str) -> dict[str, Path]:
     """``["a=dir1", "b=dir2"]`` -> ``{"a": Path("dir1"), ...}``; names must be unique."""
     runs: dict[str, Path] = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
-            raise UsageError(f"--run expects NAME=DIR, got {spec!r}")
+            raise UsageError(f"{flag} expects NAME=DIR, got {spec!r}")
         if name in runs:
-            raise UsageError(f"--run name {name!r} given twice")
+            raise UsageError(f"{flag} name {name!r} given twice")
         if not Path(folder).is_dir():
-            raise UsageError(f"--run {name}: {folder} is not a folder")
+            raise UsageError(f"{flag} {name}: {folder} is not a folder")
         runs[name] = Path(folder)
     return runs
 
@@ -54,12 +60,14 @@ def parse_runs(specs: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.data.snapshot import Snapshot
     from recbatch.eval.baselines import baseline_class, run_baseline
+    from recbatch.eval.holdout import evaluate_model
     from recbatch.eval.metrics import evaluate_run
     from recbatch.eval.report import headline_table, write_report
     from recbatch.layout import RunLayout
     from recbatch.storage import is_complete, read_manifest
 
-    runs = parse_runs(args.run)
+    runs = parse_named_dirs(args.run, "--run")
+    models = parse_named_dirs(args.model, "--model")
     layout = RunLayout.of(cfg.root)
     snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
     if snapshot_dir is None:
@@ -77,13 +85,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             print(f"training baseline {name} on {snapshot.hash} ...")
             run_baseline(name, snapshot, cfg, folder)
         runs.setdefault(name, folder)
-    if not runs:
-        raise UsageError("nothing to evaluate: give --run NAME=DIR and/or --baselines")
+    if not runs and not models:
+        raise UsageError("nothing to evaluate: give --run NAME=DIR, --model NAME=DIR and/or --baselines")
+    if models and args.split != "test":
+        raise UsageError("--model is evaluated on the test split only")
 
     results, seconds = [], {}
     for name, folder in runs.items():
         started = time.perf_counter()
         results.append(evaluate_run(folder, snapshot, ks=cfg.eval.ks, split=args.split, name=name))
+        seconds[name] = round(time.perf_counter() - started, 3)
+    for name, model_dir in models.items():
+        started = time.perf_counter()
+        results.append(evaluate_model(cfg, snapshot, model_dir, name=name))
         seconds[name] = round(time.perf_counter() - started, 3)
 
     headline_k = int(cfg.eval.gate_metric.split("@")[1]) if "@" in cfg.eval.gate_metric else 10
@@ -91,7 +105,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     context = {
         "snapshot": snapshot.hash,
         "split": args.split,
-        "runs": {name: str(folder) for name, folder in runs.items()},
+        "runs": {name: str(folder) for name, folder in {**runs, **models}.items()},
         "evaluate_seconds": seconds,
     }
     write_report(results, out, headline_k=headline_k, context=context)
