@@ -161,8 +161,10 @@ def scale(users: int, root: Path) -> None:
         queue = multiprocessing.get_context("spawn").Queue()
         child = multiprocessing.get_context("spawn").Process(target=_evaluate_synthetic, args=(str(folder), queue))
         child.start()
+        child.join()  # the result is a few numbers: it fits the queue's pipe without a reader
+        if child.exitcode != 0:
+            raise SystemExit(f"evaluation of {folder} failed (exit code {child.exitcode}); see the traceback above")
         seconds, cpu, ndcg, evaluated, peak_gib = queue.get()
-        child.join()
         rows.append((n, cpu, peak_gib))
         print(f"{n:>10,} users x 100: evaluate {seconds:6.1f} s wall, {cpu:6.1f} s CPU, peak RSS {peak_gib:.2f} GiB "
               f"(ndcg@10 {ndcg:.5f}, {evaluated:,} users)", flush=True)
