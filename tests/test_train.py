@@ -191,6 +191,7 @@ def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local
     assert card["metrics"]["recall@10"] > 0
 
     recall = _heldout_recall(artifact, snapshot)
+    print("held-out recall@10:", recall)
     assert recall["model"] > 2.5 * recall["random"], recall
     assert recall["model"] > recall["popularity"], recall
 
