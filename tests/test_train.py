@@ -164,6 +164,7 @@ def test_fault_injection_must_leave_a_checkpoint_to_resume_from(demo_snapshot, t
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local, demo_snapshot, tiny_bert_dir):
     from recbatch.train.trainer import train
@@ -197,6 +198,7 @@ def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local, demo_snapshot, tiny_bert_dir):
     from recbatch.data.snapshot import Snapshot

@@ -17,8 +17,10 @@ passes it to ``ray.train.report``, which merges all ranks' folders into one
 checkpoint in persistent storage. (Reporting only rank 0's folder, the
 classic mistake, would silently lose the other ranks' ZeRO shards.) On a
 restart after a failure, ``ray.train.get_checkpoint`` returns the latest and
-every rank loads its shards from it, then skips the micro-batches of the
-current epoch it had already consumed.
+every rank loads its shards from it (weights, optimizer, LR schedule), then
+skips as many micro-batches of the current epoch as it had consumed. Ray
+Data's streaming order is not replayed exactly, so the resumed epoch sees the
+right *number* of examples, not necessarily the same ones.
 """
 
 from __future__ import annotations
@@ -222,10 +224,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_reported = state.step if restored else -1
     step_start = time.perf_counter()
 
-    def tick(phase: str, since: float) -> float:
-        now = time.perf_counter()
-        state.timings[phase] = state.timings.get(phase, 0.0) + now - since
-        return now
+    def tick(phase: str, since: float) -> None:
+        state.timings[phase] = state.timings.get(phase, 0.0) + time.perf_counter() - since
 
     tick("init", started)  # model, data, DeepSpeed set-up and restore of this attempt
 
