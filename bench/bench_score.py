@@ -150,7 +150,7 @@ def bench_stage_vs_kernel(n_users: int, n_items: int, threads: int) -> dict:
     from recbatch.score.kernel import topk
     from recbatch.score.stage import score
 
-    with tempfile.TemporaryDirectory(dir=ROOT / ".bench-tmp" if (ROOT / ".bench-tmp").exists() else None) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         snap, items_dir, users_dir = write_world(Path(tmp), n_users, n_items)
         cfg = Config(root=tmp).with_overrides({
             "score.k": K, "score.num_actors": threads, "score.cpus_per_actor": 1.0,
@@ -284,6 +284,7 @@ def main() -> None:
     p.add_argument("--stage-users", type=int, default=50_000, help="users for the Ray stage vs kernel run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", action="store_true", help="also stream 1M users (RSS and wall time)")
+    p.add_argument("--rss-items", type=int, help="items for the RSS runs (default --items; memory does not depend on it)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--only", choices=("faiss", "stage", "rss"), help="run one CPU section")
     p.add_argument("--json", help="also write the figures to this file")
@@ -299,8 +300,8 @@ def main() -> None:
             figures["stage_vs_kernel"] = bench_stage_vs_kernel(args.stage_users, args.items, args.threads)
         if args.only in (None, "rss"):
             counts = [100_000, 1_000_000] if args.scale else [100_000]
-            figures["streamed"] = bench_rss(counts, args.items, args.threads)
-            if args.scale:
+            figures["streamed"] = bench_rss(counts, args.rss_items or args.items, args.threads)
+            if args.scale and not args.rss_items:
                 print(f"[4] scale: 1M users x {args.items} items, d={DIM}, K={K}: "
                       f"{figures['streamed'][-1]['seconds']} s (target <= 300 s)")
     print(f"load average {os.getloadavg()[0]:.1f} at end")

@@ -93,3 +93,24 @@ def test_sharded_merge_equals_unsharded():
         idx, val = topk(users, items[lo:hi], k, exclude=exclude[:, lo:hi], item_tile=40)
         parts.append((np.where(idx >= 0, idx + lo, -1), val))
     assert_same(merge_topk(parts, k), reference_topk(users, items, k, exclude))
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_agrees_with_fp32():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    users, items, exclude = random_case(6, 512, 5000, 64)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    want = reference_topk(users, items, 50, exclude)
+    def overlap(idx):
+        return np.mean([len(set(a) & set(b)) / 50 for a, b in zip(idx, want[0])])
+
+    idx32, val32 = topk(users, items, 50, exclude=exclude, device="cuda", item_tile=2048)
+    np.testing.assert_allclose(val32, want[1], atol=1e-4)  # cuBLAS sums in another order
+    assert overlap(idx32) >= 0.999
+    idx16, _ = topk(users, items, 50, exclude=exclude, device="cuda", precision="fp16", item_tile=2048)
+    assert overlap(idx16) >= 0.99
+    seen = exclude.toarray().astype(bool)
+    assert not seen[np.arange(len(idx16))[:, None], idx16].any()  # filters hold in fp16 too
