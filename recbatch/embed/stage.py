@@ -147,13 +147,18 @@ def _snapshot_items(snapshot: Snapshot, cfg: EmbedConfig):
     rows = pq.ParquetFile(path).metadata.num_rows
     if rows == 0:
         raise DataValidationError(f"{path}: the snapshot has no items to embed")
-    return ray.data.read_parquet(str(path)).repartition(_num_blocks(rows, cfg))
+    return ray.data.read_parquet(str(path), columns=_model_columns(snapshot)).repartition(_num_blocks(rows, cfg))
+
+
+def _model_columns(snapshot: Snapshot) -> list[str]:
+    """The item columns the model sees: the id and the text columns present (not other attributes)."""
+    names = snapshot.items().collect_schema().names()
+    return [c for c in ("item_id", *ITEM_TEXT_COLUMNS) if c in names]
 
 
 def _current_item_hashes(snapshot: Snapshot) -> pa.Table:
-    """``(item_id, input_hash)`` of every snapshot item (text columns only are read)."""
-    names = snapshot.items().collect_schema().names()
-    return item_hashes(snapshot.items().select([c for c in ("item_id", *ITEM_TEXT_COLUMNS) if c in names]).collect())
+    """``(item_id, input_hash)`` of every snapshot item."""
+    return item_hashes(snapshot.items().select(_model_columns(snapshot)).collect())
 
 
 def _from_table(table: pa.Table, cfg: EmbedConfig):
