@@ -15,14 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+from ray.data.datasource import FilenameProvider
 
 from recbatch.errors import IntegrityError
 from recbatch.storage import is_complete, publish_dir, staging_dir_for, write_manifest
-
-try:  # Ray is imported lazily by callers; the filename provider needs its base class.
-    from ray.data.datasource import FilenameProvider
-except ImportError:  # pragma: no cover - ray is a hard dependency
-    FilenameProvider = object  # type: ignore[misc,assignment]
 
 
 class PartFilenames(FilenameProvider):
