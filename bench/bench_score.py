@@ -206,7 +206,9 @@ def streamed_scoring(n_users: int, n_items: int, threads: int, out_dir: str) -> 
     t0 = time.perf_counter()
     write_recommendations(batches(), out_dir, id_type="int", rows_per_file=250_000, manifest_fields={})
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mib": usage.ru_maxrss / 1024}))
 
 
 def bench_rss(user_counts: list[int], n_items: int, threads: int) -> list[dict]:
@@ -220,10 +222,12 @@ def bench_rss(user_counts: list[int], n_items: int, threads: int) -> list[dict]:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         flops = 2.0 * n_users * n_items * DIM
         rows.append({"users": n_users, "items": n_items, "seconds": round(result["seconds"], 1),
+                     "cpu_seconds": round(result["cpu_seconds"], 1),
                      "gflops": round(flops / result["seconds"] / 1e9, 1), "peak_rss_mib": round(result["peak_rss_mib"])})
     print("[3] streamed scoring (kernel + Parquet writer), peak RSS by user count (target: flat):")
     for r in rows:
-        print(f"    {r['users']:>9} users x {r['items']} items: {r['seconds']:7.1f} s  {r['gflops']:6.1f} GFLOP/s  "
+        print(f"    {r['users']:>9} users x {r['items']} items: {r['seconds']:7.1f} s ({r['cpu_seconds']} CPU s)  "
+              f"{r['gflops']:6.1f} GFLOP/s  "
               f"peak RSS {r['peak_rss_mib']} MiB")
     if len(rows) > 1:
         print(f"    RSS ratio {rows[-1]['users'] // rows[0]['users']}x users: "
