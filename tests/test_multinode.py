@@ -53,7 +53,8 @@ def test_scoring_spreads_over_nodes_and_matches_single_node(tmp_path, tiny_pipel
     import ray
     from ray.cluster_utils import Cluster
 
-    cfg = tiny_pipeline_config(**{"score.num_actors": 2, "score.cpus_per_actor": 0.5})
+    cfg = tiny_pipeline_config(**{"score.num_actors": 2, "score.cpus_per_actor": 0.5, "score.user_block": 4,
+                                  "generate.users": 600})
     demo_source(cfg)
     snapshot = ingest(cfg)
     items = pl.read_parquet(snapshot.table_path("items"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import scipy.sparse as sp
 
 from recbatch.score.kernel import merge_topk, topk
@@ -28,6 +29,7 @@ TOP_INDEX = "top_index"  # list<int64>: catalog positions, -1 padded, length k
 TOP_SCORE = "top_score"  # list<float32>: -inf padded
 SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
 BLOCKED = "blocked"  # list<int64>: catalog positions blocklisted for this user
+SCORED_ON = "scored_on"  # string: comma-joined Ray node ids of the shard actors that scored the row
 
 
 def _resolve(value: Any) -> Any:
@@ -107,6 +109,7 @@ class ShardScorer:
         self.device = device
         self.precision = precision
         self.threads = threads
+        self.node_id = _current_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         users = fixed_lists_to_matrix(batch.column("embedding"), self.items.shape[1])  # [B, D]
@@ -124,8 +127,14 @@ class ShardScorer:
             )
             idx, scores = merge_topk([earlier, (idx, scores)], self.k)
             batch = batch.drop_columns([TOP_INDEX, TOP_SCORE])
-        return batch.append_column(TOP_INDEX, matrix_to_list_column(idx)).append_column(
-            TOP_SCORE, matrix_to_list_column(scores.astype(np.float32))
+        scored_on = pa.array([self.node_id] * batch.num_rows, pa.string())
+        if SCORED_ON in batch.column_names:  # earlier shards: record every node that took part
+            scored_on = pa.compute.binary_join_element_wise(batch.column(SCORED_ON), scored_on, ",")
+            batch = batch.drop_columns([SCORED_ON])
+        return (
+            batch.append_column(TOP_INDEX, matrix_to_list_column(idx))
+            .append_column(TOP_SCORE, matrix_to_list_column(scores.astype(np.float32)))
+            .append_column(SCORED_ON, scored_on)
         )
 
 
@@ -157,7 +166,15 @@ class Finisher:
         if self.items is not None:
             because = most_similar_history(self.items, idx, batch.column(SEEN))  # [B, k]
             columns["because_item_ids"] = _take_lists(self.item_ids, because, keep)
+        columns[SCORED_ON] = batch.column(SCORED_ON)  # dropped by the stage after it is counted
         return pa.table(columns)
+
+
+def _current_node_id() -> str:
+    """The Ray node this actor runs on ("local" outside Ray, e.g. in unit tests)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _take_lists(item_ids: pa.Array, idx: np.ndarray, keep: np.ndarray) -> pa.Array:

@@ -34,7 +34,7 @@ from recbatch.embed.store import read_matrix
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
-from recbatch.score.actors import BLOCKED, SEEN, Finisher, ShardScorer
+from recbatch.score.actors import BLOCKED, SCORED_ON, SEEN, Finisher, ShardScorer
 from recbatch.score.writer import write_recommendations
 from recbatch.storage import verify_manifest
 
@@ -85,7 +85,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         "eligible_items": int(catalog.eligible.sum()),
         "config": cfg.to_record(),
     }
-    batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    batches = _count_nodes(ds.iter_batches(batch_format="pyarrow", batch_size=None), manifest_fields)
     manifest = write_recommendations(
         _timed(batches, timings, "score_and_write", t0, manifest_fields),
         staged, id_type=snapshot.id_type, rows_per_file=cfg.score.rows_per_file,
@@ -96,6 +96,16 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         raise IntegrityError(f"{staged}: scored {manifest['users']} users of {users.num_rows}; removed")
     log.info("scored %d users x %d items (k=%d) in %s", users.num_rows, catalog.size, cfg.score.k, timings)
     return staged
+
+
+def _count_nodes(batches, fields: dict[str, Any]):
+    """Drop the per-row node column, recording which Ray nodes scored (``scoring_nodes``)."""
+    nodes: set[str] = set()
+    for batch in batches:
+        for joined in pc.unique(batch.column(SCORED_ON)).to_pylist():
+            nodes.update(joined.split(","))
+        yield batch.drop_columns([SCORED_ON])
+    fields["scoring_nodes"] = sorted(nodes)
 
 
 def _timed(batches, timings: dict[str, float], name: str, t0: float, fields: dict[str, Any]):
@@ -140,6 +150,8 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
         "batch_format": "pyarrow",
         "zero_copy_batch": True,
     }
+    if cfg.actor_resources:  # e.g. {"scorer": 1}: one actor per node that offers one
+        pool["resources"] = dict(cfg.actor_resources)
     bounds = np.linspace(0, catalog.size, cfg.item_shards + 1).astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         shard = {
