@@ -8,43 +8,18 @@ different nodes.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from score_helpers import RUN_DATE, read_staged, write_random_embeddings
 
 from recbatch.data.ingest import ingest
-from recbatch.schemas import embeddings_schema
-from recbatch.storage import staging_dir_for, publish_dir, write_manifest, verify_manifest
-
-RUN_DATE = dt.date(2026, 11, 28)
 
 
-def _write_embeddings(folder, ids, vectors, id_column, id_type) -> None:
-    staging = staging_dir_for(folder)
-    table = pa.table(
-        {
-            id_column: pa.array(ids),
-            "embedding": pa.array(list(vectors.astype(np.float32)), type=pa.list_(pa.float32())),
-            "input_hash": pa.array(["h"] * len(ids)),
-            "model_version": pa.array(["mv-test"] * len(ids)),
-        }
-    ).cast(embeddings_schema(id_type, id_column))
-    pq.write_table(table, staging / "part-00000.parquet")
-    write_manifest(staging, {"model_version": "mv-test", "rows": len(ids)})
-    publish_dir(staging, folder)
-
-
-def _score_output(cfg, snapshot, items_dir, users_dir) -> pl.DataFrame:
+def _score_output(cfg, snapshot, items_dir, users_dir) -> tuple[pl.DataFrame, dict]:
     from recbatch.score.stage import score
 
-    staged = score(cfg, snapshot, items_dir, users_dir, RUN_DATE)
-    manifest = verify_manifest(staged)
-    df = pl.read_parquet(sorted(staged.glob("*.parquet"))).sort("user_id")
-    return df, manifest
+    return read_staged(score(cfg, snapshot, items_dir, users_dir, RUN_DATE))
 
 
 @pytest.mark.ray
@@ -57,12 +32,8 @@ def test_scoring_spreads_over_nodes_and_matches_single_node(tmp_path, tiny_pipel
                                   "generate.users": 600})
     demo_source(cfg)
     snapshot = ingest(cfg)
-    items = pl.read_parquet(snapshot.table_path("items"))
     users = pl.read_parquet(snapshot.table_path("users"))
-    rng = np.random.default_rng(0)
-    items_dir, users_dir = tmp_path / "emb" / "items", tmp_path / "emb" / "users"
-    _write_embeddings(items_dir, items["item_id"].to_list(), rng.normal(size=(items.height, 16)), "item_id", snapshot.id_type)
-    _write_embeddings(users_dir, users["user_id"].to_list(), rng.normal(size=(users.height, 16)), "user_id", snapshot.id_type)
+    items_dir, users_dir = write_random_embeddings(snapshot, tmp_path / "emb", dim=16)
 
     if ray.is_initialized():
         ray.shutdown()
