@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from recbatch.config import Config
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.layout import RunLayout
-from recbatch.storage import is_complete, read_manifest
+from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class NightlySummary:
             lines.append(f"recommendations: {self.output}")
         if self.report:
             lines.append(f"report:          {self.report}")
+        lines.append(f"run summary:     {RunLayout.of(self.root).run_summary(self.run_date)}")
         if self.failed_stage:
             lines.append(f"FAILED at stage: {self.failed_stage}")
         return "\n".join(lines)
@@ -207,10 +208,15 @@ def _run_stages(
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
     from recbatch.eval.gate import check_gate
-    from recbatch.eval.holdout import evaluate_holdout
+    from recbatch.eval.holdout import evaluate_model
+    from recbatch.eval.report import write_report
     from recbatch.publish import publish_run
     from recbatch.score.stage import score
     from recbatch.train.trainer import train
+
+    # Staging folders of killed runs were never published; one run per root at a time owns them.
+    for parent in (layout.snapshots, layout.staged_for(run_date).parent, layout.recommendations):
+        remove_stale_staging(parent)
 
     with _stage(summary, "ingest") as rec:
         snapshot = ingest(cfg)
@@ -249,19 +255,24 @@ def _run_stages(
         rec.details["users"] = read_manifest(source).get("users")
 
     with _stage(summary, "evaluate") as rec:
-        metrics = evaluate_holdout(cfg, snapshot, model_dir, emb.items_dir)
+        result = evaluate_model(cfg, snapshot, model_dir, emb.items_dir)
+        metrics = {**result.metrics(), "holdout_users": float(result.users["all"])}
+        # The report is written before the gate decides, so a refused run can be inspected.
+        context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
+        summary.report = str(write_report([result], layout.report(run_date), context=context))
+        headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
+        rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
         previous = [p for p in layout.published_runs() if p.name != final.name]
         last_manifest = read_manifest(previous[-1]) if previous else None
         gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish)
-        rec.details.update({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
-        rec.details["gate"] = asdict(gate) if hasattr(gate, "__dataclass_fields__") else gate
+        rec.details["gate"] = asdict(gate)
 
     with _stage(summary, "publish") as rec:
         if _same_inputs(final, **inputs) and not is_complete(staged):
             rec.status = "skipped"
             rec.details["reason"] = "already published for these inputs"
         else:
-            publish_run(staged, final, {"metrics": metrics, "gate": rec_gate(summary)})
+            publish_run(staged, final, {"metrics": metrics, "gate": asdict(gate)})
         summary.output = str(final)
 
     with _stage(summary, "load") as rec:
@@ -271,9 +282,5 @@ def _run_stages(
         else:
             from recbatch.serving.loader import load_run
 
-            result = load_run(final, cfg.serving)
-            rec.details.update(asdict(result) if hasattr(result, "__dataclass_fields__") else {"result": str(result)})
-
-
-def rec_gate(summary: NightlySummary) -> Any:
-    return summary.stage("evaluate").details.get("gate")
+            loaded = load_run(final, cfg.serving)
+            rec.details.update(users=loaded.users, version=loaded.version, seconds=round(loaded.seconds, 1))

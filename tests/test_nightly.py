@@ -41,6 +41,10 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
     assert manifest["gate"]["passed"] is True
     assert "ndcg@10" in manifest["metrics"]
     assert layout.run_summary(RUN_DATE).exists()
+    report = Path(first.report)
+    assert report == layout.report(RUN_DATE)
+    assert "ndcg" in (report / "report.md").read_text().lower()
+    assert (report / "metrics_at_k.png").stat().st_size > 1000
 
     # 1. Rerun the same date: nothing is retrained, rescored or republished.
     second = run_nightly(cfg, RUN_DATE)
