@@ -5,7 +5,8 @@ Each subcommand lives in ``recbatch/commands/<name>.py`` and provides ``HELP``,
 heavy libraries (torch, ray) only inside ``run`` so ``--help`` stays instant.
 
 Every subcommand takes ``--config FILE`` and any number of ``--set key=value``
-overrides; subcommand flags are shorthands for config keys.
+overrides; subcommand flags are shorthands for config keys. A command may ship
+its own default file (``DEFAULT_CONFIG``, e.g. the demo's CPU-sized settings).
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, flag_overrides: dict | None = None) -> Config:
     """Config file, then ``--set`` overrides, then the subcommand's own flags."""
     overrides = dict(parse_override(o) for o in args.overrides)
+    config_file = args.config or getattr(args._module, "DEFAULT_CONFIG", None)
     if getattr(args, "root", None):
         overrides["root"] = args.root
     overrides.update({k: v for k, v in (flag_overrides or {}).items() if v is not None})
-    return load_config(args.config, overrides)
+    return load_config(config_file, overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from recbatch.config import Config
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
 HELP = "generate a demo catalog and run the nightly job on it end to end (local Ray, CPU, packaged MiniLM)"
 
 
