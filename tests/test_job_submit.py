@@ -65,7 +65,12 @@ def ray_head(tmp_path):
         [str(BIN / "ray"), "start", "--head", "--block",
          "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--num-cpus=4", "--disable-usage-stats"],
+         "--num-cpus=4", "--disable-usage-stats",
+         # Fixed default ports (e.g. the agent's 52365) may be held by another Ray
+         # on this machine, such as the tests' in-process one: take free ones.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         f"--ray-client-server-port={_free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash_port}"
@@ -93,7 +98,7 @@ def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_
     data["ray"] = {"address": None, "num_cpus": None, "num_gpus": None}  # join the job's cluster
     config_file.write_text(yaml.safe_dump(data))
 
-    for _ in range(12):  # the head's job agent comes up a little after its HTTP server
+    for _ in range(40):  # the head's job agent comes up a while after its HTTP server
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait",
              "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--working-dir", str(REPO),

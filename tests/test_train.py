@@ -212,7 +212,7 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
     artifact = train(cfg, snapshot)
     card = json.loads((artifact / "model_card.json").read_text())
     assert card["step"] == 4
-    checkpoint = next(Path(card["train_run"]).glob("checkpoint_*"))
+    checkpoint = next(p for p in sorted(Path(card["train_run"]).glob("checkpoint_*")) if p.is_dir())
     shards = {p.name for p in (checkpoint / "state").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= shards
 

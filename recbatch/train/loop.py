@@ -274,8 +274,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.step = int(engine.global_steps)
 
             if train_cfg.fail_at_step == state.step and not restored and rank == world - 1:
-                log.error("fault injection (train.fail_at_step=%d): worker rank %d exits", state.step, rank)
-                os._exit(1)
+                # Once per run, even if the restart begins before the controller has
+                # registered the last checkpoint: a marker beside the prepared inputs.
+                marker = Path(cfg.catalog_path).parent / "fault_injected"
+                if not marker.exists():
+                    marker.touch()
+                    # Let the controller register the last reported checkpoint first (it polls
+                    # workers every few seconds), so the restart resumes from it as a real
+                    # failure well after a checkpoint would.
+                    time.sleep(10)
+                    log.error("fault injection (train.fail_at_step=%d): worker rank %d exits", state.step, rank)
+                    os._exit(1)
             if state.step % train_cfg.log_every_steps == 0 or state.step >= cfg.total_steps:
                 elapsed = time.perf_counter() - step_start
                 state.loss_curve.append(
