@@ -406,8 +406,23 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Build and validate a Config; raises ConfigError naming the bad key."""
-    return _build(Config, data or {})
+    """Build and validate a Config; raises ConfigError naming the bad key.
+
+    Local relative paths are made absolute against the current directory here,
+    once: Ray workers run in directories of their own, where "runs/demo" would
+    name somewhere else.
+    """
+    cfg = _build(Config, data or {})
+    cfg.root = _absolute(cfg.root)
+    cfg.ingest.source = _absolute(cfg.ingest.source)
+    cfg.score.blocklist = _absolute(cfg.score.blocklist)
+    return cfg
+
+
+def _absolute(path: str | None) -> str | None:
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().absolute())
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -102,3 +102,14 @@ def test_recorded_config_masks_the_redis_password():
     assert recorded["serving"]["redis_url"] == "redis://:***@127.0.0.1:6379/0"
     assert "hunter2" not in str(recorded)
     assert cfg.serving.redis_url.endswith("hunter2@127.0.0.1:6379/0")  # the live config keeps it
+
+
+def test_relative_paths_become_absolute_once(tmp_path, monkeypatch):
+    from recbatch.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, {"root": "runs/demo", "ingest.source": "data", "score.blocklist": "s3://b/block.parquet"})
+    assert cfg.root == str(tmp_path / "runs" / "demo")
+    assert cfg.ingest.source == str(tmp_path / "data")
+    assert cfg.score.blocklist == "s3://b/block.parquet"  # URIs are left alone
+    assert load_config(None, {}).ingest.source == ""  # unset stays unset
