@@ -10,10 +10,8 @@ the same model version are reused (``--full`` re-encodes everything).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from recbatch.config import Config
-from recbatch.errors import UsageError
 
 HELP = "embed a snapshot's items and users with a model (Ray Data actor pools, incremental)"
 
@@ -37,18 +35,14 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.data.snapshot import Snapshot
+    from recbatch.commands.inputs import model_from, snapshot_from
     from recbatch.embed.stage import embed
     from recbatch.layout import RunLayout
 
     layout = RunLayout.of(cfg.root)
-    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
-    if snapshot_dir is None:
-        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}")
-    model_dir = Path(args.model) if args.model else layout.latest_model()
-    if model_dir is None:
-        raise UsageError(f"no --model given and no model under {layout.models}")
-    result = embed(cfg, Snapshot.open(snapshot_dir), model_dir)
+    snapshot = snapshot_from(args.snapshot, layout)
+    model_dir = model_from(args.model, layout)
+    result = embed(cfg, snapshot, model_dir)
     print(
         f"model {result.model_version}: items {result.items_encoded} encoded, {result.items_reused} reused; "
         f"users {result.users_encoded} encoded, {result.users_reused} reused; {result.seconds:.1f} s\n"

@@ -58,7 +58,7 @@ def parse_named_dirs(specs: list[str], flag: str) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.data.snapshot import Snapshot
+    from recbatch.commands.inputs import snapshot_from
     from recbatch.eval.baselines import baseline_class, run_baseline
     from recbatch.eval.holdout import evaluate_model
     from recbatch.eval.metrics import evaluate_run
@@ -69,10 +69,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     runs = parse_named_dirs(args.run, "--run")
     models = parse_named_dirs(args.model, "--model")
     layout = RunLayout.of(cfg.root)
-    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
-    if snapshot_dir is None:
-        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}")
-    snapshot = Snapshot.open(snapshot_dir)
+    snapshot = snapshot_from(args.snapshot, layout)
 
     names = []
     if args.baselines:

@@ -46,21 +46,17 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.data.snapshot import Snapshot
+    from recbatch.commands.inputs import model_from, snapshot_from
     from recbatch.layout import RunLayout
     from recbatch.score.stage import score
     from recbatch.storage import read_manifest
 
     layout = RunLayout.of(cfg.root)
-    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
-    if snapshot_dir is None:
-        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}")
+    snapshot = snapshot_from(args.snapshot, layout)
     if args.items and args.users:
         items_dir, users_dir = Path(args.items), Path(args.users)
     else:
-        model_dir = Path(args.model) if args.model else layout.latest_model()
-        if model_dir is None:
-            raise UsageError(f"no --model (or --items and --users) given and no model under {layout.models}")
+        model_dir = model_from(args.model, layout, alternative=" (or --items and --users)")
         version = read_manifest(model_dir).get("model_version", model_dir.name)
         items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
         users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
@@ -68,7 +64,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         if not folder.is_dir():
             raise UsageError(f"{name} embeddings {folder} do not exist: run `recbatch embed` first")
     run_date = args.date or dt.datetime.now(dt.timezone.utc).date()
-    staged = score(cfg, Snapshot.open(snapshot_dir), items_dir, users_dir, run_date)
+    staged = score(cfg, snapshot, items_dir, users_dir, run_date)
     manifest = read_manifest(staged)
     print(f"scored {manifest['users']} users (k={manifest['k']}, model {manifest['model_version']}) "
           f"in {manifest.get('timings')}\n  {staged}")

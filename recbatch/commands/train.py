@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from recbatch.config import Config
-from recbatch.errors import UsageError
 
 HELP = "fine-tune the two-tower model on a snapshot with Ray Train + DeepSpeed; publish the model artifact"
 
@@ -47,15 +45,12 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.data.snapshot import Snapshot
+    from recbatch.commands.inputs import snapshot_from
     from recbatch.layout import RunLayout
     from recbatch.train.trainer import train
 
     layout = RunLayout.of(cfg.root)
-    snapshot_dir = Path(args.snapshot) if args.snapshot else layout.latest_snapshot()
-    if snapshot_dir is None:
-        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}: run `recbatch ingest` first")
-    artifact = train(cfg, Snapshot.open(snapshot_dir), resume=args.resume)
+    artifact = train(cfg, snapshot_from(args.snapshot, layout), resume=args.resume)
     card = json.loads((artifact / "model_card.json").read_text())
     print(json.dumps({"model": str(artifact), "model_version": card["model_version"], "step": card["step"],
                       "metrics": card["metrics"]}, indent=2))
