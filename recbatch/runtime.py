@@ -46,6 +46,16 @@ def torch_dtype(precision: Precision) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def local_logical_cpus() -> int:
+    """Logical CPUs for a local Ray when the config names none: at least 4.
+
+    Logical CPUs only gate scheduling. A 2-core laptop or CI box running two
+    train workers or an actor pool of one CPU each must still have room for
+    Ray Data's read/write tasks, or the pipeline waits forever.
+    """
+    return max(4, os.cpu_count() or 1)
+
+
 def ensure_ray(cfg: RayConfig, *, log_to_driver: bool = False) -> None:
     """Connect to the configured cluster, or start a local Ray on 127.0.0.1.
 
@@ -66,7 +76,7 @@ def ensure_ray(cfg: RayConfig, *, log_to_driver: bool = False) -> None:
         # "local": always a fresh in-process cluster, never one that `ray start`
         # left running on this machine (ray.init() alone would join that one).
         address="local",
-        num_cpus=cfg.num_cpus,
+        num_cpus=cfg.num_cpus if cfg.num_cpus is not None else local_logical_cpus(),
         num_gpus=cfg.num_gpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -230,3 +230,13 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
     resumed = train(cfg, snapshot, resume=True)
     assert resumed == artifact
     assert json.loads((resumed / "model_card.json").read_text())["train_run"] == card["train_run"]
+
+
+def test_a_worker_group_that_takes_every_cpu_is_refused(ray_local, demo_snapshot, tiny_bert_dir):
+    from recbatch.train.trainer import train
+
+    root, snapshot = demo_snapshot
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    cfg = _train_config(root, tiny_bert_dir, **{"train.num_workers": cpus, "train.cpus_per_worker": 1.0})
+    with pytest.raises(UsageError, match="reading the training data"):
+        train(cfg, snapshot)

@@ -73,6 +73,20 @@ def _check_fault_injection(cfg: Config) -> None:
         )
 
 
+def _check_cpus_left_for_data(cfg: Config) -> None:
+    """Refuse a worker group that takes every CPU: Ray Data's read tasks would never
+    be scheduled and training would wait forever, silently (seen on a 2-core box)."""
+    import ray
+
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 0)
+    if need >= have:
+        raise UsageError(
+            f"train.num_workers x train.cpus_per_worker = {need:g} CPUs leaves none of the Ray cluster's "
+            f"{have:g} for reading the training data: lower train.cpus_per_worker or raise ray.num_cpus"
+        )
+
+
 def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
     """Fine-tune the two towers on `snapshot` with Ray Train + DeepSpeed; return the artifact dir."""
     import ray.data
@@ -80,6 +94,8 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
     from ray.train.torch import TorchTrainer
 
     _check_fault_injection(cfg)
+    ensure_ray(cfg.ray)
+    _check_cpus_left_for_data(cfg)
     layout = RunLayout.of(cfg.root)
     encoder_dir = resolve_encoder(cfg.model.encoder)
     run_dir = run_directory(layout, snapshot, resume)
@@ -98,7 +114,6 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
     tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
     loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps)
 
-    ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
     resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
