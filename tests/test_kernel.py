@@ -1,4 +1,8 @@
-"""The tiled top-K kernel against a brute-force NumPy reference."""
+"""Both top-K kernels (fused native, tiled torch) against a brute-force NumPy reference.
+
+tests/test_native_kernel.py covers what is specific to the native kernel (its
+build, fallback and portable variant).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recbatch.score import native
 from recbatch.score.kernel import merge_topk, topk
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernel(request):
+    if request.param == "native":
+        try:
+            native.load()
+        except native.NativeKernelUnavailable as err:
+            pytest.skip(f"no native kernel here: {err}")
+    return request.param
 
 
 def reference_topk(users, items, k, exclude=None, item_mask=None):
@@ -43,32 +58,33 @@ def assert_same(got, want):
 
 
 @pytest.mark.parametrize("user_block,item_tile", [(7, 13), (64, 1000), (1000, 50)])
-def test_matches_reference_with_filters(user_block, item_tile):
+def test_matches_reference_with_filters(user_block, item_tile, kernel):
     users, items, exclude = random_case(0, 60, 300, 8, density=0.1)
     mask = np.random.default_rng(1).random(300) > 0.2
-    got = topk(users, items, 10, exclude=exclude, item_mask=mask, user_block=user_block, item_tile=item_tile)
+    got = topk(users, items, 10, exclude=exclude, item_mask=mask, user_block=user_block, item_tile=item_tile,
+               kernel=kernel)
     assert_same(got, reference_topk(users, items, 10, exclude, mask))
 
 
-def test_ties_broken_by_lower_index():
+def test_ties_broken_by_lower_index(kernel):
     rng = np.random.default_rng(2)
     # Integer-valued vectors make many exact ties, including across tile borders.
     users = rng.integers(-1, 2, size=(40, 4)).astype(np.float32)
     items = rng.integers(-1, 2, size=(200, 4)).astype(np.float32)
-    got = topk(users, items, 15, user_block=16, item_tile=32)
+    got = topk(users, items, 15, user_block=16, item_tile=32, kernel=kernel)
     want = reference_topk(users, items, 15)
     assert (np.diff(want[1], axis=1) == 0).any(), "the case must contain ties"
     assert_same(got, want)
 
 
-def test_k_larger_than_eligible_pads_and_seen_everything_gives_empty():
+def test_k_larger_than_eligible_pads_and_seen_everything_gives_empty(kernel):
     users, items, _ = random_case(3, 5, 20, 4)
     exclude = sp.lil_matrix((5, 20))
     exclude[0, :] = 1  # user 0 has seen every item
     exclude[1, :15] = 1  # user 1 has 5 eligible items
     mask = np.ones(20, dtype=bool)
     mask[17:] = False  # 3 unavailable items
-    idx, val = topk(users, items, 30, exclude=exclude.tocsr(), item_mask=mask, item_tile=6)
+    idx, val = topk(users, items, 30, exclude=exclude.tocsr(), item_mask=mask, item_tile=6, kernel=kernel)
     assert (idx[0] == -1).all() and np.isneginf(val[0]).all()
     assert (idx[1] >= 0).sum() == 2  # items 15, 16 (17..19 unavailable)
     assert set(idx[1][idx[1] >= 0]) == {15, 16}
@@ -76,21 +92,21 @@ def test_k_larger_than_eligible_pads_and_seen_everything_gives_empty():
     assert_same((idx, val), reference_topk(users, items, 30, exclude.tocsr(), mask))
 
 
-def test_unavailable_items_never_returned():
+def test_unavailable_items_never_returned(kernel):
     users, items, _ = random_case(4, 30, 100, 6)
     mask = np.zeros(100, dtype=bool)
     mask[::3] = True
-    idx, _ = topk(users, items, 10, item_mask=mask, item_tile=17)
+    idx, _ = topk(users, items, 10, item_mask=mask, item_tile=17, kernel=kernel)
     assert mask[idx[idx >= 0]].all()
 
 
-def test_sharded_merge_equals_unsharded():
+def test_sharded_merge_equals_unsharded(kernel):
     users, items, exclude = random_case(5, 50, 310, 8)
     k = 12
     bounds = np.linspace(0, 310, 4).astype(int)  # 3 shards
     parts = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        idx, val = topk(users, items[lo:hi], k, exclude=exclude[:, lo:hi], item_tile=40)
+        idx, val = topk(users, items[lo:hi], k, exclude=exclude[:, lo:hi], item_tile=40, kernel=kernel)
         parts.append((np.where(idx >= 0, idx + lo, -1), val))
     assert_same(merge_topk(parts, k), reference_topk(users, items, k, exclude))
 
