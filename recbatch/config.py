@@ -158,6 +158,9 @@ class ScoreConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     precision: Literal["auto", "fp32", "fp16"] = "auto"
+    # Top-K kernel: "native" = fused C kernel (CPU; built with the system C compiler on first
+    # use), "torch" = tiled torch kernel, "auto" = native on CPU when it builds, torch otherwise.
+    kernel: Literal["auto", "native", "torch"] = "auto"
     filter_seen: bool = True
     filter_unavailable: bool = True
     blocklist: str | None = None  # Parquet with item_id (global) or user_id,item_id

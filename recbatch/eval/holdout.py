@@ -108,7 +108,7 @@ def holdout_lists(
     available = _available(catalog, item_ids)
     idx, scores = topk(
         user_matrix, items, k, exclude=seen, item_mask=available,
-        user_block=cfg.score.user_block, item_tile=cfg.score.item_tile, device=device,
+        user_block=cfg.score.user_block, item_tile=cfg.score.item_tile, device=device, kernel=cfg.score.kernel,
     )  # [U, k] each, -1 padded
     return pl.from_arrow(lists_table(inputs["user_id"].to_arrow(), idx, scores, item_ids, artifact.model_version))
 

@@ -99,6 +99,7 @@ class ShardScorer:
         device: str,
         precision: str,
         threads: int,
+        kernel: str = "auto",
     ) -> None:
         self.items = _resolve(items)
         self.eligible = _resolve(eligible)
@@ -109,6 +110,7 @@ class ShardScorer:
         self.device = device
         self.precision = precision
         self.threads = threads
+        self.kernel = kernel
         self.node_id = _current_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -117,7 +119,7 @@ class ShardScorer:
         exclude = lists_to_csr(filters, len(self.items), lo=self.offset)  # [B, N_shard]
         idx, scores = topk(
             users, self.items, self.k, exclude=exclude, item_mask=self.eligible,
-            device=self.device, precision=self.precision, threads=self.threads, **self.tiles,
+            device=self.device, precision=self.precision, threads=self.threads, kernel=self.kernel, **self.tiles,
         )  # [B, k] each
         idx = np.where(idx >= 0, idx + self.offset, -1)
         if TOP_INDEX in batch.column_names:  # an earlier shard's lists: keep the best of both

@@ -120,6 +120,8 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
     import ray
 
     on_gpu = cfg.gpus_per_actor > 0
+    if on_gpu and cfg.kernel == "native":
+        raise UsageError("score.kernel = 'native' is the CPU kernel: use 'auto' or 'torch' with score.gpus_per_actor > 0")
     if on_gpu and ray.cluster_resources().get("GPU", 0) < cfg.gpus_per_actor * cfg.num_actors:
         raise UsageError(
             f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
@@ -141,6 +143,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
         "device": "cuda" if on_gpu else "cpu",
         "precision": resolve_precision(cfg.precision, on_gpu),
         "threads": max(1, math.ceil(cfg.cpus_per_actor)),
+        "kernel": cfg.kernel,
     }
     pool = {
         "compute": ray.data.ActorPoolStrategy(size=cfg.num_actors),
