@@ -109,6 +109,8 @@ class NativeKernel:
                 None if indptr is None else indptr.ctypes.data, None if indices is None else indices.ctypes.data,
                 k, start, stop, panel_items, out_idx.ctypes.data, out_val.ctypes.data,
             )
+            if rc == -2:
+                raise ValueError(f"the native top-K kernel takes fewer than 2**31 items, got {len(items)}")
             if rc != 0:
                 raise MemoryError(f"native top-K: out of memory scoring users {start}..{stop}")
 

@@ -44,7 +44,7 @@
 
 typedef struct {
     float score;
-    int64_t item; /* index into the packed items */
+    int32_t item; /* index into the packed items (the caller keeps n_items < 2^31): 8-byte entries */
 } Cand;
 
 /* One user's running top-K: a buffer of candidates and the score to beat. */
@@ -54,6 +54,12 @@ typedef struct {
     float threshold; /* K-th best score at the last compaction; -inf before, +inf for padding rows */
     const int64_t *ex, *ex_end; /* excluded items not yet passed, ascending */
 } UserTop;
+
+/* What every user of one call shares. */
+typedef struct {
+    int64_t k, cap, n_items;
+    float *scratch; /* cap floats for compaction */
+} Run;
 
 int rb_variant(void) { return RB_AVX512; } /* 1: AVX-512 intrinsics, 0: portable loops */
 int rb_micro_users(void) { return MU; }
@@ -121,47 +127,88 @@ static inline int micro_kernel(const float *u, int64_t d, const float *panel, co
 
 /* ------------------------------------------------------------------ selection */
 
-/* The ranking order: higher score first, then lower item index. */
-static inline int better(Cand a, Cand b) {
-    return a.score > b.score || (a.score == b.score && a.item < b.item);
+/*
+ * A user's buffer always holds its candidates in ascending item order: they
+ * are pushed in that order and compaction keeps the order. So among equal
+ * scores the buffer order *is* the tie order, and selection only has to look
+ * at scores.
+ */
+
+/* Moves the elements of a[lo..hi) above `pivot` (or equal to it, when `equal`) to the
+   front; returns how many. Branch-free (swap always, advance on the comparison): its
+   outcome is a coin flip, which a branch would mispredict half the time. */
+static int64_t partition_front(float *a, int64_t lo, int64_t hi, float pivot, int equal) {
+    int64_t j = lo;
+    for (int64_t i = lo; i < hi; i++) {
+        float x = a[i];
+        a[i] = a[j];
+        a[j] = x;
+        j += equal ? x == pivot : x > pivot; /* `equal` is loop-invariant: no branch per element */
+    }
+    return j - lo;
+}
+
+static inline float median3(float a, float b, float c) {
+    return fmaxf(fminf(a, b), fminf(fmaxf(a, b), c));
+}
+
+/* The k-th largest (k >= 1) of a[0..n), counting repeats; reorders a. Quickselect. */
+static float kth_largest(float *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n; /* the answer is the (k - lo)-th largest of a[lo..hi) */
+    while (hi - lo > 8) {
+        float pivot = median3(a[lo], a[lo + (hi - lo) / 2], a[hi - 1]);
+        int64_t above = partition_front(a, lo, hi, pivot, 0);
+        if (k - lo <= above) {
+            hi = lo + above;
+            continue;
+        }
+        lo += above;
+        int64_t equal = partition_front(a, lo, hi, pivot, 1); /* >= 1: the pivot is in the range */
+        if (k - lo <= equal) return pivot;
+        lo += equal;
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* a few left: insertion sort, descending */
+        float x = a[i];
+        int64_t j = i;
+        for (; j > lo && a[j - 1] < x; j--) a[j] = a[j - 1];
+        a[j] = x;
+    }
+    return a[k - 1];
 }
 
 /*
- * Rearranges c[0..n) so that c[0..k) are its k best entries and c[k-1] is
- * the k-th best (Hoare's quickselect, Wirth's formulation). Keys are unique
- * (item indices are), so the order is total and the result deterministic.
+ * Keeps the best k of the n > k candidates, in item order, and returns the
+ * k-th best score: every score above it, then as many equal to it as fit,
+ * lowest items first (the buffer is in item order).
  */
-static void select_best(Cand *c, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, target = k - 1;
-    while (lo < hi) {
-        Cand pivot = c[target];
-        int64_t i = lo, j = hi;
-        do {
-            while (better(c[i], pivot)) i++;
-            while (better(pivot, c[j])) j--;
-            if (i <= j) {
-                Cand t = c[i];
-                c[i] = c[j];
-                c[j] = t;
-                i++;
-                j--;
-            }
-        } while (i <= j);
-        if (j < target) lo = i;
-        if (target < i) hi = j;
+static float keep_best(Cand *buf, int64_t n, int64_t k, float *scratch) {
+    for (int64_t i = 0; i < n; i++) scratch[i] = buf[i].score;
+    float kth = kth_largest(scratch, n, k);
+    int64_t above = 0;
+    for (int64_t i = 0; i < n; i++) above += buf[i].score > kth;
+    int64_t ties = k - above; /* >= 1 entries equal to kth still fit */
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        Cand c = buf[i];
+        int tie = c.score == kth && ties > 0;
+        ties -= tie;
+        buf[m] = c;
+        m += (c.score > kth) | tie;
     }
+    return kth;
 }
 
+/* Final order: higher score first, then lower item index. */
 static int by_rank(const void *a, const void *b) {
-    Cand x = *(const Cand *)a, y = *(const Cand *)b;
-    return better(x, y) ? -1 : better(y, x) ? 1 : 0;
+    const Cand *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->item > y->item) - (x->item < y->item);
 }
 
 /* Buffer full: keep the best k and raise the threshold to the k-th score. */
-static void compact(UserTop *t, int64_t k) {
-    select_best(t->buf, t->n, k);
-    t->n = k;
-    t->threshold = t->buf[k - 1].score;
+static void compact(UserTop *t, const Run *run) {
+    t->threshold = keep_best(t->buf, t->n, run->k, run->scratch);
+    t->n = run->k;
 }
 
 /* Whether `item` is excluded for this user; items arrive ascending, so the pointer only moves forward. */
@@ -171,20 +218,20 @@ static inline int excluded(UserTop *t, int64_t item) {
 }
 
 /* A score that beat the threshold at the block's compare enters the user's buffer. */
-static inline void push_survivor(UserTop *t, float score, int64_t item, int64_t n_items, int64_t k,
-                                 int64_t cap) {
+static inline void push_survivor(UserTop *t, float score, int64_t item, const Run *run) {
     /* The threshold may have risen since the compare (a compaction earlier in this block);
        items past n_items are the zero padding of the last micro-panel. */
-    if (!(score > t->threshold) || item >= n_items || excluded(t, item)) return;
+    if (!(score > t->threshold) || item >= run->n_items || excluded(t, item)) return;
     t->buf[t->n].score = score;
-    t->buf[t->n].item = item;
-    if (++t->n == cap) compact(t, k);
+    t->buf[t->n].item = (int32_t)item;
+    if (++t->n == run->cap) compact(t, run);
 }
 
 /* The user's final list, best first; padded with -1 / -inf below k eligible items. */
-static void finalize(UserTop *t, int64_t k, int64_t *out_idx, float *out_score) {
-    if (t->n > k) select_best(t->buf, t->n, k);
-    int64_t n = t->n < k ? t->n : k;
+static void finalize(UserTop *t, const Run *run, int64_t *out_idx, float *out_score) {
+    int64_t k = run->k;
+    if (t->n > k) compact(t, run);
+    int64_t n = t->n;
     qsort(t->buf, (size_t)n, sizeof(Cand), by_rank);
     for (int64_t j = 0; j < n; j++) {
         out_idx[j] = t->buf[j].item;
@@ -204,27 +251,31 @@ static void finalize(UserTop *t, int64_t k, int64_t *out_idx, float *out_score) 
  * padded). `ex_indptr`/`ex_indices` (CSR over all users, indices sorted per
  * row; both NULL for none) remove items per user. Writes rows u0..u1-1 of
  * out_idx/out_score ([*, k]). `panel_items`: items per L2 panel. Returns 0,
- * or -1 when memory runs out. Thread-safe: each call owns its state.
+ * -1 when memory runs out, -2 when n_items >= 2^31. Thread-safe: each call
+ * owns its state.
  */
 int rb_topk_range(const float *users, int64_t d, const float *packed, int64_t n_items,
                   const int64_t *ex_indptr, const int64_t *ex_indices, int64_t k, int64_t u0,
                   int64_t u1, int64_t panel_items, int64_t *out_idx, float *out_score) {
     int64_t n_users = u1 - u0;
     if (n_users <= 0) return 0;
+    if (n_items >= INT32_MAX) return -2;
     int64_t n_groups = (n_users + MU - 1) / MU;
     int64_t n_rows = n_groups * MU; /* users rounded up to whole micro-blocks */
     int64_t n_panels = (n_items + MI - 1) / MI;
     int64_t panel_step = panel_items / MI > 0 ? panel_items / MI : 1;
-    int64_t cap = 4 * k > 64 ? 4 * k : 64; /* buffer capacity: compaction cost amortised over >= 3k pushes */
+    Run run = {.k = k, .cap = 4 * k > 64 ? 4 * k : 64, .n_items = n_items}; /* compaction every >= 3k pushes */
 
     /* A zero-padded copy of the users: the micro-kernel always reads MU rows. */
     float *u = calloc((size_t)(n_rows * d), sizeof(float));
     UserTop *tops = calloc((size_t)n_rows, sizeof(UserTop));
-    Cand *bufs = malloc((size_t)(n_users * cap) * sizeof(Cand));
-    if (!u || !tops || !bufs) {
+    Cand *bufs = malloc((size_t)(n_users * run.cap) * sizeof(Cand));
+    run.scratch = malloc((size_t)run.cap * sizeof(float));
+    if (!u || !tops || !bufs || !run.scratch) {
         free(u);
         free(tops);
         free(bufs);
+        free(run.scratch);
         return -1;
     }
     memcpy(u, users + u0 * d, (size_t)(n_users * d) * sizeof(float));
@@ -234,7 +285,7 @@ int rb_topk_range(const float *users, int64_t d, const float *packed, int64_t n_
             t->threshold = INFINITY;
             continue;
         }
-        t->buf = bufs + i * cap;
+        t->buf = bufs + i * run.cap;
         t->threshold = -INFINITY;
         if (ex_indptr) {
             t->ex = ex_indices + ex_indptr[u0 + i];
@@ -256,7 +307,7 @@ int rb_topk_range(const float *users, int64_t d, const float *packed, int64_t n_
                 for (int r = 0; r < MU; r++) {
                     for (uint32_t m = mask[r]; m; m &= m - 1) { /* ascending item order */
                         int j = __builtin_ctz(m);
-                        push_survivor(&t[r], scores[r][j], p * MI + j, n_items, k, cap);
+                        push_survivor(&t[r], scores[r][j], p * MI + j, &run);
                     }
                 }
             }
@@ -264,9 +315,10 @@ int rb_topk_range(const float *users, int64_t d, const float *packed, int64_t n_
     }
 
     for (int64_t i = 0; i < n_users; i++)
-        finalize(&tops[i], k, out_idx + (u0 + i) * k, out_score + (u0 + i) * k);
+        finalize(&tops[i], &run, out_idx + (u0 + i) * k, out_score + (u0 + i) * k);
     free(u);
     free(tops);
     free(bufs);
+    free(run.scratch);
     return 0;
 }
