@@ -197,6 +197,7 @@ def _build_library(build: NativeBuild) -> Path:
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip()[-2000:]
             raise NativeKernelUnavailable(f"{shlex.join(compiler)} failed (exit {proc.returncode}):\n{tail}")
+        os.chmod(tmp, 0o755)  # mkstemp made it private; a library is read by whoever runs as this user
         os.replace(tmp, target)  # atomic: another process sees no library or a whole one
     finally:
         if os.path.exists(tmp):

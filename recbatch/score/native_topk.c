@@ -20,7 +20,14 @@
  * the tie rule free: a score enters only if it is strictly above the user's
  * threshold (the K-th best so far), and an equal score with a later index
  * loses to the lower index already held. The same ordering lets each user's
- * sorted exclusion list be walked with a pointer that only moves forward.
+ * sorted exclusion list be walked with a pointer that only moves forward, and
+ * it is checked for survivors only.
+ *
+ * Per user: survivors go to a buffer (capacity 4K); when it is full it is cut
+ * to the best K and the threshold rises to the K-th best score. Rarely
+ * updating the threshold admits about twice the survivors an exact running
+ * top-K would (~1,600 against ~800 per user at K=100, 100k items), but costs
+ * no per-survivor heap work.
  *
  * Build: -O3 -march=native. With AVX-512F (and without -DRECBATCH_PORTABLE)
  * the micro-kernel uses intrinsics; otherwise plain C loops that the
