@@ -1,7 +1,7 @@
 """The fused native top-K kernel: exact against a float64 reference, both builds, and the fallback.
 
 Shapes are picked to hit the kernel's edges: item counts and user counts that
-are not multiples of its 32-item / 8-user micro-blocks, dims that are not
+are not multiples of its 32-item / 8-user (portable: 3-user) micro-blocks, dims that are not
 multiples of 16, several user ranges on several threads, buffers that fill
 and compact many times (small K, many items), and exact ties at the K-th
 place (duplicate item vectors and integer vectors).
@@ -150,7 +150,7 @@ def test_filters_padding_and_empty_users(build):
 
 
 def test_threads_and_user_ranges(build):
-    """Several C calls on several threads, ranges not aligned to the 8-user micro-block."""
+    """Several C calls on several threads, ranges not aligned to the user micro-block."""
     users, items, exclude = random_case(11, 203, 517, 24, n_duplicates=40)
     want = reference(users, items, 12, exclude)
     for user_block, threads in ((5, 3), (64, 2), (1000, 1)):
