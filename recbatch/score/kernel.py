@@ -3,8 +3,8 @@
 Two implementations of one contract (same results, same tie rule):
 
 * the fused native kernel (``native.py`` + ``native_topk.c``, the CPU
-  default): a C micro-kernel computes an 8-user x 32-item block of scores in
-  registers and compares it with the users' thresholds right there, so no
+  default): a C micro-kernel computes an 8-user (AVX-512) x 32-item block of
+  scores in registers and compares it with the users' thresholds right there, so no
   score tile is ever written to memory and read back; only the rare scores
   that beat a threshold leave the registers. Built with the system C
   compiler on first use; without one, ``kernel="auto"`` falls back to:

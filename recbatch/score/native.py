@@ -3,9 +3,9 @@
 Why it beats the torch kernel: the torch kernel writes each score tile to
 memory and reads it back to compare it with the running thresholds, and that
 pass plus the survivor bookkeeping cost more than the matrix product itself.
-The C kernel computes an 8-user x 32-item block of scores in registers,
-compares it with the users' thresholds while it is still there, and touches
-memory only for the few scores that beat them. See the C file for the layout,
+The C kernel computes a block of 8 users (3 without AVX-512) x 32 items of
+scores in registers, compares it with the users' thresholds while it is still
+there, and touches memory only for the few scores that beat them. See the C file for the layout,
 the loop order and the tie rule (among equal scores the lower index wins).
 
 Memory: a packed copy of the items, plus per running user block its users'
