@@ -5,11 +5,12 @@ memory and reads it back to compare it with the running thresholds, and that
 pass plus the survivor bookkeeping cost more than the matrix product itself.
 The C kernel computes a block of 8 users (3 without AVX-512) x 32 items of
 scores in registers, compares it with the users' thresholds while it is still
-there, and touches memory only for the few scores that beat them. See the C file for the layout,
-the loop order and the tie rule (among equal scores the lower index wins).
+there, and touches memory only for the few scores that beat them. See the C
+file for the layout, the loop order and the tie rule (among equal scores the
+lower index wins).
 
 Memory: a packed copy of the items, plus per running user block its users'
-candidate buffers (user_block x 4K x 16 bytes: 6.5 MB at 1024 users, K=100).
+candidate buffers (user_block x 4K x 8 bytes: 3.2 MB at 1024 users, K=100).
 
 Build: the system C compiler (``$CC``, Python's configured ``CC``, then
 ``cc``/``gcc``/``clang``) with ``-O3 -march=native -shared -fPIC``, into a
