@@ -88,6 +88,12 @@ class ModelConfig:
     loss: Literal["softmax", "bce"] = "softmax"
     logq_correction: bool = True
     extra_negatives: int = 0  # uniformly sampled negatives per batch (mixed negative sampling)
+    # Train the towers on a fixed text encoder: every item's encoder output is computed once
+    # and cached, so a step costs no BERT pass (many epochs on a CPU instead of a fraction of one).
+    freeze_encoder: bool = False
+    # Share of training candidates whose learned id vector is dropped (text only), so the text
+    # side learns to stand alone and cold items (no id vector) rank sensibly.
+    id_dropout: float = 0.0
 
 
 @dataclass
@@ -277,6 +283,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.user_heads": (1, None),
     "model.temperature": (1e-4, None),
     "model.extra_negatives": (0, None),
+    "model.id_dropout": (0, 0.99),
     "train.num_workers": (1, None),
     "train.cpus_per_worker": (0, None),
     "train.zero_stage": (0, 3),

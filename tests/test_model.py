@@ -207,3 +207,39 @@ def test_half_precision_inference_matches_fp32_closely(tiny_bert_dir, tmp_path):
     half = load_artifact(path, precision="bf16").encode_items(texts, [1, 2])
     assert half.dtype == torch.float32
     assert torch.allclose(full, half, atol=0.05)
+
+
+def test_training_pair_from_cached_pooled_equals_the_bert_pass_and_id_dropout_only_trains(tiny_bert_dir):
+    """A frozen encoder's cache gives the same positives as running BERT; id dropout sends
+    candidates down the cold (id 0) path in training only."""
+    torch.manual_seed(0)
+    model, tokenizer = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16, num_item_ids=50))
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight[1:] = torch.randn(50, 16)
+    model.eval()
+    tokens = _tokens(tokenizer, ["alpha beta", "gamma", "delta epsilon zeta"])
+    ids = torch.tensor([3, 0, 7])
+    common = {
+        "id_index": ids,
+        "history_pooled": torch.randn(3, 4, model.config.encoder_hidden),
+        "history_id_index": torch.tensor([[1, 2, 0, 0]] * 3),
+        "history_mask": torch.tensor([[True, True, False, False]] * 3),
+        "user_categorical": torch.zeros(3, 0, dtype=torch.long),
+        "user_numeric": torch.zeros(3, 0),
+    }
+    with torch.no_grad():
+        users_a, items_a = model("train", **common, **tokens)
+        pooled = model("pooled", **tokens)
+        users_b, items_b = model("train", **common, positive_pooled=pooled)
+    assert torch.allclose(users_a, users_b) and torch.allclose(items_a, items_b, atol=1e-6)
+    with pytest.raises(ValueError, match="positive_pooled"):
+        model("train", **common)
+
+    model.config.id_dropout = 0.5
+    many = torch.arange(1, 51).repeat(40)  # [2000] warm ids
+    assert torch.equal(model._drop_ids(many), many)  # eval: never dropped
+    model.train()
+    dropped = (model._drop_ids(many) == 0).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    model.config.id_dropout = 0.0
+    assert torch.equal(model._drop_ids(many), many)

@@ -232,6 +232,34 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
     assert json.loads((resumed / "model_card.json").read_text())["train_run"] == card["train_run"]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_frozen_encoder_trains_the_towers_only_and_beats_popularity(ray_local, demo_snapshot, tiny_bert_dir):
+    from transformers import AutoModel
+
+    from recbatch.train.trainer import train
+
+    root, snapshot = demo_snapshot
+    cfg = _train_config(
+        root, tiny_bert_dir,
+        **{"model.freeze_encoder": True, "model.id_dropout": 0.2, "train.num_workers": 1, "train.epochs": 4,
+           "train.checkpoint_every_steps": 1000},
+    )
+    artifact = train(cfg, snapshot)
+    art = load_artifact(artifact)
+    pretrained = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    trained = art.model.item_tower.encoder.state_dict()
+    assert pretrained.keys() == trained.keys()
+    assert all(torch.equal(trained[name], weights) for name, weights in pretrained.items())
+    assert art.model.item_tower.id_embedding.weight[1:].abs().sum() > 0  # the towers did train
+    assert json.loads((artifact / "model_card.json").read_text())["model"]["id_dropout"] == 0.2
+
+    recall = _heldout_recall(artifact, snapshot)
+    print("frozen encoder, held-out recall@10:", recall)
+    assert recall["model"] > recall["popularity"], recall
+
+
 def test_a_worker_group_that_takes_every_cpu_is_refused(ray_local, demo_snapshot, tiny_bert_dir):
     from recbatch.train.trainer import train
 

@@ -44,6 +44,7 @@ class TwoTowerConfig:
     user_numeric: list[str] = field(default_factory=list)
     user_buckets: int = 1024  # hash buckets per categorical user feature
     dropout: float = 0.1
+    id_dropout: float = 0.0  # training only: share of candidates scored from text alone
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.user_heads:
@@ -163,9 +164,7 @@ class TwoTower(nn.Module):
 
     def training_pair(
         self,
-        input_ids: torch.Tensor,  # [B, T] candidate (positive) item tokens: the only BERT pass with grad
-        attention_mask: torch.Tensor,  # [B, T]
-        id_index: torch.Tensor,  # [B]
+        id_index: torch.Tensor,  # [B] the positives' id rows
         history_pooled: torch.Tensor,  # [B, L, H] cached encoder output of the history items (no grad)
         history_id_index: torch.Tensor,  # [B, L]
         history_mask: torch.Tensor,  # [B, L] bool
@@ -173,20 +172,38 @@ class TwoTower(nn.Module):
         user_numeric: torch.Tensor,  # [B, F]
         negative_pooled: torch.Tensor | None = None,  # [N, H] cached, uniformly sampled extra negatives
         negative_id_index: torch.Tensor | None = None,  # [N]
+        input_ids: torch.Tensor | None = None,  # [B] x [T] positive tokens: the only BERT pass with grad
+        attention_mask: torch.Tensor | None = None,  # [B, T]
+        positive_pooled: torch.Tensor | None = None,  # [B, H] cached instead (frozen encoder: no BERT pass)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward for a training step: (users [B, D], candidates [B + N, D]).
 
         A single call keeps DeepSpeed's hooks (ZeRO-3 gathers, fp16 casting)
-        in one forward/backward pair.
+        in one forward/backward pair. Positives come either from tokens (the
+        encoder is fine-tuned) or from the cache (it is frozen).
         """
         B, L, H = history_pooled.shape
-        positives = self.item_tower(input_ids, attention_mask, id_index)  # [B, D]
+        id_index = self._drop_ids(id_index)
+        if positive_pooled is not None:
+            positives = self.item_tower.from_pooled(positive_pooled, id_index)  # [B, D]
+        elif input_ids is not None and attention_mask is not None:
+            positives = self.item_tower(input_ids, attention_mask, id_index)  # [B, D]
+        else:
+            raise ValueError("training_pair needs input_ids + attention_mask or positive_pooled")
         history = self.item_tower.from_pooled(history_pooled.reshape(B * L, H), history_id_index.reshape(B * L))
         users = self.user_tower(history.reshape(B, L, -1), history_mask, user_categorical, user_numeric)  # [B, D]
         if negative_pooled is None:
             return users, positives
-        negatives = self.item_tower.from_pooled(negative_pooled, negative_id_index)  # [N, D]
+        negatives = self.item_tower.from_pooled(negative_pooled, self._drop_ids(negative_id_index))  # [N, D]
         return users, torch.cat([positives, negatives])
+
+    def _drop_ids(self, id_index: torch.Tensor) -> torch.Tensor:
+        """In training, send a random share of candidates down the cold (text-only) path: [N] -> [N]."""
+        p = self.config.id_dropout
+        if not self.training or p <= 0:
+            return id_index
+        drop = torch.rand(id_index.shape, device=id_index.device) < p
+        return id_index.masked_fill(drop, 0)
 
 
 def build_two_tower(encoder_dir: str, cfg: TwoTowerConfig) -> tuple[TwoTower, object]:

@@ -8,7 +8,8 @@ One step, for a micro-batch of B (user, positive item) examples:
     loss = in-batch sampled softmax (logQ-corrected, accidental hits masked) over the B + N candidates
 
 The pooled cache holds the encoder's mean-pooled output for every catalog item
-and is refreshed at each epoch start and before each validation, each worker
+and is refreshed at each epoch start and before each validation (once per run
+when ``model.freeze_encoder`` holds the encoder fixed), each worker
 encoding an equal slice and all-gathering the rest (equal slices keep ZeRO-3's
 collective parameter gathers in step across ranks).
 
@@ -77,6 +78,7 @@ class LoopConfig:
     temperature: float
     logq_correction: bool
     extra_negatives: int
+    freeze_encoder: bool
     max_text_tokens: int
     catalog_path: str
     validation_path: str
@@ -156,9 +158,15 @@ def step_loss(
     B = t["target"].shape[0]
     hist_rows = t["history"].clamp(min=0)  # [B, L]
     history_mask = t["history"] >= 0
+    if cfg.freeze_encoder:  # the cache is exact for a frozen encoder: no BERT pass in the step
+        positives = {"positive_pooled": pooled[t["target"]]}  # [B, H]
+    else:
+        positives = {
+            "input_ids": catalog.input_ids[t["target"]],  # [B, T]
+            "attention_mask": catalog.attention_mask[t["target"]],
+        }
     inputs = {
-        "input_ids": catalog.input_ids[t["target"]],  # [B, T]
-        "attention_mask": catalog.attention_mask[t["target"]],
+        **positives,
         "id_index": catalog.id_index[t["target"]],  # [B]
         "history_pooled": pooled[hist_rows],  # [B, L, H]
         "history_id_index": catalog.id_index[hist_rows] * history_mask,  # [B, L]
@@ -195,6 +203,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
     model, tokenizer = build_two_tower(cfg.encoder_dir, TwoTowerConfig(**cfg.tower))
+    if cfg.freeze_encoder:
+        model.item_tower.encoder.requires_grad_(False)
     spec = UserFeatureSpec(**cfg.user_features)
     catalog = load_catalog(cfg.catalog_path, tokenizer, cfg.max_text_tokens)
     validation = load_validation(cfg.validation_path, model.config.history_length, spec)
@@ -229,11 +239,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tick("init", started)  # model, data, DeepSpeed set-up and restore of this attempt
 
+    frozen_pooled: torch.Tensor | None = None  # with a frozen encoder the cache never goes stale
+
+    def current_pooled() -> torch.Tensor:
+        nonlocal frozen_pooled
+        if not cfg.freeze_encoder:
+            return refresh_pooled_cache(engine, catalog, device)
+        if frozen_pooled is None:
+            frozen_pooled = refresh_pooled_cache(engine, catalog, device)
+        return frozen_pooled
+
     def validate_and_checkpoint() -> torch.Tensor:
         """Refresh the cache, rank the validation users, save every rank's shards, report."""
         nonlocal last_reported
         since = time.perf_counter()
-        pooled = refresh_pooled_cache(engine, catalog, device)
+        pooled = current_pooled()
         engine.eval()
         items = item_vectors(engine, pooled, catalog)
         metrics = full_ranking_metrics(engine, items, validation, train_cfg.validate_k)
@@ -252,7 +272,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return pooled
 
     while state.epoch < train_cfg.epochs and state.step < cfg.total_steps:
-        pooled = refresh_pooled_cache(engine, catalog, device)
+        pooled = current_pooled()
         batches = shard.iter_batches(
             batch_size=B,
             batch_format="numpy",

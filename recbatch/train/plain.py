@@ -38,6 +38,8 @@ def train_plain(cfg: Config, loop: LoopConfig, prepared: PreparedInputs, steps: 
     """`steps` AdamW steps of batch ``cfg.train.batch_size`` on CPU, cycling over the examples."""
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = build_two_tower(loop.encoder_dir, TwoTowerConfig(**loop.tower))
+    if loop.freeze_encoder:
+        model.item_tower.encoder.requires_grad_(False)
     catalog = load_catalog(prepared.catalog, tokenizer, loop.max_text_tokens)
     groups, _ = parameter_groups(model, cfg.train)
     optimizer = torch.optim.AdamW(groups)

@@ -165,6 +165,7 @@ def make_loop_config(
         temperature=cfg.model.temperature,
         logq_correction=cfg.model.logq_correction,
         extra_negatives=cfg.model.extra_negatives,
+        freeze_encoder=cfg.model.freeze_encoder,
         max_text_tokens=cfg.model.max_text_tokens,
         catalog_path=str(prepared.catalog),
         validation_path=str(prepared.validation),
