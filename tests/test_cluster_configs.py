@@ -475,3 +475,9 @@ def test_cronjob_creates_the_rayjob_from_the_generated_configmap_with_just_enoug
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert {"kind": "ServiceAccount", "name": pod["serviceAccountName"]} in binding["subjects"]
     assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create"]}]
+
+
+def test_the_benchmark_training_recipe_validates() -> None:
+    """bench/README.md's ml-latest-small two-tower row is trained from this file."""
+    cfg = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml")
+    assert cfg.model.freeze_encoder and cfg.model.id_dropout > 0
