@@ -67,13 +67,14 @@ def write_run(folder: Path, lists: dict[Any, list[Any]], id_type: str = "int") -
 TOPIC_WORDS = ["space rocket alien", "love wedding romance", "murder detective crime", "dragon magic quest"]
 
 
-def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: int = 0) -> Path:
+def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: int = 0, newcomers: int = 0) -> Path:
     """Users prefer one topic; item titles name their topic; popularity is global and skewed.
 
     Per user, in random time order: 12 train, 2 validation, 2 test interactions
     drawn by popularity x topic affinity, then 1 test interaction with a cold
     item of the user's topic (cold: it has no train row), which only a
-    text-aware model can find.
+    text-aware model can find. `newcomers` more users have only 3 test
+    interactions, drawn by popularity.
     """
     import numpy as np
 
@@ -97,6 +98,9 @@ def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: i
         rows += [(u, int(i), "train") for i in picked[:12]]
         rows += [(u, int(i), "validation") for i in picked[12:14]]
         rows += [(u, int(i), "test") for i in picked[14:]] + [(u, cold_pick, "test")]
+    for u in range(users, users + newcomers):  # only test rows: no history before them
+        warm = popularity * ~is_cold
+        rows += [(u, int(i), "test") for i in rng.choice(items, size=3, replace=False, p=warm / warm.sum())]
     item_rows = [
         {"item_id": i, "title": f"{TOPIC_WORDS[topic_of[i]]} {flavour[i]}", "genres": f"g{topic_of[i]}",
          "is_cold": bool(is_cold[i]), "available": True}

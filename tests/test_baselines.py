@@ -59,3 +59,31 @@ def test_grid_is_searched_on_validation(results):
     best = max(trials, key=lambda t: t["ndcg@10"])["params"]
     assert manifests["item_knn"]["baseline"]["params"] == best
     assert all(0.0 <= t["ndcg@10"] <= 1.0 for t in trials)
+
+
+def test_users_without_history_get_popular_items_not_nothing(tmp_path):
+    """A user whose only rows are test rows still gets a list (the popular items), as the
+    scoring stage gives every user one; random stays random."""
+    import numpy as np
+    import polars as pl
+
+    from recbatch.eval.baselines import training_data
+
+    snapshot = Snapshot.open(synthetic_snapshot(tmp_path / "snap", users=60, items=80, newcomers=5))
+    cfg = Config().with_overrides({"score.k": 10})
+    data = training_data(snapshot, ["train", "validation"])
+    popularity = np.asarray(data.matrix.sum(axis=0)).ravel()
+    order = np.lexsort((np.arange(len(popularity)), -popularity))  # count desc, item id asc
+    eligible = [i for i in order if data.warm[i] and data.available[i]]
+    expected = data.item_ids.gather(eligible[:10]).to_list()
+
+    lists = {}
+    for name in ("most_popular", "bpr", "random"):
+        manifest = run_baseline(name, snapshot, cfg, tmp_path / name)
+        assert manifest["users"] == 65 and manifest["baseline"]["newcomers"] == 5
+        recs = pl.read_parquet(tmp_path / name / "*.parquet").filter(pl.col("user_id") >= 60).sort("user_id")
+        lists[name] = recs["item_ids"].to_list()
+    assert lists["most_popular"] == [expected] * 5
+    assert lists["bpr"] == [expected] * 5
+    assert all(len(items) == 10 for items in lists["random"]) and lists["random"][0] != expected
+    assert evaluate_run(tmp_path / "most_popular", snapshot, ks=[10]).users["all"] == 65

@@ -19,6 +19,8 @@ CPU); ``content`` (TF-IDF of the rendered item text, user = mean of the
 history's item vectors); and ``random``, the floor.
 Collaborative baselines can only rank items with a training interaction, so
 cold items are masked for them; ``content`` and ``random`` rank every item.
+Users with no interaction before the test rows (the temporal protocol's new
+users) get the most popular items from every baseline but ``random``.
 """
 
 from __future__ import annotations
@@ -153,6 +155,18 @@ class Baseline:
             item_mask=self.item_mask(data),
         )
 
+    def rank_newcomers(self, data: TrainingData, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lists for users with no interaction before the test rows: the most popular eligible items.
+
+        Such a user has no row in the matrix, so no factors and no history. Serving
+        them the popular items is what a deployed recommender does; leaving them out
+        would score them 0 and flatter any model that does serve them (the two-tower
+        gives them a vector from its features-only path).
+        """
+        popularity = np.asarray(data.matrix.sum(axis=0), dtype=np.float32).reshape(-1, 1)  # [N, 1]
+        idx, scores = topk(np.ones((1, 1), np.float32), popularity, k, item_mask=self.item_mask(data))  # [1, k]
+        return np.repeat(idx, n_users, axis=0), np.repeat(scores, n_users, axis=0)
+
 
 class Random(Baseline):
     """Uniformly random order: the floor every model must clear."""
@@ -164,6 +178,11 @@ class Random(Baseline):
         rng = np.random.default_rng(self.seed)
         users, items = data.matrix.shape
         return rng.standard_normal((users, 16)), rng.standard_normal((items, 16))
+
+    def rank_newcomers(self, data, n_users, k):
+        """Random lists for them too: the floor stays a floor."""
+        users = np.random.default_rng(self.seed + 1).standard_normal((n_users, 16))
+        return topk(users, self._item_vectors, k, item_mask=self.item_mask(data))
 
 
 class MostPopular(Baseline):
@@ -313,6 +332,26 @@ def recommendation_tables(
         yield lists_table(users, idx, scores, data.item_ids.to_arrow(), model_version)
 
 
+def newcomer_tables(
+    model: Baseline, data: TrainingData, user_ids: pl.Series, k: int, model_version: str
+) -> Iterator[pa.Table]:
+    """Lists for `user_ids`, users absent from the matrix (see `Baseline.rank_newcomers`)."""
+    for start in range(0, len(user_ids), USER_BLOCK):
+        users = user_ids.slice(start, USER_BLOCK)
+        idx, scores = model.rank_newcomers(data, len(users), k)  # [B, k] each, -1 padded
+        yield lists_table(users.to_arrow(), idx, scores, data.item_ids.to_arrow(), model_version)
+
+
+def users_without_history(snapshot: Any, data: TrainingData) -> pl.Series:
+    """Snapshot users (users table or any split) with no row in `data`, sorted."""
+    everyone = pl.concat([
+        snapshot.users().select("user_id").collect(),
+        snapshot.split().select("user_id").unique().collect(),
+    ]).unique()
+    known = pl.DataFrame({"user_id": data.user_ids})
+    return everyone.join(known, on="user_id", how="anti").sort("user_id")["user_id"]
+
+
 def _cutoff(metric: str) -> int:
     """'ndcg@10' -> 10."""
     try:
@@ -354,7 +393,11 @@ def tune(name: str, snapshot: Any, cfg: Config) -> tuple[dict[str, Any], list[di
 
 
 def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> dict[str, Any]:
-    """Tune on validation, refit on train + validation, write lists for every user; returns the manifest."""
+    """Tune on validation, refit on train + validation, write lists for every user; returns the manifest.
+
+    Every user of the snapshot gets a list, as from the nightly scoring stage:
+    those with no interaction before the test rows get `Baseline.rank_newcomers`.
+    """
     started = time.perf_counter()
     params, trials = tune(name, snapshot, cfg)
     tuned = time.perf_counter()
@@ -363,9 +406,13 @@ def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> 
     model.fit(data)
     model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
     rows = np.arange(data.matrix.shape[0])
+    newcomers = users_without_history(snapshot, data)
     fitted = time.perf_counter()
     manifest = write_recommendations(
-        recommendation_tables(model, data, rows, cfg.score.k, model_version),
+        itertools.chain(
+            recommendation_tables(model, data, rows, cfg.score.k, model_version),
+            newcomer_tables(model, data, newcomers, cfg.score.k, model_version),
+        ),
         out_dir,
         id_type=snapshot.id_type,
         rows_per_file=cfg.score.rows_per_file,
@@ -373,7 +420,7 @@ def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> 
             "model_version": model_version,
             "snapshot_hash": snapshot.hash,
             "k": cfg.score.k,
-            "baseline": {"name": name, "params": params, "validation": trials},
+            "baseline": {"name": name, "params": params, "validation": trials, "newcomers": len(newcomers)},
             "timings": {
                 "tune": round(tuned - started, 3),
                 "fit": round(fitted - tuned, 3),
