@@ -94,6 +94,10 @@ class ModelConfig:
     # Share of training candidates whose learned id vector is dropped (text only), so the text
     # side learns to stand alone and cold items (no id vector) rank sensibly.
     id_dropout: float = 0.0
+    # Share of training examples whose user is encoded without history, so users who have
+    # none at scoring time (newcomers) get a vector trained on every example, not only on
+    # each user's first interaction.
+    history_dropout: float = 0.0
 
 
 @dataclass
@@ -284,6 +288,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.temperature": (1e-4, None),
     "model.extra_negatives": (0, None),
     "model.id_dropout": (0, 0.99),
+    "model.history_dropout": (0, 0.99),
     "train.num_workers": (1, None),
     "train.cpus_per_worker": (0, None),
     "train.zero_stage": (0, 3),

@@ -480,4 +480,4 @@ def test_cronjob_creates_the_rayjob_from_the_generated_configmap_with_just_enoug
 def test_the_benchmark_training_recipe_validates() -> None:
     """bench/README.md's ml-latest-small two-tower row is trained from this file."""
     cfg = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml")
-    assert cfg.model.freeze_encoder and cfg.model.id_dropout > 0
+    assert cfg.model.freeze_encoder and cfg.model.id_dropout > 0 and cfg.model.history_dropout > 0

@@ -243,3 +243,17 @@ def test_training_pair_from_cached_pooled_equals_the_bert_pass_and_id_dropout_on
     assert 0.4 < dropped < 0.6
     model.config.id_dropout = 0.0
     assert torch.equal(model._drop_ids(many), many)
+
+
+def test_history_dropout_hides_whole_histories_in_training_only(tiny_bert_dir):
+    torch.manual_seed(0)
+    model, _ = build_two_tower(str(tiny_bert_dir), TwoTowerConfig(embedding_dim=16, history_dropout=0.25))
+    mask = torch.ones(4000, 6, dtype=torch.bool)
+    mask[:, :2] = False  # left padding stays padding
+    model.eval()
+    assert torch.equal(model._drop_histories(mask), mask)
+    model.train()
+    dropped = model._drop_histories(mask)
+    emptied = ~dropped.any(1)  # [B]: users left with no history at all
+    assert 0.2 < emptied.float().mean().item() < 0.3
+    assert torch.equal(dropped[~emptied], mask[~emptied])  # the others keep every item

@@ -263,4 +263,5 @@ def tower_config(model_cfg: "ModelConfig", spec: UserFeatureSpec, num_item_ids: 
         user_numeric=list(spec.numeric),
         user_buckets=spec.buckets,
         id_dropout=model_cfg.id_dropout,
+        history_dropout=model_cfg.history_dropout,
     )

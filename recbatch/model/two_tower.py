@@ -45,6 +45,7 @@ class TwoTowerConfig:
     user_buckets: int = 1024  # hash buckets per categorical user feature
     dropout: float = 0.1
     id_dropout: float = 0.0  # training only: share of candidates scored from text alone
+    history_dropout: float = 0.0  # training only: share of examples whose user is scored without history
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.user_heads:
@@ -191,11 +192,25 @@ class TwoTower(nn.Module):
         else:
             raise ValueError("training_pair needs input_ids + attention_mask or positive_pooled")
         history = self.item_tower.from_pooled(history_pooled.reshape(B * L, H), history_id_index.reshape(B * L))
+        history_mask = self._drop_histories(history_mask)
         users = self.user_tower(history.reshape(B, L, -1), history_mask, user_categorical, user_numeric)  # [B, D]
         if negative_pooled is None:
             return users, positives
         negatives = self.item_tower.from_pooled(negative_pooled, self._drop_ids(negative_id_index))  # [N, D]
         return users, torch.cat([positives, negatives])
+
+    def _drop_histories(self, history_mask: torch.Tensor) -> torch.Tensor:
+        """In training, hide the whole history of a random share of examples: [B, L] -> [B, L].
+
+        Only each user's first interaction has no history, too few examples to teach
+        the no-history path what a newcomer picks; hiding histories at random trains
+        it on the marginal of all examples (what a newcomer gets at inference).
+        """
+        p = self.config.history_dropout
+        if not self.training or p <= 0:
+            return history_mask
+        keep = torch.rand(history_mask.shape[0], 1, device=history_mask.device) >= p  # [B, 1]
+        return history_mask & keep
 
     def _drop_ids(self, id_index: torch.Tensor) -> torch.Tensor:
         """In training, send a random share of candidates down the cold (text-only) path: [N] -> [N]."""
