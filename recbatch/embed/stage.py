@@ -147,7 +147,7 @@ def _snapshot_items(snapshot: Snapshot, cfg: EmbedConfig):
     rows = pq.ParquetFile(path).metadata.num_rows
     if rows == 0:
         raise DataValidationError(f"{path}: the snapshot has no items to embed")
-    return ray.data.read_parquet(str(path), columns=_model_columns(snapshot)).repartition(_num_blocks(rows, cfg))
+    return ray.data.read_parquet(str(path)).select_columns(_model_columns(snapshot)).repartition(_num_blocks(rows, cfg))
 
 
 def _model_columns(snapshot: Snapshot) -> list[str]:
