@@ -173,7 +173,7 @@ class TwoTower(nn.Module):
         user_numeric: torch.Tensor,  # [B, F]
         negative_pooled: torch.Tensor | None = None,  # [N, H] cached, uniformly sampled extra negatives
         negative_id_index: torch.Tensor | None = None,  # [N]
-        input_ids: torch.Tensor | None = None,  # [B] x [T] positive tokens: the only BERT pass with grad
+        input_ids: torch.Tensor | None = None,  # [B, T] positive tokens: the only BERT pass with grad
         attention_mask: torch.Tensor | None = None,  # [B, T]
         positive_pooled: torch.Tensor | None = None,  # [B, H] cached instead (frozen encoder: no BERT pass)
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,10 +221,16 @@ class TwoTower(nn.Module):
         return id_index.masked_fill(drop, 0)
 
 
-def build_two_tower(encoder_dir: str, cfg: TwoTowerConfig) -> tuple[TwoTower, object]:
-    """A freshly initialised model around the pretrained encoder, plus its tokenizer."""
+def build_two_tower(
+    encoder_dir: str, cfg: TwoTowerConfig, freeze_encoder: bool = False
+) -> tuple[TwoTower, object]:
+    """A freshly initialised model around the pretrained encoder, plus its tokenizer.
+
+    With `freeze_encoder` the encoder's weights take no gradient (``model.freeze_encoder``).
+    """
     from recbatch.model.encoder import load_encoder
 
     encoder, tokenizer = load_encoder(encoder_dir)
+    encoder.requires_grad_(not freeze_encoder)
     cfg.encoder_hidden = int(encoder.config.hidden_size)
     return TwoTower(encoder, cfg), tokenizer

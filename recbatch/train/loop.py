@@ -202,9 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     on_gpu = device.type == "cuda"
 
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
-    model, tokenizer = build_two_tower(cfg.encoder_dir, TwoTowerConfig(**cfg.tower))
-    if cfg.freeze_encoder:
-        model.item_tower.encoder.requires_grad_(False)
+    model, tokenizer = build_two_tower(cfg.encoder_dir, TwoTowerConfig(**cfg.tower), cfg.freeze_encoder)
     spec = UserFeatureSpec(**cfg.user_features)
     catalog = load_catalog(cfg.catalog_path, tokenizer, cfg.max_text_tokens)
     validation = load_validation(cfg.validation_path, model.config.history_length, spec)

@@ -37,9 +37,7 @@ class PlainRun:
 def train_plain(cfg: Config, loop: LoopConfig, prepared: PreparedInputs, steps: int) -> PlainRun:
     """`steps` AdamW steps of batch ``cfg.train.batch_size`` on CPU, cycling over the examples."""
     torch.manual_seed(cfg.train.seed)
-    model, tokenizer = build_two_tower(loop.encoder_dir, TwoTowerConfig(**loop.tower))
-    if loop.freeze_encoder:
-        model.item_tower.encoder.requires_grad_(False)
+    model, tokenizer = build_two_tower(loop.encoder_dir, TwoTowerConfig(**loop.tower), loop.freeze_encoder)
     catalog = load_catalog(prepared.catalog, tokenizer, loop.max_text_tokens)
     groups, _ = parameter_groups(model, cfg.train)
     optimizer = torch.optim.AdamW(groups)
