@@ -142,3 +142,22 @@ def test_real_ml_latest_small_counts_match_its_readme(tmp_path):
     assert snapshot.counts["quarantined_interactions"] == 0
     reopened = Snapshot.open(snapshot.path)
     assert reopened.split().collect().height == 100_836
+
+
+def test_temporal_split_keeps_tags_written_after_the_cutoff_out_of_item_text(tmp_path):
+    """Tags are item text the model trains on: a replay of a nightly job must not see the test period's."""
+    source = write_ml_latest(tmp_path / "ml-latest-small")
+    (source / "tags.csv").write_text(
+        "userId,movieId,tag,timestamp\n"
+        "1,1,early,964982000\n"  # before the cutoff: kept
+        "2,1,late,1445715000\n2,2,politics,1445715001\n"  # after the last train rating: left out
+    )
+    # 5 ratings; the 0.6 quantile (lower) is the 3rd ts, 964982703: user 2's two ratings are test
+    snapshot = ingest(config(tmp_path, source, **{"split.protocol": "temporal", "split.temporal_train_fraction": 0.6}))
+    items = by_id(snapshot.items().collect(), "item_id")
+    assert items[1]["tags"] == "early" and items[2]["tags"] is None
+    assert snapshot.manifest["counts"]["tag_rows_after_cutoff"] == 2
+    assert snapshot.split("test").collect()["user_id"].to_list() == [2, 2]
+
+    leave_last = ingest(config(tmp_path / "b", source))  # no time cutoff: every tag is item text
+    assert by_id(leave_last.items().collect(), "item_id")[1]["tags"] in ("early, late", "late, early")

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recbatch.config import Config, IngestConfig
+from recbatch.config import Config, IngestConfig, SplitConfig
 from recbatch.data.movielens import READERS, detect_layout
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.snapshot import Snapshot
@@ -57,10 +57,13 @@ def detect_format(cfg: IngestConfig) -> str:
     )
 
 
-def read_source(cfg: IngestConfig) -> RawSource:
+def read_source(cfg: IngestConfig, split: SplitConfig | None = None) -> RawSource:
+    """The raw tables; `split` lets a reader keep item text from after a temporal cutoff out."""
     fmt = detect_format(cfg)
     if fmt == "canonical":
         return read_canonical(cfg)
+    if fmt == "movielens-latest" and split is not None and split.protocol == "temporal":
+        return READERS[fmt](Path(cfg.source), temporal_train_fraction=split.temporal_train_fraction)
     return READERS[fmt](Path(cfg.source))
 
 
@@ -133,7 +136,7 @@ def build_tables(clean: CleanTables, cfg: Config) -> tuple[dict[str, pa.Table], 
 
 def ingest(cfg: Config) -> Snapshot:
     """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
-    source = read_source(cfg.ingest)
+    source = read_source(cfg.ingest, cfg.split)
     clean = validate_source(source, cfg.ingest.on_bad_rows)
     tables, counts = build_tables(clean, cfg)
     counts.update(source.counts)

@@ -76,8 +76,14 @@ def _ratings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def read_movielens_latest(folder: Path) -> RawSource:
-    """ml-latest-small / ml-25m: CSV with a header, UTF-8, titles quoted when they hold commas."""
+def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = None) -> RawSource:
+    """ml-latest-small / ml-25m: CSV with a header, UTF-8, titles quoted when they hold commas.
+
+    With `temporal_train_fraction` (the temporal split's), tags written after
+    that split's cutoff are left out of the item text: item text is part of
+    what the model sees at training time, and a replay of a nightly job must
+    not know tags from the test period. They are counted (``tag_rows_after_cutoff``).
+    """
     require_layout_files(folder, "movielens-latest")
     ratings_path, movies_path, tags_path = folder / "ratings.csv", folder / "movies.csv", folder / "tags.csv"
     interactions = _ratings(read_delimited(ratings_path))
@@ -91,6 +97,8 @@ def read_movielens_latest(folder: Path) -> RawSource:
         files.append(tags_path)
         counts["tag_rows"] = tags.height
         counts["tag_rows_unknown_movie"] = tags.filter(~pl.col("movieId").is_in(movies["item_id"].implode())).height
+        if temporal_train_fraction is not None:
+            tags, counts["tag_rows_after_cutoff"] = _tags_until_cutoff(tags, interactions, temporal_train_fraction)
         movies = movies.join(aggregate_tags(tags), on="item_id", how="left")
     return RawSource(
         format="movielens-latest",
@@ -100,6 +108,20 @@ def read_movielens_latest(folder: Path) -> RawSource:
         files=files,
         counts=counts,
     )
+
+
+def _tags_until_cutoff(tags: pl.DataFrame, ratings: pl.DataFrame, train_fraction: float) -> tuple[pl.DataFrame, int]:
+    """Tags written no later than the temporal split's cutoff, and how many were later."""
+    from recbatch.data.split import temporal_cutoff
+
+    def as_time(column: str) -> pl.Expr:
+        seconds = pl.col(column).cast(pl.Int64, strict=False)
+        return pl.from_epoch(seconds, time_unit="s").dt.replace_time_zone("UTC")
+
+    times = ratings.select(as_time("ts").alias("ts")).drop_nulls()
+    cutoff = times.select(temporal_cutoff(times, train_fraction)).item()
+    late = as_time("timestamp") > cutoff
+    return tags.filter(~late.fill_null(False)), tags.filter(late.fill_null(False)).height
 
 
 def aggregate_tags(tags: pl.DataFrame) -> pl.DataFrame:
