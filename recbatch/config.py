@@ -98,6 +98,18 @@ class ModelConfig:
     # none at scoring time (newcomers) get a vector trained on every example, not only on
     # each user's first interaction.
     history_dropout: float = 0.0
+    # Example age (as in YouTube's deep candidate model): each training example's age, the
+    # days between it and the snapshot's latest training event, picks a learned vector on the
+    # user side from these bucket edges; scoring uses age 0, "now". The model can then learn
+    # how tastes and popularity drift instead of averaging over the whole log. Empty = off.
+    example_age_days: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        edges = self.example_age_days
+        if any(e <= 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(
+                f"config key 'model.example_age_days' = {edges!r} must be positive and strictly increasing"
+            )
 
 
 @dataclass
@@ -173,6 +185,11 @@ class ScoreConfig:
     kernel: Literal["auto", "native", "torch"] = "auto"
     filter_seen: bool = True
     filter_unavailable: bool = True
+    # Popularity prior (recbatch/score/prior.py): rank by the model's logit (cosine / model.temperature)
+    # + weight * log(share of recent interactions), each interaction fading with this half-life.
+    popularity_prior_weight: float = 0.0  # 0 = off
+    popularity_half_life_days: float | None = None  # None = all-time counts
+    popularity_pseudo_count: float = 1.0  # added to every item's count, so cold items stay rankable
     blocklist: str | None = None  # Parquet with item_id (global) or user_id,item_id
     explanations: bool = False  # "because you liked X" list column
     rows_per_file: int = 250_000
@@ -186,7 +203,7 @@ class EvalConfig:
 
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])
     baselines: list[str] = field(
-        default_factory=lambda: ["most_popular", "item_knn", "als", "bpr", "content"]
+        default_factory=lambda: ["most_popular", "recent_popular", "item_knn", "als", "bpr", "content"]
     )
     gate_metric: str = "ndcg@10"
     gate_tolerance: float = 0.02  # relative drop allowed vs the last published run
@@ -321,6 +338,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "score.cpus_per_actor": (0, None),
     "score.gpus_per_actor": (0, None),
     "score.rows_per_file": (1, None),
+    "score.popularity_prior_weight": (0, None),
+    "score.popularity_half_life_days": (1e-3, None),
+    "score.popularity_pseudo_count": (1e-6, None),
     "eval.gate_tolerance": (0, 1),
     "eval.holdout_users": (1, None),
     "serving.keep_versions": (1, None),

@@ -257,3 +257,41 @@ def test_history_dropout_hides_whole_histories_in_training_only(tiny_bert_dir):
     emptied = ~dropped.any(1)  # [B]: users left with no history at all
     assert 0.2 < emptied.float().mean().item() < 0.3
     assert torch.equal(dropped[~emptied], mask[~emptied])  # the others keep every item
+
+
+def test_example_age_picks_a_bucket_vector_and_scoring_reads_the_newest(tiny_bert_dir):
+    torch.manual_seed(0)
+    cfg = TwoTowerConfig(embedding_dim=16, history_length=4, user_heads=4, example_age_days=[30.0, 365.0])
+    model, _ = build_two_tower(str(tiny_bert_dir), cfg)
+    model.eval()
+    with torch.no_grad():
+        model.user_tower.age.weight.copy_(torch.randn(3, 16))  # buckets: [0, 30), [30, 365), >= 365 days
+    B = 4
+    inputs = dict(history=torch.randn(B, 4, 16), history_mask=torch.ones(B, 4, dtype=torch.bool),
+                  user_categorical=torch.zeros(B, 0, dtype=torch.long), user_numeric=torch.zeros(B, 0))
+    inputs["history"][1:] = inputs["history"][0]  # one user, seen at four ages
+    with torch.no_grad():
+        aged = model("users", **inputs, example_age_days=torch.tensor([0.0, 29.9, 30.0, 4000.0]))
+        now = model("users", **inputs)  # what the embed stage asks for
+    assert torch.allclose(aged[0], aged[1]) and torch.allclose(now[0], aged[0])  # same bucket, and None = age 0
+    assert not torch.allclose(aged[1], aged[2], atol=1e-3)  # the 30-day edge starts the next bucket
+    assert not torch.allclose(aged[2], aged[3], atol=1e-3)
+
+
+def test_example_age_edges_must_increase():
+    with pytest.raises(UsageError, match="example_age_days"):
+        load_config(None, {"model.example_age_days": [365, 30]})
+    with pytest.raises(UsageError, match="example_age_days"):
+        load_config(None, {"model.example_age_days": [0, 30]})
+    assert load_config(None, {"model.example_age_days": [30, 365]}).model.example_age_days == [30.0, 365.0]
+
+
+def test_training_examples_carry_their_age_in_days(small_snapshot, tmp_path):
+    from recbatch.train.examples import prepare_inputs
+
+    prepared = prepare_inputs(small_snapshot, tmp_path, history_length=4, use_item_ids=True, validate_users=10)
+    ages = pl.read_parquet(prepared.examples)["age_days"]
+    train_ts = small_snapshot.split("train").collect()["ts"]
+    expected = sorted((train_ts.max() - t).total_seconds() / 86400 for t in train_ts.to_list())
+    assert ages.len() == len(expected) and min(expected) == 0.0 and max(expected) > 1.0
+    assert ages.sort().to_list() == pytest.approx(expected, rel=1e-6, abs=1e-3)

@@ -183,6 +183,12 @@ class Artifact:
         return vectors.float().cpu()
 
 
+def trained_temperature(card: dict[str, Any]) -> float | None:
+    """The softmax temperature the model was trained with (its logits are cosine / temperature)."""
+    value = card.get("config", {}).get("model", {}).get("temperature")
+    return float(value) if value is not None else None
+
+
 def load_artifact(path: str | Path, device: str = "cpu", precision: Precision = "fp32") -> Artifact:
     """Load a published artifact (verifies its manifest first)."""
     from transformers import AutoModel, AutoTokenizer
@@ -264,4 +270,5 @@ def tower_config(model_cfg: "ModelConfig", spec: UserFeatureSpec, num_item_ids: 
         user_buckets=spec.buckets,
         id_dropout=model_cfg.id_dropout,
         history_dropout=model_cfg.history_dropout,
+        example_age_days=list(model_cfg.example_age_days),
     )

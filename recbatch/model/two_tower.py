@@ -2,7 +2,7 @@
 
     item text ──BERT──mean-pool──proj──(+ id vector if warm)──L2──▶ item vector [D]
     history item vectors + recency ──┐
-    user features ──▶ [USER] token ──┴─transformer──[USER] out──proj──L2──▶ user vector [D]
+    user features + example age ──▶ [USER] token ──┴─transformer──[USER] out──proj──L2──▶ user vector [D]
     score(user, item) = <user, item>   (cosine, both sides are unit length)
 
 Why the user tower reads *item vectors* rather than text: a user's history is
@@ -19,6 +19,10 @@ Why a hybrid id embedding: text alone cannot tell two similar-sounding items
 apart once interaction data says they differ. Warm items (seen in training)
 get a learned offset; cold items get index 0, a zero vector, i.e. text only.
 It is initialised to zero, so an untrained model is purely text-based.
+
+Why an example-age input (optional): a log spans years, and what people pick
+drifts. Told how old each training example is, the user tower learns that
+drift instead of averaging it away, and scoring asks for age 0: "now".
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class TwoTowerConfig:
     dropout: float = 0.1
     id_dropout: float = 0.0  # training only: share of candidates scored from text alone
     history_dropout: float = 0.0  # training only: share of examples whose user is scored without history
+    example_age_days: list[float] = field(default_factory=list)  # bucket edges; empty = no age input
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.user_heads:
@@ -101,6 +106,11 @@ class UserTower(nn.Module):
         nn.init.normal_(self.recency.weight, std=0.02)
         self.categorical = nn.ModuleList(nn.Embedding(cfg.user_buckets, d, padding_idx=0) for _ in cfg.user_categorical)
         self.numeric = nn.Linear(len(cfg.user_numeric), d) if cfg.user_numeric else None
+        # Bucket 0 is "younger than the first edge": what scoring (age 0) reads.
+        self.register_buffer("age_edges", torch.tensor(cfg.example_age_days, dtype=torch.float32), persistent=False)
+        self.age = nn.Embedding(len(cfg.example_age_days) + 1, d) if cfg.example_age_days else None
+        if self.age is not None:
+            nn.init.normal_(self.age.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             d, cfg.user_heads, dim_feedforward=4 * d, dropout=cfg.dropout, batch_first=True, norm_first=True
         )
@@ -117,6 +127,7 @@ class UserTower(nn.Module):
         history_mask: torch.Tensor,  # [B, L] bool, True = a real item
         user_categorical: torch.Tensor,  # [B, C] int64 hash buckets (0 = null)
         user_numeric: torch.Tensor,  # [B, F] float32, standardised
+        example_age_days: torch.Tensor | None = None,  # [B] float32 in training; None = scoring now (age 0)
     ) -> torch.Tensor:
         B, L, D = history.shape
         history = history[:, -self.history_length :]
@@ -129,6 +140,12 @@ class UserTower(nn.Module):
             user = user + emb(user_categorical[:, j])
         if self.numeric is not None:
             user = user + self.numeric(user_numeric.to(self.numeric.weight.dtype))
+        if self.age is not None:
+            if example_age_days is None:
+                bucket = torch.zeros(B, dtype=torch.long, device=user.device)  # [B] now
+            else:
+                bucket = torch.bucketize(example_age_days.float(), self.age_edges, right=True)  # [B]
+            user = user + self.age(bucket)
         seq = torch.cat([user.unsqueeze(1), tokens], dim=1)  # [B, 1+L, D]
         keep = torch.cat([history_mask.new_ones(B, 1), history_mask], dim=1)  # [B, 1+L]
         if self.layers is not None:
@@ -157,7 +174,7 @@ class TwoTower(nn.Module):
             return self.item_tower.pooled(**inputs)
         if kind == "items_from_pooled":  # pooled, id_index -> [B, D]
             return self.item_tower.from_pooled(**inputs)
-        if kind == "users":  # history, history_mask, user_categorical, user_numeric -> [B, D]
+        if kind == "users":  # history, history_mask, user_categorical, user_numeric[, example_age_days] -> [B, D]
             return self.user_tower(**inputs)
         if kind == "train":
             return self.training_pair(**inputs)
@@ -176,6 +193,7 @@ class TwoTower(nn.Module):
         input_ids: torch.Tensor | None = None,  # [B, T] positive tokens: the only BERT pass with grad
         attention_mask: torch.Tensor | None = None,  # [B, T]
         positive_pooled: torch.Tensor | None = None,  # [B, H] cached instead (frozen encoder: no BERT pass)
+        example_age_days: torch.Tensor | None = None,  # [B] days before the latest training event
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward for a training step: (users [B, D], candidates [B + N, D]).
 
@@ -193,7 +211,9 @@ class TwoTower(nn.Module):
             raise ValueError("training_pair needs input_ids + attention_mask or positive_pooled")
         history = self.item_tower.from_pooled(history_pooled.reshape(B * L, H), history_id_index.reshape(B * L))
         history_mask = self._drop_histories(history_mask)
-        users = self.user_tower(history.reshape(B, L, -1), history_mask, user_categorical, user_numeric)  # [B, D]
+        users = self.user_tower(
+            history.reshape(B, L, -1), history_mask, user_categorical, user_numeric, example_age_days
+        )  # [B, D]
         if negative_pooled is None:
             return users, positives
         negatives = self.item_tower.from_pooled(negative_pooled, self._drop_ids(negative_id_index))  # [N, D]

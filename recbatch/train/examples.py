@@ -8,7 +8,8 @@ Three Parquet files in the training run's folder, all keyed by *catalog row*
   logQ correction's sampling probability).
 - ``examples.parquet``: one row per training interaction: target (catalog
   row), history (the user's previous L catalog rows, oldest first, -1 =
-  padding), user features. Shuffled once here; workers stream it through Ray
+  padding), user features, age_days (days before the latest training
+  interaction: the example-age input). Shuffled once here; workers stream it through Ray
   Data and add a local shuffle per epoch.
 - ``validation.parquet``: one row per sampled validation user: history (last
   L train rows), targets (validation rows), seen (train rows, excluded from
@@ -122,9 +123,10 @@ def prepare_inputs(
     features = _feature_columns(users, spec).lazy()
 
     train = _with_rows(_positives(snapshot, "train", min_rating), catalog).sort(["user_id", "ts"], maintain_order=True)
+    age_days = (pl.col("ts").max() - pl.col("ts")).dt.total_microseconds() / 86_400e6
     examples = (
-        train.with_columns(_history(history_length))
-        .select("user_id", pl.col("row").alias("target"), "history")
+        train.with_columns(_history(history_length), age_days.cast(pl.Float32).alias("age_days"))
+        .select("user_id", pl.col("row").alias("target"), "history", "age_days")
         .join(features, on="user_id", how="left")
         .with_columns(
             pl.col("user_cat").fill_null(pl.lit([0] * len(spec.categorical), dtype=pl.List(pl.Int64))),

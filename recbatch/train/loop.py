@@ -138,6 +138,7 @@ def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[s
         "history": stacked("history", np.int64),
         "user_cat": stacked("user_cat", np.int64).reshape(len(batch["target"]), -1),
         "user_num": stacked("user_num", np.float32).reshape(len(batch["target"]), -1),
+        "age_days": stacked("age_days", np.float32),
     }
 
 
@@ -152,8 +153,8 @@ def step_loss(
     """The training loss of one micro-batch (shared by the DeepSpeed loop and the plain-PyTorch bench).
 
     `run` is the engine or the bare model; `t` holds target [B], history [B, L]
-    (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F]; `pooled` is
-    the per-epoch cache [M, H].
+    (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F], age_days [B];
+    `pooled` is the per-epoch cache [M, H].
     """
     B = t["target"].shape[0]
     hist_rows = t["history"].clamp(min=0)  # [B, L]
@@ -173,6 +174,7 @@ def step_loss(
         "history_mask": history_mask,
         "user_categorical": t["user_cat"],
         "user_numeric": t["user_num"],
+        "example_age_days": t["age_days"],
     }
     candidate_rows = t["target"]
     if cfg.extra_negatives:

@@ -57,6 +57,7 @@ def train_plain(cfg: Config, loop: LoopConfig, prepared: PreparedInputs, steps: 
             "history": torch.tensor(batch["history"].to_list()),
             "user_cat": torch.tensor(batch["user_cat"].to_list(), dtype=torch.long).reshape(B, -1),
             "user_num": torch.tensor(batch["user_num"].to_list(), dtype=torch.float32).reshape(B, -1),
+            "age_days": torch.tensor(batch["age_days"].to_list(), dtype=torch.float32),
         }
         loss = step_loss(model, t, pooled, catalog, loop, generator)
         optimizer.zero_grad()
