@@ -87,3 +87,35 @@ def test_users_without_history_get_popular_items_not_nothing(tmp_path):
     assert lists["bpr"] == [expected] * 5
     assert all(len(items) == 10 for items in lists["random"]) and lists["random"][0] != expected
     assert evaluate_run(tmp_path / "most_popular", snapshot, ks=[10]).users["all"] == 65
+
+
+def test_recent_popular_decays_each_interaction_by_its_age(tmp_path):
+    """Item 1: three users, three years before the newest row; item 2: two users, ten days before."""
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from eval_helpers import write_snapshot
+    from recbatch.eval.baselines import MostPopular, RecentPopular
+
+    rows = [(1, 1, "train"), (2, 1, "train"), (3, 1, "train"), (4, 2, "train"), (5, 2, "train"), (6, 3, "train")]
+    items = [{"item_id": i, "title": f"item {i}", "is_cold": False, "available": True} for i in (1, 2, 3)]
+    folder = write_snapshot(tmp_path / "snap", rows, items)
+    newest = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    ages = [3 * 365, 3 * 365, 3 * 365, 10, 10, 0]
+    split = pl.read_parquet(folder / "split.parquet").with_columns(
+        ts=pl.Series([newest - dt.timedelta(days=a) for a in ages]).dt.cast_time_unit("us")
+    )
+    split.write_parquet(folder / "split.parquet")
+    data = training_data(Snapshot.open(folder), ["train"])
+
+    recent = RecentPopular(half_life_days=90).popularity(data)
+    expected = [3 * 0.5 ** (3 * 365 / 90), 2 * 0.5 ** (10 / 90), 1.0]
+    assert recent == pytest.approx(expected, rel=1e-5)
+    assert MostPopular().popularity(data).tolist() == [3.0, 2.0, 1.0]
+    model = RecentPopular(half_life_days=90)
+    model.fit(data)
+    idx, _ = model.rank_newcomers(data, n_users=1, k=3)
+    assert data.item_ids.gather(idx[0]).to_list() == [2, 3, 1]  # now, item 2 is what people pick
+    assert np.isclose(RecentPopular(half_life_days=1e6).popularity(data), [3, 2, 1], rtol=1e-3).all()  # a long half-life is plain popularity

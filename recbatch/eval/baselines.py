@@ -13,7 +13,8 @@ what a simple method gets on the same split. So every baseline here
 
 so the evaluation reads baselines and the two-tower through one code path.
 
-The baselines: ``most_popular``; ``item_knn`` (cosine item-item neighbours on
+The baselines: ``most_popular``; ``recent_popular`` (interactions weighted by
+an exponential decay with their age, the popularity of "now"); ``item_knn`` (cosine item-item neighbours on
 the binary user-item matrix, ``implicit``); ``als`` and ``bpr`` (``implicit``,
 CPU); ``content`` (TF-IDF of the rendered item text, user = mean of the
 history's item vectors); and ``random``, the floor.
@@ -66,6 +67,7 @@ class TrainingData:
     available: np.ndarray  # [N] bool: may be recommended at all
     cold: np.ndarray  # [N] bool: the snapshot's is_cold (no interaction in the train split)
     item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
+    age_days: np.ndarray  # [nnz] float64, aligned with matrix.indices: days from the pair's latest ts to the newest row
 
     @property
     def warm(self) -> np.ndarray:
@@ -87,13 +89,14 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
     rows = (
         snapshot.split()
         .filter(pl.col("split").is_in(splits))
-        .select("user_id", "item_id")
-        .unique()
+        .group_by("user_id", "item_id")
+        .agg(pl.col("ts").max())
+        .with_columns(age_days=(pl.col("ts").max() - pl.col("ts")).dt.total_microseconds() / 86_400e6)
         .collect()
         .join(catalog, on="item_id", how="inner")
     )
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
-    rows = rows.join(users, on="user_id")
+    rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
     matrix = sp.csr_matrix(
         (np.ones(rows.height, dtype=np.float32), (rows["row"].to_numpy(), rows["col"].to_numpy())),
         shape=(users.height, items.height),
@@ -111,6 +114,7 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
         available=np.asarray(available, dtype=bool),
         cold=np.asarray(cold, dtype=bool),
         item_text=render_item_text(items).to_list(),
+        age_days=rows["age_days"].to_numpy().astype(np.float64),
     )
 
 
@@ -155,6 +159,10 @@ class Baseline:
             item_mask=self.item_mask(data),
         )
 
+    def popularity(self, data: TrainingData) -> np.ndarray:
+        """[N] float32: how popular each item is, what newcomers are ranked by."""
+        return np.asarray(data.matrix.sum(axis=0), dtype=np.float32).reshape(-1)
+
     def rank_newcomers(self, data: TrainingData, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Lists for users with no interaction before the test rows: the most popular eligible items.
 
@@ -163,7 +171,7 @@ class Baseline:
         would score them 0 and flatter any model that does serve them (the two-tower
         gives them a vector from its features-only path).
         """
-        popularity = np.asarray(data.matrix.sum(axis=0), dtype=np.float32).reshape(-1, 1)  # [N, 1]
+        popularity = self.popularity(data).reshape(-1, 1)  # [N, 1]
         idx, scores = topk(np.ones((1, 1), np.float32), popularity, k, item_mask=self.item_mask(data))  # [1, k]
         return np.repeat(idx, n_users, axis=0), np.repeat(scores, n_users, axis=0)
 
@@ -191,8 +199,22 @@ class MostPopular(Baseline):
     name = "most_popular"
 
     def vectors(self, data):
-        popularity = np.asarray(data.matrix.sum(axis=0)).reshape(-1, 1)  # [N, 1]
-        return np.ones((data.matrix.shape[0], 1)), popularity
+        return np.ones((data.matrix.shape[0], 1)), self.popularity(data).reshape(-1, 1)  # [U, 1], [N, 1]
+
+
+class RecentPopular(MostPopular):
+    """Most popular *now*: each interaction counts 0.5 ** (age / half_life_days).
+
+    Tastes drift over a multi-year log; this is the popularity baseline a
+    model that is told the time (``model.example_age_days``) has to beat.
+    """
+
+    name = "recent_popular"
+    grid = [{"half_life_days": h} for h in (30, 90, 365, 1095)]
+
+    def popularity(self, data):
+        weights = 0.5 ** (data.age_days / self.params["half_life_days"])  # [nnz]
+        return np.bincount(data.matrix.indices, weights=weights, minlength=data.matrix.shape[1]).astype(np.float32)
 
 
 class ALS(Baseline):
@@ -308,7 +330,7 @@ class Content(DenseScoreBaseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (Random, MostPopular, ItemKNN, ALS, BPR, Content)
+    cls.name: cls for cls in (Random, MostPopular, RecentPopular, ItemKNN, ALS, BPR, Content)
 }
 
 
