@@ -101,3 +101,45 @@ def _write_item_embeddings(folder, model_dir, snapshot):
     pq.write_table(table.slice(50), folder / "part-00001.parquet")
     write_manifest(folder, {"model_version": artifact.model_version})
     return folder
+
+
+def test_holdout_lists_on_validation_use_train_history_only_and_the_prior(tmp_path, tiny_bert_dir):
+    """Tuning scoring settings on validation: a user's validation items are not "seen" there, but are for test."""
+    import polars as pl
+
+    from eval_helpers import synthetic_snapshot
+    from recbatch.config import Config
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.eval.holdout import holdout_lists, holdout_user_ids
+    from recbatch.model.artifact import init_artifact
+
+    snapshot = Snapshot.open(synthetic_snapshot(tmp_path / "snap", users=30, items=60))
+    cfg = Config().with_overrides({"model.embedding_dim": 16, "model.history_length": 8})
+    model_dir = init_artifact(cfg, str(tiny_bert_dir), snapshot, tmp_path / "models")
+    users = holdout_user_ids(snapshot, 10, "validation")
+    rows = snapshot.split().collect()
+
+    def items_of(user, splits):
+        return set(rows.filter((pl.col("user_id") == user) & pl.col("split").is_in(splits))["item_id"].to_list())
+
+    on_validation = holdout_lists(cfg, snapshot, model_dir, None, users, 60, split="validation")
+    on_test = holdout_lists(cfg, snapshot, model_dir, None, users, 60, split="test")
+    for lists, before, held_out in ((on_validation, ["train"], ["validation"]),
+                                    (on_test, ["train", "validation"], ["test"])):
+        for row in lists.iter_rows(named=True):
+            listed = set(row["item_ids"])
+            assert not listed & items_of(row["user_id"], before)  # history is filtered ...
+            assert items_of(row["user_id"], held_out) <= listed  # ... held-out items are not (k = every item)
+
+    # with the prior on, the order changes and popular items climb
+    with_prior = holdout_lists(cfg.with_overrides({"score.popularity_prior_weight": 5.0}), snapshot, model_dir,
+                               None, users, 10, split="validation")
+    assert with_prior["item_ids"].to_list() != on_validation["item_ids"].list.head(10).to_list()
+    popularity = rows.filter(pl.col("split") == "train").group_by("item_id").len()
+    mean_count = dict(zip(popularity["item_id"], popularity["len"]))
+
+    def average(lists):
+        return sum(mean_count.get(i, 0) for items in lists["item_ids"] for i in items[:10]) / (10 * lists.height)
+
+    assert average(with_prior) > average(on_validation)
+

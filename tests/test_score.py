@@ -177,3 +177,43 @@ def test_bad_embeddings_stage_nothing(tmp_path):
     with pytest.raises(DataValidationError, match=r"embedding.*1 rows.*NaN"):
         score(Config(root=str(tmp_path)), snapshot, dirs["items"], dirs["users"], RUN_DATE)
     assert not (tmp_path / "staged").exists() or not any((tmp_path / "staged").iterdir())
+
+
+@pytest.mark.ray
+def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
+    """rank by u.v / temperature + weight * log p_now(i); p_now from the history splits with decay."""
+    snapshot, dirs, world = make_world(tmp_path)
+    rng = np.random.default_rng(1)
+    days_ago = rng.integers(0, 400, size=len(world["pairs"]))
+    newest = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    pl.DataFrame({
+        "user_id": [world["users"][u] for u, _ in world["pairs"]],
+        "item_id": [world["items"][i] for _, i in world["pairs"]],
+        "ts": [newest - dt.timedelta(days=int(d)) for d in days_ago],
+        "split": ["train"] * len(world["pairs"]),
+    }).with_columns(pl.col("ts").dt.cast_time_unit("us")).write_parquet(snapshot.path / "split.parquet")
+    weight, half_life, temperature = 2.0, 60.0, 0.25
+    cfg = Config(root=str(tmp_path)).with_overrides({
+        "score.k": K, "score.popularity_prior_weight": weight, "score.popularity_half_life_days": half_life,
+        "model.temperature": temperature, "score.num_actors": 1, "score.cpus_per_actor": 0.5,
+    })
+    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+
+    # the reference prior, counted by hand: decayed picks + 1, log share; never-picked items get the median
+    counts = np.zeros(len(world["items"]))
+    picked = np.zeros(len(world["items"]), dtype=bool)
+    for (_, i), d in zip(world["pairs"], days_ago):
+        counts[i] += 0.5 ** ((d - days_ago.min()) / half_life)
+        picked[i] = True
+    prior = np.log((counts + 1) / (counts + 1).sum())
+    prior[~picked] = np.median(prior[picked])
+    seen = set(world["pairs"])
+    want = {}
+    for u, uid in enumerate(world["users"]):
+        logits = world["user_vectors"][u] @ world["item_vectors"].T + temperature * weight * prior  # cosine units
+        ranked = sorted((-logits[i], iid) for i, iid in enumerate(world["items"])
+                        if world["available"][i] and (u, i) not in seen)
+        want[uid] = ([iid for _, iid in ranked[:K]], [-s for s, _ in ranked[:K]])
+    rows = read_rows(staged)
+    assert_matches(rows, want)
+    assert any(rows[uid]["item_ids"] != ids for uid, (ids, _) in reference(world, K).items())  # the prior mattered

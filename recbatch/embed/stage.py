@@ -70,6 +70,8 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     With ``embed.incremental`` (the default) rows whose input is unchanged
     since the last run of the same model version are reused, not re-encoded.
     """
+    from recbatch.model.artifact import trained_temperature
+
     started = time.perf_counter()
     card = read_model_card(model_dir)
     version = card["model_version"]
@@ -81,7 +83,7 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     actor = _actor_settings(cfg.embed, model_dir)
     common = {"model_version": version, "snapshot_hash": snapshot.hash, "id_type": snapshot.id_type,
               "embedding_dim": int(card["model"]["embedding_dim"]), "device": actor["device"],
-              "precision": actor["precision"]}
+              "precision": actor["precision"], "temperature": trained_temperature(card)}
 
     items_dir = layout.embeddings(version, "items")
     current_items = _current_item_hashes(snapshot)

@@ -8,9 +8,11 @@ user id), it
 
 1. takes the item vectors of this model version (the embed stage's output, or
    encodes the catalog here when none is given),
-2. encodes each user from their train + validation history only,
+2. encodes each user from the history before the held-out rows only
+   (train + validation before test; train before validation),
 3. ranks the whole catalog with the scoring kernel (seen and unavailable
-   items filtered, ``max(eval.ks)`` items), and
+   items filtered, ``max(eval.ks)`` items, the popularity prior added as the
+   scoring stage adds it), and
 4. scores the lists with ``metrics.evaluate`` against the test rows.
 
 So the two-tower goes through the same ranking kernel and metric code as the
@@ -32,7 +34,7 @@ from recbatch.config import Config
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
 
-HISTORY_SPLITS = ("train", "validation")  # everything before the test rows
+HISTORY_SPLITS = {"test": ("train", "validation"), "validation": ("train",)}  # what came before each split
 
 
 def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Series:
@@ -71,15 +73,17 @@ def holdout_lists(
     items_dir: str | Path | None,
     users: pl.Series,
     k: int,
+    split: str = "test",
 ) -> pl.DataFrame:
-    """Recommendation rows (``recommendations_schema``) for `users`, from pre-test history only."""
+    """Recommendation rows (``recommendations_schema``) for `users`, from the history before `split` only."""
     import torch
 
     from recbatch.embed.users import HISTORY_INDEX, left_padded, user_inputs
-    from recbatch.model.artifact import load_artifact
+    from recbatch.model.artifact import load_artifact, trained_temperature
     from recbatch.model.features import item_input_hash
     from recbatch.runtime import resolve_precision, resolve_use_gpu
     from recbatch.score.kernel import topk
+    from recbatch.score.prior import prior_column, user_column_value, with_prior
 
     on_gpu = resolve_use_gpu("auto")
     device = "cuda" if on_gpu else "cpu"
@@ -90,7 +94,7 @@ def holdout_lists(
     features = artifact.user_features.categorical + artifact.user_features.numeric
     inputs = pl.from_arrow(user_inputs(
         snapshot, item_ids, hashes, history_length=artifact.history_length,
-        history_splits=HISTORY_SPLITS, feature_columns=features,
+        history_splits=HISTORY_SPLITS[split], feature_columns=features,
     )).join(pl.DataFrame({"user_id": users}), on="user_id", how="semi")
 
     vectors = []  # [U, D] in blocks
@@ -104,7 +108,12 @@ def holdout_lists(
             ).numpy())
     user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
 
-    seen = _seen_matrix(snapshot, inputs["user_id"], pl.Series(item_ids))  # [U, N]
+    # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
+    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
+    prior = prior_column(cfg.score, before, item_ids)
+    temperature = trained_temperature(artifact.card) or cfg.model.temperature
+    user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
+    seen = _seen_matrix(before, inputs["user_id"], pl.Series(item_ids))  # [U, N]
     available = _available(catalog, item_ids)
     idx, scores = topk(
         user_matrix, items, k, exclude=seen, item_mask=available,
@@ -113,12 +122,12 @@ def holdout_lists(
     return pl.from_arrow(lists_table(inputs["user_id"].to_arrow(), idx, scores, item_ids, artifact.model_version))
 
 
-def _seen_matrix(snapshot: Any, users: pl.Series, item_ids: pl.Series) -> sp.csr_matrix:
-    """[U, N] with a 1 for every pre-test interaction: those items are never recommended."""
+def _seen_matrix(before: pl.LazyFrame, users: pl.Series, item_ids: pl.Series) -> sp.csr_matrix:
+    """[U, N] with a 1 for every interaction in `before`: those items are never recommended."""
     rows = pl.DataFrame({"user_id": users}).with_row_index("row")
     cols = pl.DataFrame({"item_id": item_ids}).with_row_index("col")
     pairs = (
-        snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS)).select("user_id", "item_id")
+        before.select("user_id", "item_id")
         .collect().join(rows, on="user_id").join(cols, on="item_id").unique(["row", "col"])
     )
     data = np.ones(pairs.height, dtype=np.float32)
@@ -136,13 +145,22 @@ def _available(catalog: pl.DataFrame, item_ids: pa.Array) -> np.ndarray:
 
 
 def evaluate_model(
-    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None, name: str = "two_tower"
+    cfg: Config,
+    snapshot: Any,
+    model_dir: str | Path,
+    items_dir: str | Path | None = None,
+    name: str = "two_tower",
+    split: str = "test",
 ) -> EvalResult:
-    """The model's full metrics on the fixed holdout slice of the snapshot's test split."""
-    users = holdout_user_ids(snapshot, cfg.eval.holdout_users)
+    """The model's full metrics on the fixed holdout slice of the snapshot's `split`.
+
+    ``split="validation"`` (history = train only) is for picking scoring settings
+    such as the popularity prior without looking at test, as baselines are tuned.
+    """
+    users = holdout_user_ids(snapshot, cfg.eval.holdout_users, split)
     k = max(cfg.eval.ks)
-    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, k)
-    heldout, history = heldout_and_history(snapshot, "test")
+    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, k, split)
+    heldout, history = heldout_and_history(snapshot, split)
     in_slice = pl.col("user_id").is_in(users.implode())
     return evaluate(recs.lazy(), heldout.filter(in_slice), history, snapshot.items(),
                     ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")

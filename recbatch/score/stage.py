@@ -13,6 +13,7 @@ timings) goes into the manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -35,6 +36,7 @@ from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
 from recbatch.score.actors import BLOCKED, SCORED_ON, SEEN, Finisher, ShardScorer
+from recbatch.score.prior import append_column, prior_column, user_column_value
 from recbatch.score.writer import write_recommendations
 from recbatch.storage import verify_manifest
 
@@ -52,6 +54,7 @@ class Catalog:
     ids: pa.Array  # [N]
     vectors: np.ndarray  # [N, D] float32
     eligible: np.ndarray  # [N] bool: available and not globally blocked
+    prior: np.ndarray | None = None  # [N] float32 log popularity now (score.popularity_prior_weight > 0)
 
     @property
     def size(self) -> int:
@@ -69,6 +72,11 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     model_version = items_manifest.get("model_version") or Path(items_dir).parent.name
     catalog = load_catalog(snapshot, items_dir, cfg.score)
     users = user_rows(snapshot, users_dir, catalog, cfg.score)
+    if cfg.score.popularity_prior_weight > 0:
+        temperature = items_manifest.get("temperature") or cfg.model.temperature
+        history = snapshot.split().filter(pl.col("split").is_in(cfg.embed.history_splits))
+        catalog = dataclasses.replace(catalog, prior=prior_column(cfg.score, history, catalog.ids))
+        users = _append_to_embeddings(users, user_column_value(cfg.score, temperature))
     timings["prepare"] = round(time.perf_counter() - started, 3)
 
     ensure_ray(cfg.ray)
@@ -157,8 +165,11 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
         pool["resources"] = dict(cfg.actor_resources)
     bounds = np.linspace(0, catalog.size, cfg.item_shards + 1).astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
+        items = catalog.vectors[lo:hi]  # [n, D]
+        if catalog.prior is not None:  # [n, D + 1]: the prior as one more dimension (score/prior.py)
+            items = append_column(items, catalog.prior[lo:hi])
         shard = {
-            "items": ray.put(np.ascontiguousarray(catalog.vectors[lo:hi])),
+            "items": ray.put(np.ascontiguousarray(items)),
             "eligible": ray.put(catalog.eligible[lo:hi]),
             "offset": int(lo),
         }
@@ -244,6 +255,16 @@ def user_rows(snapshot: Snapshot, users_dir: str | Path, catalog: Catalog, cfg: 
             f"e.g. users {bad['user_id'].head(5).to_list()}"
         )
     return table.to_arrow()
+
+
+def _append_to_embeddings(users: pa.Table, value: float) -> pa.Table:
+    """Each user's embedding [D] -> [D + 1] with `value` appended (the prior's user side)."""
+    column = users.column("embedding").combine_chunks()
+    dim = len(column[0]) if len(column) else 0
+    vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)  # [U, D]
+    widened = append_column(vectors, value)  # [U, D + 1]
+    array = pa.FixedSizeListArray.from_arrays(pa.array(widened.reshape(-1)), dim + 1).cast(column.type)
+    return users.set_column(users.schema.get_field_index("embedding"), "embedding", array)
 
 
 def _blocklist(cfg: ScoreConfig, snapshot: Snapshot) -> tuple[pl.Series | None, pl.DataFrame | None]:
