@@ -189,7 +189,8 @@ class ScoreConfig:
     # + weight * log(share of recent interactions), each interaction fading with this half-life.
     popularity_prior_weight: float = 0.0  # 0 = off
     popularity_half_life_days: float | None = None  # None = all-time counts
-    popularity_pseudo_count: float = 1.0  # added to every item's count, so cold items stay rankable
+    popularity_pseudo_count: float = 1.0  # added to every item's count: smooths small counts
+    popularity_new_item_quantile: float = 0.5  # never-picked items get this quantile of the others' prior
     blocklist: str | None = None  # Parquet with item_id (global) or user_id,item_id
     explanations: bool = False  # "because you liked X" list column
     rows_per_file: int = 250_000
@@ -341,6 +342,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "score.popularity_prior_weight": (0, None),
     "score.popularity_half_life_days": (1e-3, None),
     "score.popularity_pseudo_count": (1e-6, None),
+    "score.popularity_new_item_quantile": (0, 1),
     "eval.gate_tolerance": (0, 1),
     "eval.holdout_users": (1, None),
     "serving.keep_versions": (1, None),

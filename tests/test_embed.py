@@ -181,6 +181,7 @@ def test_stage_matches_in_process_model_and_keeps_int_ids(tmp_path, ray_local, t
     manifest = verify_manifest(result.items_dir)
     assert (manifest["encoded"], manifest["reused"], manifest["rows"]) == (N_ITEMS, 0, N_ITEMS)
     assert manifest["snapshot_hash"] == snapshot.hash and manifest["model_version"] == result.model_version
+    assert manifest["temperature"] == cfg.model.temperature  # the model card's, for the scoring stage's prior
 
 
 @pytest.mark.ray

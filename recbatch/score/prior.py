@@ -12,8 +12,10 @@ nothing else to rank by. So ranking adds it back as a prior (logit adjustment):
 
 where age is measured from the newest interaction, so yesterday's clicks
 count fully and last year's fade; ``pseudo_count`` smooths the small counts.
-Items nobody has picked yet (new, cold items) get the median item's prior:
-the prior neither buries nor pushes them, and their cosine places them.
+Items nobody has picked yet (new, cold items) have no count to go on: they
+get the ``new_item_quantile`` quantile of the picked items' priors (0.5, the
+median item, by default: neither buried nor pushed; higher is a freshness
+boost), and their cosine places them.
 
 The prior is folded into the vectors, so the exact top-K kernel runs
 unchanged on one more dimension:
@@ -24,8 +26,8 @@ unchanged on one more dimension:
                    = temperature * (the adjusted logit): the same order
 
 Config: ``score.popularity_prior_weight`` (0 = off),
-``score.popularity_half_life_days`` (unset = all-time counts) and
-``score.popularity_pseudo_count``.
+``score.popularity_half_life_days`` (unset = all-time counts),
+``score.popularity_pseudo_count`` and ``score.popularity_new_item_quantile``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from recbatch.config import ScoreConfig
 
 
 def log_popularity(
-    interactions: pl.LazyFrame, item_ids: pa.Array, half_life_days: float | None, pseudo_count: float
+    interactions: pl.LazyFrame,
+    item_ids: pa.Array,
+    half_life_days: float | None,
+    pseudo_count: float,
+    new_item_quantile: float = 0.5,
 ) -> np.ndarray:
     """log p_now(i) for `item_ids` [N] (float32), from ``item_id, ts`` rows."""
     if half_life_days is None:
@@ -61,7 +67,7 @@ def log_popularity(
     smoothed = c + pseudo_count
     prior = np.log(smoothed / smoothed.sum())  # [N]
     if picked.any():
-        prior[~picked] = np.median(prior[picked])
+        prior[~picked] = np.quantile(prior[picked], new_item_quantile)
     return prior.astype(np.float32)
 
 
@@ -69,7 +75,10 @@ def prior_column(cfg: ScoreConfig, interactions: pl.LazyFrame, item_ids: pa.Arra
     """The items' extra dimension [N] under `cfg`, or None when the prior is off."""
     if cfg.popularity_prior_weight == 0:
         return None
-    return log_popularity(interactions, item_ids, cfg.popularity_half_life_days, cfg.popularity_pseudo_count)
+    return log_popularity(
+        interactions, item_ids, cfg.popularity_half_life_days, cfg.popularity_pseudo_count,
+        cfg.popularity_new_item_quantile,
+    )
 
 
 def user_column_value(cfg: ScoreConfig, temperature: float) -> float:
