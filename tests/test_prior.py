@@ -34,6 +34,9 @@ def test_counts_fade_with_their_half_life_and_unpicked_items_get_the_median():
     want.append(sorted(want)[1])  # item 4 (never picked): the median picked item's prior
     assert got.tolist() == pytest.approx(want, rel=1e-6)
 
+    fresh = log_popularity(events, pa.array([1, 2, 3, 4]), 100, 1.0, new_item_quantile=0.9)
+    assert fresh[3] == pytest.approx(np.quantile(want[:3], 0.9)) and fresh[:3] == pytest.approx(got[:3])
+
     all_time = log_popularity(events, pa.array([1, 2, 3, 4]), half_life_days=None, pseudo_count=1.0)
     assert np.argsort(-all_time[:3]).tolist() == [2, 0, 1]  # item 3 leads on raw counts ...
     assert np.argsort(-got[:3]).tolist() == [0, 1, 2]  # ... and trails once its picks are 200 days old
