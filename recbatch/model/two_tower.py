@@ -144,7 +144,8 @@ class UserTower(nn.Module):
             if example_age_days is None:
                 bucket = torch.zeros(B, dtype=torch.long, device=user.device)  # [B] now
             else:
-                bucket = torch.bucketize(example_age_days.float(), self.age_edges, right=True)  # [B]
+                # compared in fp32: a half-precision engine also halves the edges buffer
+                bucket = torch.bucketize(example_age_days.float(), self.age_edges.float(), right=True)  # [B]
             user = user + self.age(bucket)
         seq = torch.cat([user.unsqueeze(1), tokens], dim=1)  # [B, 1+L, D]
         keep = torch.cat([history_mask.new_ones(B, 1), history_mask], dim=1)  # [B, 1+L]
