@@ -276,6 +276,12 @@ def test_example_age_picks_a_bucket_vector_and_scoring_reads_the_newest(tiny_ber
     assert torch.allclose(aged[0], aged[1]) and torch.allclose(now[0], aged[0])  # same bucket, and None = age 0
     assert not torch.allclose(aged[1], aged[2], atol=1e-3)  # the 30-day edge starts the next bucket
     assert not torch.allclose(aged[2], aged[3], atol=1e-3)
+    half = model.user_tower.to(torch.bfloat16)  # what a bf16 engine does: the edges buffer is cast too
+    assert half.age_edges.dtype == torch.bfloat16
+    with torch.no_grad():
+        buckets_kept = half(**{**inputs, "history": inputs["history"].bfloat16()},
+                            example_age_days=torch.tensor([0.0, 29.9, 30.0, 4000.0]))
+    assert torch.allclose(buckets_kept[0], buckets_kept[1]) and not torch.allclose(buckets_kept[1], buckets_kept[2])
 
 
 def test_example_age_edges_must_increase():
