@@ -301,3 +301,38 @@ def test_training_examples_carry_their_age_in_days(small_snapshot, tmp_path):
     expected = sorted((train_ts.max() - t).total_seconds() / 86400 for t in train_ts.to_list())
     assert ages.len() == len(expected) and min(expected) == 0.0 and max(expected) > 1.0
     assert ages.sort().to_list() == pytest.approx(expected, rel=1e-6, abs=1e-3)
+
+
+def test_a_training_step_feeds_each_example_its_age(tiny_bert_dir):
+    """Ray Data batch (numpy columns) -> step tensors -> loss: only the age buckets present get gradient."""
+    import numpy as np
+
+    from recbatch.train.examples import CatalogTensors
+    from recbatch.train.loop import LoopConfig, _batch_tensors, step_loss
+
+    torch.manual_seed(0)
+    cfg = TwoTowerConfig(embedding_dim=16, history_length=3, user_heads=4, num_item_ids=6,
+                         example_age_days=[30.0, 365.0, 3650.0])
+    model, _ = build_two_tower(str(tiny_bert_dir), cfg, freeze_encoder=True)
+    M, H = 6, cfg.encoder_hidden
+    catalog = CatalogTensors(
+        input_ids=torch.zeros(M, 4, dtype=torch.long), attention_mask=torch.ones(M, 4, dtype=torch.long),
+        id_index=torch.arange(1, M + 1), probability=torch.full((M,), 1 / M, dtype=torch.float64),
+    )
+    batch = {  # what ray.data's iter_batches hands a worker: object arrays for list columns
+        "target": np.array([0, 1, 2, 3]),
+        "history": np.array([np.array([-1, 4, 5]), np.array([-1, -1, 5]), np.array([4, 5, 0]), np.array([-1, -1, -1])],
+                            dtype=object),
+        "user_cat": np.array([np.zeros(0)] * 4, dtype=object),
+        "user_num": np.array([np.zeros(0)] * 4, dtype=object),
+        "age_days": np.array([0.5, 10.0, 400.0, 500.0], dtype=np.float32),  # buckets 0, 0, 2, 2
+    }
+    t = _batch_tensors(batch, torch.device("cpu"))
+    loop = LoopConfig(encoder_dir="", tower={}, train={}, user_features={}, loss="softmax", temperature=0.1,
+                      logq_correction=True, extra_negatives=0, freeze_encoder=True, max_text_tokens=4,
+                      catalog_path="", validation_path="", total_steps=1)
+    loss = step_loss(model, t, torch.randn(M, H), catalog, loop, torch.Generator().manual_seed(0))
+    loss.backward()
+    touched = model.user_tower.age.weight.grad.abs().sum(dim=1)  # [4] buckets
+    assert touched[0] > 0 and touched[2] > 0
+    assert touched[1] == 0 and touched[3] == 0  # no example was 30-365 days or 10+ years old
