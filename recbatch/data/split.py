@@ -39,6 +39,17 @@ def temporal_cutoff(interactions: pl.DataFrame, train_fraction: float) -> pl.Exp
     return pl.from_epoch(pl.lit(int(cutoff), pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
 
 
+def days_before_newest(ts: str = "ts") -> pl.Expr:
+    """Each row's age in days (float): the time from its `ts` to the newest `ts` of the frame.
+
+    Used for every "how old is this interaction" question: example age in
+    training, time-decayed popularity in the prior and the recent_popular baseline.
+    Evaluate it over the whole frame (select / with_columns), not inside a group_by,
+    where the newest row would be the group's.
+    """
+    return (pl.col(ts).max() - pl.col(ts)).dt.total_microseconds() / 86_400e6
+
+
 def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
     """Interactions plus ``split`` in {train, validation, test}, sorted chronologically per user."""
     # Per-user counters are materialised once as columns: window expressions are

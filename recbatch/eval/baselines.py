@@ -42,6 +42,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from recbatch.config import Config
+from recbatch.data.split import days_before_newest
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
@@ -91,7 +92,7 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
         .filter(pl.col("split").is_in(splits))
         .group_by("user_id", "item_id")
         .agg(pl.col("ts").max())
-        .with_columns(age_days=(pl.col("ts").max() - pl.col("ts")).dt.total_microseconds() / 86_400e6)
+        .with_columns(age_days=days_before_newest())
         .collect()
         .join(catalog, on="item_id", how="inner")
     )

@@ -37,6 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from recbatch.config import ScoreConfig
+from recbatch.data.split import days_before_newest
 
 
 def log_popularity(
@@ -50,8 +51,7 @@ def log_popularity(
     if half_life_days is None:
         weight = pl.lit(1.0, dtype=pl.Float64)
     else:
-        age_days = (pl.col("ts").max() - pl.col("ts")).dt.total_microseconds() / 86_400e6
-        weight = 0.5 ** (age_days / half_life_days)
+        weight = 0.5 ** (days_before_newest() / half_life_days)
     counts = (
         interactions.select("item_id", weight.alias("weight"))  # ages from the newest row overall, not per item
         .group_by("item_id")

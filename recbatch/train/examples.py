@@ -29,6 +29,7 @@ import polars as pl
 import torch
 
 from recbatch.data.snapshot import Snapshot
+from recbatch.data.split import days_before_newest
 from recbatch.errors import DataValidationError
 from recbatch.model.features import UserFeatureSpec, render_item_text
 
@@ -123,9 +124,8 @@ def prepare_inputs(
     features = _feature_columns(users, spec).lazy()
 
     train = _with_rows(_positives(snapshot, "train", min_rating), catalog).sort(["user_id", "ts"], maintain_order=True)
-    age_days = (pl.col("ts").max() - pl.col("ts")).dt.total_microseconds() / 86_400e6
     examples = (
-        train.with_columns(_history(history_length), age_days.cast(pl.Float32).alias("age_days"))
+        train.with_columns(_history(history_length), days_before_newest().cast(pl.Float32).alias("age_days"))
         .select("user_id", pl.col("row").alias("target"), "history", "age_days")
         .join(features, on="user_id", how="left")
         .with_columns(
