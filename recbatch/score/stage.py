@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
-from recbatch.embed.store import read_matrix
+from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
@@ -259,11 +259,9 @@ def user_rows(snapshot: Snapshot, users_dir: str | Path, catalog: Catalog, cfg: 
 
 def _append_to_embeddings(users: pa.Table, value: float) -> pa.Table:
     """Each user's embedding [D] -> [D + 1] with `value` appended (the prior's user side)."""
-    column = users.column("embedding").combine_chunks()
-    dim = len(column[0]) if len(column) else 0
-    vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)  # [U, D]
-    widened = append_column(vectors, value)  # [U, D + 1]
-    array = pa.FixedSizeListArray.from_arrays(pa.array(widened.reshape(-1)), dim + 1).cast(column.type)
+    column = users.column("embedding")
+    widened = append_column(list_column_to_matrix(column), value)  # [U, D] -> [U, D + 1]
+    array = matrix_to_list_array(widened).cast(column.type)
     return users.set_column(users.schema.get_field_index("embedding"), "embedding", array)
 
 
