@@ -308,7 +308,7 @@ def test_a_training_step_feeds_each_example_its_age(tiny_bert_dir):
     import numpy as np
 
     from recbatch.train.examples import CatalogTensors
-    from recbatch.train.loop import LoopConfig, _batch_tensors, step_loss
+    from recbatch.train.loop import LoopConfig, batch_tensors, step_loss
 
     torch.manual_seed(0)
     cfg = TwoTowerConfig(embedding_dim=16, history_length=3, user_heads=4, num_item_ids=6,
@@ -327,7 +327,7 @@ def test_a_training_step_feeds_each_example_its_age(tiny_bert_dir):
         "user_num": np.array([np.zeros(0)] * 4, dtype=object),
         "age_days": np.array([0.5, 10.0, 400.0, 500.0], dtype=np.float32),  # buckets 0, 0, 2, 2
     }
-    t = _batch_tensors(batch, torch.device("cpu"))
+    t = batch_tensors(batch, torch.device("cpu"))
     loop = LoopConfig(encoder_dir="", tower={}, train={}, user_features={}, loss="softmax", temperature=0.1,
                       logq_correction=True, extra_negatives=0, freeze_encoder=True, max_text_tokens=4,
                       catalog_path="", validation_path="", total_steps=1)

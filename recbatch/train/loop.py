@@ -127,7 +127,9 @@ def refresh_pooled_cache(engine, catalog: CatalogTensors, device: torch.device) 
     return torch.cat(gathered)[:M]
 
 
-def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+def batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """An examples batch as numpy columns (list columns as object arrays, Ray Data's numpy format) -> step tensors."""
+
     def stacked(column: str, dtype) -> torch.Tensor:
         values = batch[column]
         array = np.stack(values) if values.dtype == object else values
@@ -284,7 +286,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if index < state.batches_in_epoch:
                 continue  # consumed before the restart
             batch_generator.manual_seed(train_cfg.seed * 1_000_003 + rank * 7919 + state.step * 31 + index)
-            loss = step_loss(engine, _batch_tensors(batch, device), pooled, catalog, cfg, batch_generator)
+            loss = step_loss(engine, batch_tensors(batch, device), pooled, catalog, cfg, batch_generator)
             engine.backward(loss)
             engine.step()
             window.append(float(loss.detach()))

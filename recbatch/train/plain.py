@@ -17,7 +17,7 @@ import torch
 from recbatch.config import Config
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
 from recbatch.train.examples import PreparedInputs, load_catalog
-from recbatch.train.loop import LoopConfig, parameter_groups, step_loss
+from recbatch.train.loop import LoopConfig, batch_tensors, parameter_groups, step_loss
 from recbatch.train.validation import pooled_catalog
 
 
@@ -52,13 +52,7 @@ def train_plain(cfg: Config, loop: LoopConfig, prepared: PreparedInputs, steps: 
     for step in range(steps):
         offset = (step * B) % max(examples.height - B + 1, 1)
         batch = examples.slice(offset, B)
-        t = {
-            "target": torch.tensor(batch["target"].to_list()),
-            "history": torch.tensor(batch["history"].to_list()),
-            "user_cat": torch.tensor(batch["user_cat"].to_list(), dtype=torch.long).reshape(B, -1),
-            "user_num": torch.tensor(batch["user_num"].to_list(), dtype=torch.float32).reshape(B, -1),
-            "age_days": torch.tensor(batch["age_days"].to_list(), dtype=torch.float32),
-        }
+        t = batch_tensors({column: batch[column].to_numpy() for column in batch.columns}, torch.device("cpu"))
         loss = step_loss(model, t, pooled, catalog, loop, generator)
         optimizer.zero_grad()
         loss.backward()
