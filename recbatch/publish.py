@@ -5,12 +5,22 @@ analysts, DuckDB) see, so it is built to be safe to kill at any instant:
 
 1. the staged run is verified against its manifest (every checksum);
 2. its files are hard-linked (or copied across filesystems) into a fresh
-   staging folder beside the final one, with the manifest extended by the
-   gate's fields (metrics, gate result) and ``_SUCCESS`` written last;
+   staging folder beside the final one, each renamed with a publish id
+   unique to this publish (``part-00000-<id>.parquet``), with the manifest
+   extended by the gate's fields (metrics, gate result) and ``_SUCCESS``
+   written last;
 3. that folder replaces ``recommendations/dt=...`` in one ``renameat2``
-   exchange: readers see the old run or the new one, never a mix, never
-   duplicates and never an empty window;
+   exchange, so the folder holds the old run or the new one, never a mix and
+   never an empty window;
 4. only then is the staged folder removed.
+
+Why the unique names: readers (polars, DuckDB, Ray Data) list a folder, then
+open its files, some of them twice (footer, then pages). Had both runs used
+``part-00000.parquet``, a swap between those steps would hand a reader the
+footer of one run and the pages of the other, or a mix of old and new files
+(measured: wrong row counts and "Invalid thrift" errors). With names unique
+per publish, such a reader gets ``FileNotFoundError`` and simply retries; it
+never reads a mix.
 
 A kill before step 3 leaves the previous run live (and a hidden staging
 folder that ``storage.remove_stale_staging`` clears); a kill after it leaves
@@ -23,6 +33,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +42,10 @@ from recbatch.storage import MANIFEST, data_files, publish_dir, staging_dir_for,
 
 log = logging.getLogger(__name__)
 
-# Manifest keys the scoring stage owns; gate fields may not overwrite them.
-_STAGED_KEYS = ("run_date", "model_version", "snapshot_hash", "id_type", "k", "users", "rows", "files")
+# Manifest keys the scoring stage and publishing own; gate fields may not overwrite them.
+_STAGED_KEYS = (
+    "run_date", "model_version", "snapshot_hash", "id_type", "k", "users", "rows", "files", "publish_id",
+)
 
 
 def publish_run(staged: str | Path, final: str | Path, extra_manifest: dict[str, Any]) -> Path:
@@ -47,15 +60,21 @@ def publish_run(staged: str | Path, final: str | Path, extra_manifest: dict[str,
     if clash:
         raise IntegrityError(f"publishing {staged}: extra manifest fields may not replace {clash}")
     staging = staging_dir_for(final)
+    publish_id = uuid.uuid4().hex[:12]
     try:
+        expected_files = {}
         for source in data_files(staged):
-            target = staging / source.relative_to(staged)
+            name = source.relative_to(staged)
+            target = staging / name.with_name(f"{name.stem}-{publish_id}{name.suffix}")
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(source, target)
+            expected_files[str(target.relative_to(staging))] = manifest["files"][str(name)]
         fields = {k: v for k, v in manifest.items() if k != "files"}
-        fields.update(extra_manifest, published_at=dt.datetime.now(dt.timezone.utc).isoformat())
+        fields.update(
+            extra_manifest, publish_id=publish_id, published_at=dt.datetime.now(dt.timezone.utc).isoformat()
+        )
         published = write_manifest(staging, fields)
-        if published["files"] != manifest["files"]:  # a copy went wrong or a file changed under us
+        if published["files"] != expected_files:  # a copy went wrong or a file changed under us
             raise IntegrityError(f"{staging}: copied files do not match {staged / MANIFEST}")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

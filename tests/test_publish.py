@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import duckdb
@@ -140,6 +141,54 @@ def test_tampered_stage_is_refused_and_live_run_kept(tmp_path):
         publish_run(layout.staged_for(DATE), final, {})
     assert verify_manifest(final)["model_version"] == "m1"
     assert not list(final.parent.glob(".staging-*"))
+
+
+def test_readers_during_republishes_see_one_whole_run(tmp_path):
+    """A reader that lists the folder and then reads it, while the date is
+    republished again and again, gets run A or run B whole, or a
+    FileNotFoundError to retry: never a mix, never a corrupt read."""
+    layout = RunLayout.of(tmp_path)
+    runs = {"m1": list(range(0, 10)), "m2": list(range(100, 110))}  # 3 files each, same count
+    stage_run(layout, runs["m1"], "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    first_names = set(verify_manifest(final)["files"])
+
+    reads: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
+    retries, errors = [], []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                df = pl.read_parquet(sorted(final.glob("*.parquet")))
+            except FileNotFoundError as exc:  # listed before a swap, opened after it
+                retries.append(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - anything else is a failure of publishing
+                errors.append(exc)
+                continue
+            reads.append((tuple(sorted(df["user_id"])), tuple(sorted(set(df["model_version"])))))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(60):
+            version = "m2" if i % 2 == 0 else "m1"
+            stage_run(layout, runs[version], version)
+            publish_run(layout.staged_for(DATE), final, {})
+        done = len(reads)
+        deadline = time.monotonic() + 30
+        while len(reads) == done and time.monotonic() < deadline:  # one read of the last run
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+
+    assert not errors, errors[:3]
+    whole = {(tuple(users), (version,)) for version, users in runs.items()}
+    assert reads and set(reads) <= whole, sorted(set(reads) - whole)[:3]
+    assert set(reads) == whole  # both runs were read: the reader did race the swaps
+    assert first_names.isdisjoint(verify_manifest(final)["files"])  # names are per publish
 
 
 KILLED_WRITER = textwrap.dedent(
