@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,9 +36,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float) -> None:
+def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Ray head exited with code {process.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -45,10 +49,50 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def _log_tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _start_head(env: dict[str, str], temp_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start a blocking Ray head on fresh loopback ports; return it and its job server address."""
+    dash_port = _free_port()
+    with open(log_path, "w") as log:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block",
+             "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+             "--num-cpus=4", "--disable-usage-stats",
+             # Its own session folder: the tests' in-process Ray keeps /tmp/ray.
+             f"--temp-dir={temp_dir}",
+             # Fixed default ports (e.g. the agent's 52365) may be held by another Ray
+             # on this machine, such as the tests' in-process one: take free ones.
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+             f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+             f"--ray-client-server-port={_free_port()}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return head, f"http://127.0.0.1:{dash_port}"
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+
+
 @pytest.fixture()
 def ray_head(tmp_path):
-    """A Ray head of our own on loopback; yields the job server address."""
-    gcs_port, dash_port = _free_port(), _free_port()
+    """A Ray head of our own on loopback; yields the job server address.
+
+    A head that has not answered after 180 s (or has exited) is stopped and
+    started once more on fresh ports: on a loaded 2-core CI box a port picked
+    free can be taken before Ray binds it. If the second start fails too, the
+    error carries the head's own log, so the cause is in the CI output.
+    """
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -60,31 +104,27 @@ def ray_head(tmp_path):
         # runs without it so the plain `ray job` CLI can talk to it.
         "RAY_AUTH_MODE": "disabled",
     }
-    log = open(tmp_path / "ray-head.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block",
-         "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--num-cpus=4", "--disable-usage-stats",
-         # Fixed default ports (e.g. the agent's 52365) may be held by another Ray
-         # on this machine, such as the tests' in-process one: take free ones.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         f"--ray-client-server-port={_free_port()}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash_port}"
+    # Short: Ray puts unix sockets under it, and their paths are limited to 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))
+    failures = []
     try:
-        _wait_http(f"{address}/api/version", timeout=90)
-        yield address, env
+        for attempt in (1, 2):
+            log_path = tmp_path / f"ray-head-{attempt}.log"
+            head, address = _start_head(env, temp_dir, log_path)
+            try:
+                _wait_http(f"{address}/api/version", timeout=180, process=head)
+            except (TimeoutError, RuntimeError) as exc:
+                _stop_head(head)
+                failures.append(f"attempt {attempt}: {exc}\n--- {log_path.name} ---\n{_log_tail(log_path)}")
+                continue
+            try:
+                yield address, env
+            finally:
+                _stop_head(head)
+            return
+        raise RuntimeError("the test's Ray head never served its dashboard:\n" + "\n".join(failures))
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.ray
