@@ -155,7 +155,8 @@ class RedisServer:
 
         import redis
 
-        for _ in range(200):  # up to ~10 s
+        deadline = time.monotonic() + 30  # generous: a loaded CI box can be slow to fork and bind
+        while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"redis-server exited: {(data_dir / 'redis.log').read_text()[-2000:]}")
             try:
