@@ -113,14 +113,11 @@ def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = 
 def _tags_until_cutoff(tags: pl.DataFrame, ratings: pl.DataFrame, train_fraction: float) -> tuple[pl.DataFrame, int]:
     """Tags written no later than the temporal split's cutoff, and how many were later."""
     from recbatch.data.split import temporal_cutoff
+    from recbatch.data.validate import parse_timestamp
 
-    def as_time(column: str) -> pl.Expr:
-        seconds = pl.col(column).cast(pl.Int64, strict=False)
-        return pl.from_epoch(seconds, time_unit="s").dt.replace_time_zone("UTC")
-
-    times = ratings.select(as_time("ts").alias("ts")).drop_nulls()
+    times = ratings.select(parse_timestamp(ratings.schema["ts"], "ts")).drop_nulls()
     cutoff = times.select(temporal_cutoff(times, train_fraction)).item()
-    late = as_time("timestamp") > cutoff
+    late = parse_timestamp(tags.schema["timestamp"], "timestamp") > cutoff
     return tags.filter(~late.fill_null(False)), tags.filter(late.fill_null(False)).height
 
 

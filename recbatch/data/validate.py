@@ -158,7 +158,12 @@ def _parse_id(frame: pl.DataFrame, name: str, from_text: bool) -> pl.Expr:
     return col
 
 
-def _parse_timestamp(dtype: pl.DataType, name: str) -> pl.Expr:
+def parse_timestamp(dtype: pl.DataType, name: str) -> pl.Expr:
+    """Column `name` of type `dtype` as datetime[us, UTC]; unparsable values become null.
+
+    The one reading of a source timestamp (datetimes, dates, unix seconds as
+    numbers or text, ISO-8601 text), so every reader of raw times agrees with validation.
+    """
     col = pl.col(name)
     if isinstance(dtype, pl.Datetime):
         as_us = col.cast(pl.Datetime("us", dtype.time_zone))
@@ -231,7 +236,7 @@ def parse_table(table: RawTable, specs: tuple[ColumnSpec, ...]) -> pl.DataFrame:
     frame = table.frame
     from_text = not table.typed
     parsers = {
-        "timestamp": _parse_timestamp,
+        "timestamp": parse_timestamp,
         "number": _parse_number,
         "text": _parse_text,
         "flag": _parse_flag,
