@@ -10,6 +10,15 @@ the exchange is unavailable we fall back to two renames and say so in the log.
 A manifest (``_manifest.json``: counts, per-file checksums, anything the stage
 wants to record) is written inside the staging folder, and ``_SUCCESS`` last,
 so a folder with ``_SUCCESS`` is known complete and verifiable.
+
+The reading half of the contract is ``open_folder``: it pins the folder at one
+instant (one directory handle), reads the manifest through it and opens exactly
+the files the manifest names. A reader that goes through it never sees a mix of
+two outputs, a partial one or an empty one, however often the folder is
+republished under it. The output a swap replaces is *retired*: renamed aside
+and deleted only after ``RETIRED_GRACE_SECONDS``, so even a bare directory
+listing that started just before the swap finds whole files, never an empty
+folder being deleted under it.
 """
 
 from __future__ import annotations
@@ -21,9 +30,13 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recbatch.errors import IntegrityError
 
@@ -34,6 +47,21 @@ SUCCESS = "_SUCCESS"
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+# How long the previous content of a republished folder stays on disk under a
+# hidden ``.retired-*`` name. Readers through ``open_folder`` do not need it
+# (they hold their files open); it is for tools that list the folder and then
+# open what they listed (polars/DuckDB/Spark globs), which would otherwise find
+# an empty folder if the listing began just before the swap. Minutes, because a
+# listing takes milliseconds; the cost is one extra copy of a republished folder.
+RETIRED_GRACE_SECONDS = 15 * 60
+
+# open_folder tries again, this many times in all, when the folder or a file its
+# manifest names vanished while it was being opened: the folder was replaced in
+# between (two renames where renameat2 is missing leave a moment with no folder).
+# The pause doubles each time, from OPEN_RETRY_PAUSE_SECONDS: ~0.3 s in all.
+OPEN_ATTEMPTS = 5
+OPEN_RETRY_PAUSE_SECONDS = 0.01
 
 
 def staging_dir_for(final: str | Path) -> Path:
@@ -62,48 +90,72 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def publish_dir(staging: str | Path, final: str | Path) -> Path:
-    """Move a finished staging folder to `final`, replacing any previous one atomically."""
+    """Move a finished staging folder to `final`, replacing any previous one atomically.
+
+    The previous content is retired (renamed aside, deleted after the grace
+    period by a later publish or ``remove_stale_staging``), never deleted in place.
+    """
     staging, final = Path(staging), Path(final)
     if not final.exists():
         os.rename(staging, final)
         return final
+    retired = final.parent / f".retired-{final.name}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     if _exchange(staging, final):
-        shutil.rmtree(staging)  # now holds the previous output
-        return final
-    previous = final.parent / f".previous-{final.name}-{uuid.uuid4().hex[:8]}"
-    os.rename(final, previous)
-    os.rename(staging, final)
-    shutil.rmtree(previous)
+        os.rename(staging, retired)  # staging now holds the previous output
+    else:  # two renames: a reader in between finds no folder and retries (open_folder does)
+        os.rename(final, retired)
+        os.rename(staging, final)
+    remove_retired(final.parent)
     return final
 
 
+def remove_retired(parent: str | Path, now_ns: int | None = None) -> list[Path]:
+    """Delete retired folders older than ``RETIRED_GRACE_SECONDS`` (as of `now_ns`, default: now)."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    removed = []
+    for p in Path(parent).glob(".retired-*"):
+        retired_at = p.name.rsplit("-", 2)[-2]
+        if retired_at.isdigit() and now_ns - int(retired_at) >= RETIRED_GRACE_SECONDS * 1_000_000_000:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def remove_stale_staging(parent: str | Path) -> list[Path]:
-    """Delete staging folders left by killed runs (they were never published)."""
+    """Delete staging folders left by killed runs (never published) and expired retired copies."""
     parent = Path(parent)
     removed = []
     if parent.exists():
         for p in parent.glob(".staging-*"):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+        removed += remove_retired(parent)
     return removed
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        return _sha256(f)
+
+
+def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
+    """The sha256 of an open file from its start; leaves the position at 0 for the next reader."""
+    f.seek(0)
+    h = hashlib.sha256()
+    while block := f.read(chunk):
+        h.update(block)
+    f.seek(0)
     return h.hexdigest()
 
 
 def data_files(folder: str | Path) -> list[Path]:
     """Data files of an output folder: everything except hidden and ``_`` files."""
     folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_data(p.relative_to(folder).parts))
+
+
+def _is_data(parts: tuple[str, ...]) -> bool:
+    return not any(part.startswith((".", "_")) for part in parts)
 
 
 def write_manifest(folder: str | Path, fields: dict[str, Any]) -> dict[str, Any]:
@@ -132,24 +184,139 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def verify_manifest(folder: str | Path, checksums: bool = True) -> dict[str, Any]:
-    """Check ``_SUCCESS``, the file list, sizes and (optionally) checksums."""
+    """Check ``_SUCCESS``, the file list, sizes and (optionally) checksums; return the manifest."""
+    with open_folder(folder) as pinned:
+        pinned.verify(checksums)
+        return pinned.manifest
+
+
+class OpenFolder:
+    """A complete output folder pinned at one instant: its manifest and every file it names, open.
+
+    Everything is read through one directory handle, so the manifest and the
+    files come from the same output even if the folder is republished
+    meanwhile; open files stay readable after their folder is deleted.
+    Use as a context manager (``with open_folder(path) as pinned``).
+    """
+
+    def __init__(self, folder: Path, dir_fd: int, manifest: dict[str, Any], files: dict[str, BinaryIO]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.files = files  # manifest name -> open binary file, position 0
+        self._dir_fd = dir_fd
+
+    def parquet_files(self) -> list[tuple[str, BinaryIO]]:
+        """The Parquet files the manifest names, sorted by name (the order they were written)."""
+        return sorted((name, f) for name, f in self.files.items() if name.endswith(".parquet"))
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """All Parquet files as one Arrow table (``pl.from_arrow`` gives a polars frame)."""
+        tables = [pq.read_table(f, columns=columns) for _, f in self.parquet_files()]
+        if not tables:
+            raise IntegrityError(f"{self.folder}: {MANIFEST} names no Parquet file")
+        return pa.concat_tables(tables)
+
+    def verify(self, checksums: bool = True) -> None:
+        """Raise IntegrityError unless the files present, their sizes and sha256 match the manifest."""
+        present = {
+            os.path.normpath(os.path.join(top, name))
+            for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
+            for name in names
+            if _is_data(Path(os.path.normpath(os.path.join(top, name))).parts)
+        }
+        missing = sorted(set(self.files) - present)
+        extra = sorted(present - set(self.files))
+        if missing or extra:
+            raise IntegrityError(
+                f"{self.folder}: files do not match {MANIFEST}: missing {missing[:3]} extra {extra[:3]}"
+            )
+        for name, info in self.manifest["files"].items():
+            size = os.fstat(self.files[name].fileno()).st_size
+            if size != info["bytes"]:
+                raise IntegrityError(f"{self.folder}/{name}: size {size} != manifest {info['bytes']}")
+            if checksums and _sha256(self.files[name]) != info["sha256"]:
+                raise IntegrityError(f"{self.folder}/{name}: sha256 does not match {MANIFEST}")
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        os.close(self._dir_fd)
+
+    def __enter__(self) -> "OpenFolder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_folder(folder: str | Path) -> OpenFolder:
+    """Pin a complete output folder: the reader contract (see the module doc).
+
+    Raises IntegrityError when the folder is absent or incomplete, or when a
+    file its manifest names is missing; a file that vanished because the
+    folder was republished while being opened is retried on the new folder.
+    """
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    listed = manifest.get("files", {})
-    present = {str(p.relative_to(folder)) for p in data_files(folder)}
-    missing = sorted(set(listed) - present)
-    extra = sorted(present - set(listed))
-    if missing or extra:
-        raise IntegrityError(
-            f"{folder}: files do not match {MANIFEST}: missing {missing[:3]} extra {extra[:3]}"
-        )
-    for name, info in listed.items():
-        p = folder / name
-        if p.stat().st_size != info["bytes"]:
-            raise IntegrityError(f"{folder}/{name}: size {p.stat().st_size} != manifest {info['bytes']}")
-        if checksums and sha256_file(p) != info["sha256"]:
-            raise IntegrityError(f"{folder}/{name}: sha256 does not match {MANIFEST}")
-    return manifest
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        if attempt > 1:
+            time.sleep(OPEN_RETRY_PAUSE_SECONDS * 2 ** (attempt - 2))
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            # A publish in flight, between its two renames: its staging folder is there, or
+            # by now (checked second) the folder is back.
+            in_flight = any(folder.parent.glob(f".staging-{folder.name}-*")) or folder.exists()
+            if attempt < OPEN_ATTEMPTS and in_flight:
+                continue
+            raise IntegrityError(f"{folder}: no {SUCCESS} marker, the output is incomplete") from None
+        try:
+            return _pin(folder, dir_fd)
+        except FileNotFoundError as exc:
+            os.close(dir_fd)
+            if attempt == OPEN_ATTEMPTS:
+                raise IntegrityError(
+                    f"{folder}: files do not match {MANIFEST}: missing [{exc.filename!r}]"
+                ) from None
+        except BaseException:
+            os.close(dir_fd)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _pin(folder: Path, dir_fd: int) -> OpenFolder:
+    def open_at(name: str) -> BinaryIO:
+        try:
+            return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb")
+        except FileNotFoundError as exc:
+            exc.filename = name
+            raise
+
+    try:
+        open_at(SUCCESS).close()
+    except FileNotFoundError:
+        raise IntegrityError(f"{folder}: no {SUCCESS} marker, the output is incomplete") from None
+    try:
+        with open_at(MANIFEST) as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise IntegrityError(f"{folder}: {MANIFEST} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{folder}: {MANIFEST} is not valid JSON ({exc})") from None
+    files: dict[str, BinaryIO] = {}
+    try:
+        for name in manifest.get("files", {}):
+            files[name] = open_at(name)
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return OpenFolder(folder, dir_fd, manifest, files)
+
+
+def read_parquet_folder(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet files of a complete output folder, read through ``open_folder`` (one whole output)."""
+    with open_folder(folder) as pinned:
+        return pinned.read_table(columns)
 
 
 def is_complete(folder: str | Path) -> bool:
