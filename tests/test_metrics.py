@@ -17,6 +17,7 @@ from eval_helpers import write_run, write_snapshot
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import DataValidationError
 from recbatch.eval.metrics import evaluate_run, gini
+from recbatch.storage import write_manifest
 
 L2, L3 = math.log2(3), math.log2(4)  # log2(rank + 1) at ranks 2 and 3
 
@@ -116,6 +117,7 @@ def test_a_user_on_two_rows_is_rejected(tmp_path):
     run = write_run(tmp_path / "run", {10: [1]})
     write_run(tmp_path / "run2", {10: [2]})
     (tmp_path / "run2" / "part-00000.parquet").rename(tmp_path / "run" / "part-00001.parquet")
+    write_manifest(tmp_path / "run", {"model_version": "hand", "id_type": "int", "users": 2})  # names both files
     with pytest.raises(DataValidationError, match=r"user_id.*1 user\(s\).*\[10\]"):
         evaluate_run(run, snap, ks=[1])
 

@@ -52,6 +52,7 @@ from typing import Any
 import polars as pl
 
 from recbatch.errors import DataValidationError
+from recbatch.storage import MANIFEST, read_parquet_folder
 
 RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")
 BEYOND_METRICS: tuple[str, ...] = ("coverage", "gini", "avg_popularity", "seen_share")
@@ -108,8 +109,16 @@ class EvalResult:
 
 
 def scan_recommendations(run_dir: str | Path) -> pl.LazyFrame:
-    """The run's Parquet parts as one lazy frame (``_manifest.json`` etc. are skipped)."""
+    """A recommendations folder as one frame.
+
+    A folder recbatch wrote (it has ``_manifest.json``) is read through the
+    reader contract: exactly the files its manifest names, pinned, so a run
+    republished meanwhile is never read half. A folder of Parquet files from
+    another system (no manifest) is read as listed.
+    """
     run_dir = Path(run_dir)
+    if (run_dir / MANIFEST).exists():
+        return pl.from_arrow(read_parquet_folder(run_dir)).lazy()
     parts = sorted(run_dir.glob("*.parquet"))
     if not parts:
         raise DataValidationError(f"{run_dir}: no Parquet files: not a recommendations run")

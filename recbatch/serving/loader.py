@@ -80,7 +80,17 @@ def load_run(
     `client` reuses an open connection (tests, benchmarks); otherwise one is made
     from `redis_url` or the config. `on_batch` observes progress.
     """
-    run = open_published_run(run_dir)
+    with open_published_run(run_dir) as run:
+        return _load(run, cfg, redis_url, client, on_batch)
+
+
+def _load(
+    run: PublishedRun,
+    cfg: ServingConfig,
+    redis_url: str | None,
+    client: redis.Redis | None,
+    on_batch: BatchHook | None,
+) -> LoadResult:
     if run.users == 0:
         raise DataValidationError(f"{run.path}: the run has no users; refusing to serve an empty version")
     client = client if client is not None else connect(cfg, redis_url)
@@ -203,8 +213,8 @@ def _acknowledge(
 
 def _batches(run: PublishedRun, batch_size: int) -> Iterator[tuple[Path, pa.RecordBatch]]:
     """Record batches of every file, read a batch at a time (no whole-row-group pre-buffering)."""
-    for path in run.files:
-        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    for path, pinned in run.files:
+        parquet = pq.ParquetFile(pinned, pre_buffer=False, buffer_size=1 << 20)
         columns = ["user_id", "item_ids", "scores", "model_version"]
         if "because_item_ids" in parquet.schema_arrow.names:
             columns.append("because_item_ids")
