@@ -13,13 +13,13 @@ import pytest
 from recbatch.cli import main
 from recbatch.layout import RunLayout
 from recbatch.pipeline import run_nightly
-from recbatch.storage import read_manifest, verify_manifest
+from recbatch.storage import read_manifest, read_parquet_folder, verify_manifest
 
 RUN_DATE = dt.date(2026, 11, 28)
 
 
 def _published_rows(folder: Path) -> pl.DataFrame:
-    return pl.read_parquet(sorted(folder.glob("*.parquet")))
+    return pl.from_arrow(read_parquet_folder(folder))  # the reader contract: manifest, then its files
 
 
 @pytest.mark.ray
@@ -76,9 +76,7 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
         while not stop.is_set():
             try:
                 seen_rows.append(_published_rows(final).height)
-            except FileNotFoundError:  # listed before the swap, opened after it: retry
-                continue
-            except Exception as exc:  # noqa: BLE001 - a corrupt or mixed read fails the test
+            except Exception as exc:  # noqa: BLE001 - any failed, corrupt or mixed read fails the test
                 read_errors.append(exc)
 
     t = threading.Thread(target=reader)
@@ -94,8 +92,10 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
     assert after["snapshot_hash"] != before["snapshot_hash"]
     assert not read_errors, read_errors[:3]
     assert seen_rows and set(seen_rows) == {before["users"]}
-    assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
-    assert not list(layout.recommendations.glob(".*"))  # no staging or previous copies left
+    assert [p.name for p in layout.recommendations.glob("dt=*")] == [final.name]
+    assert not list(layout.recommendations.glob(".staging-*"))
+    retired = list(layout.recommendations.glob(".retired-*"))  # the replaced run, kept through the grace period
+    assert len(retired) == 1 and read_manifest(retired[0])["files"] == before["files"]
 
     assert rerun.stage("load").status == "ran"
     assert rerun.stage("load").details["users"] == after["users"]

@@ -23,6 +23,7 @@ from recbatch.layout import RunLayout
 from recbatch.publish import publish_run
 from recbatch.schemas import recommendations_schema
 from recbatch.score.writer import write_recommendations
+from recbatch import storage
 from recbatch.storage import MANIFEST, SUCCESS, verify_manifest
 
 
@@ -127,7 +128,9 @@ def test_rerun_for_same_date_replaces_whole_run(tmp_path):
     df = pl.read_parquet(final / "*.parquet")
     assert sorted(df["user_id"].to_list()) == [50, 51, 52] and set(df["model_version"]) == {"m2"}
     assert len(verify_manifest(final)["files"]) == 1 and len(list(final.glob("*.parquet"))) == 1
-    assert not list(final.parent.glob(".staging-*")) and not list(final.parent.glob(".previous-*"))
+    assert not list(final.parent.glob(".staging-*"))
+    retired = list(final.parent.glob(".retired-*"))  # the replaced run, whole, until its grace period ends
+    assert len(retired) == 1 and pl.read_parquet(retired[0] / "*.parquet").height == 10
 
 
 def test_tampered_stage_is_refused_and_live_run_kept(tmp_path):
@@ -143,54 +146,149 @@ def test_tampered_stage_is_refused_and_live_run_kept(tmp_path):
     assert not list(final.parent.glob(".staging-*"))
 
 
-def test_readers_during_republishes_see_one_whole_run(tmp_path):
-    """A reader that lists the folder and then reads it, while the date is
-    republished again and again, gets run A or run B whole, or a
-    FileNotFoundError to retry: never a mix, never a corrupt read."""
+class _RaceReader(threading.Thread):
+    """Reads the live folder again and again, sorting every outcome into a bucket."""
+
+    def __init__(self, read, runs: dict[str, list[int]]) -> None:
+        super().__init__(daemon=True)
+        self.read, self.stop = read, threading.Event()
+        self.whole = {(tuple(users), (version,)): version for version, users in runs.items()}
+        self.outcomes: dict[str, int] = {"whole": 0, "retry": 0, "empty": 0, "mixed": 0, "error": 0}
+        self.versions: set[str] = set()
+        self.examples: list[object] = []
+        self.progress = threading.Condition()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                df = self.read()
+            except FileNotFoundError:  # listed before a swap, opened after it
+                outcome = "retry"
+            except Exception as exc:  # noqa: BLE001 - every other failure is counted, then asserted on
+                outcome = "empty" if "empty input" in str(exc) else "error"
+                self.examples.append(exc)
+            else:
+                key = (tuple(sorted(df["user_id"])), tuple(sorted(set(df["model_version"]))))
+                outcome = "whole" if key in self.whole else ("empty" if df.height == 0 else "mixed")
+                if outcome == "whole":
+                    self.versions.add(self.whole[key])
+                else:
+                    self.examples.append(key)
+            with self.progress:
+                self.outcomes[outcome] += 1
+                self.progress.notify_all()
+
+    def reads(self) -> int:
+        return sum(self.outcomes.values())
+
+    def wait_for_reads(self, n: int) -> None:
+        with self.progress:
+            assert self.progress.wait_for(lambda: self.reads() >= n, timeout=60), self.outcomes
+
+
+@pytest.mark.parametrize(
+    "exchange, names",
+    [("renameat2", "unique per publish"), ("two renames", "unique per publish"), ("renameat2", "shared")],
+)
+def test_readers_during_republishes_see_one_whole_run(tmp_path, monkeypatch, exchange, names):
+    """While a date is republished hundreds of times, a reader through the reader contract
+    (storage.read_parquet_folder) reads run A or run B whole, every time; a bare listing
+    (what polars/DuckDB globs do) is measured beside it. "shared" file names (a folder
+    republished by the writer itself, as staged runs are) need the contract's single
+    directory handle: a reader that opened names by path could pair one run's manifest
+    with the other's files."""
+    if exchange == "two renames":  # the fallback where the OS has no renameat2
+        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
     layout = RunLayout.of(tmp_path)
     runs = {"m1": list(range(0, 10)), "m2": list(range(100, 110))}  # 3 files each, same count
-    stage_run(layout, runs["m1"], "m1")
-    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
-    first_names = set(verify_manifest(final)["files"])
+    final = layout.recommendations_for(DATE)
 
-    reads: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
-    retries, errors = [], []
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                df = pl.read_parquet(sorted(final.glob("*.parquet")))
-            except FileNotFoundError as exc:  # listed before a swap, opened after it
-                retries.append(exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - anything else is a failure of publishing
-                errors.append(exc)
-                continue
-            reads.append((tuple(sorted(df["user_id"])), tuple(sorted(set(df["model_version"])))))
-
-    def wait_for_one_more_read() -> None:
-        done, deadline = len(reads), time.monotonic() + 30
-        while len(reads) == done and not errors and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        wait_for_one_more_read()  # of m1
-        for i in range(59):  # m2, m1, ..., m2
-            version = "m2" if i % 2 == 0 else "m1"
+    def republish(version: str) -> None:
+        if names == "shared":  # part-00000.parquet ... every time
+            write_recommendations([rec_table(runs[version], model_version=version)], final, id_type="int",
+                                  rows_per_file=4, manifest_fields={})
+        else:
             stage_run(layout, runs[version], version)
             publish_run(layout.staged_for(DATE), final, {})
-        wait_for_one_more_read()  # of m2
-    finally:
-        stop.set()
-        thread.join()
 
-    assert not errors, errors[:3]
-    whole = {(tuple(users), (version,)) for version, users in runs.items()}
-    assert set(reads) == whole, sorted(set(reads) - whole)[:3]  # only whole runs, and both of them
+    republish("m1")
+    first_names = set(verify_manifest(final)["files"])
+
+    contract = _RaceReader(lambda: pl.from_arrow(storage.read_parquet_folder(final)), runs)
+    bare = _RaceReader(lambda: pl.read_parquet(sorted(final.glob("*.parquet"))), runs)
+    for reader in (contract, bare):
+        reader.start()
+    try:
+        contract.wait_for_reads(1)  # of m1
+        publishes = 0
+        while publishes < 40 or contract.reads() < 2000 or bare.reads() < 2000:
+            republish("m2" if publishes % 2 == 0 else "m1")
+            publishes += 1
+            assert publishes < 5000, (contract.outcomes, bare.outcomes)
+        contract.wait_for_reads(contract.reads() + 1)  # of the last one, m1
+    finally:
+        for reader in (contract, bare):
+            reader.stop.set()
+            reader.join()
+
+    print(f"{exchange}, {names} names: {publishes} publishes; "
+          f"contract reader {contract.outcomes}; bare listing {bare.outcomes}")
+    assert contract.outcomes["whole"] == contract.reads() >= 2000, (contract.outcomes, contract.examples[:3])
+    assert contract.versions == {"m1", "m2"}
+    if names == "shared":
+        return  # a bare listing of shared names can mix two runs: that is why publish_run renames
     assert first_names.isdisjoint(verify_manifest(final)["files"])  # names are per publish
+    # A bare listing never reads a mix (names are unique per publish). With the atomic exchange it
+    # never finds the folder empty either: the replaced run is retired aside, not deleted in place.
+    assert bare.outcomes["mixed"] == bare.outcomes["error"] == 0, bare.examples[:3]
+    if exchange == "renameat2":
+        assert bare.outcomes["empty"] == 0, bare.examples[:3]
+
+
+def test_a_listing_begun_before_a_swap_still_finds_the_whole_previous_run(tmp_path):
+    """The deterministic core of the race above: a reader holding the old folder open (as a
+    directory listing does) sees every old file after the swap, until the grace period ends."""
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    old_names = sorted(verify_manifest(final)["files"])
+    listing = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        stage_run(layout, [50, 51], "m2")
+        publish_run(layout.staged_for(DATE), final, {})
+        assert sorted(n for n in os.listdir(listing) if n.endswith(".parquet")) == old_names
+        old = pl.read_parquet([f"/proc/self/fd/{listing}/{n}" for n in old_names])
+        assert sorted(old["user_id"]) == list(range(10))
+    finally:
+        os.close(listing)
+    retired = list(final.parent.glob(".retired-*"))
+    assert len(retired) == 1 and sorted(p.name for p in retired[0].glob("*.parquet")) == old_names
+    assert sorted(pl.from_arrow(storage.read_parquet_folder(final))["user_id"]) == [50, 51]
+
+    # A sweep inside the grace period keeps it; one after it removes it and nothing else.
+    assert storage.remove_retired(final.parent) == []
+    later = time.time_ns() + storage.RETIRED_GRACE_SECONDS * 1_000_000_000
+    assert storage.remove_retired(final.parent, now_ns=later) == retired
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    assert verify_manifest(final)["rows"] == 2
+
+
+def test_reader_contract_reads_only_the_files_the_manifest_names(tmp_path):
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(10)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    stray = final / "part-99999-stray.parquet"  # e.g. dropped in by hand: not part of the run
+    pq.write_table(rec_table([999]).to_arrow(), stray)
+    assert sorted(pl.from_arrow(storage.read_parquet_folder(final))["user_id"]) == list(range(10))
+    with pytest.raises(IntegrityError, match="extra.*part-99999-stray"):
+        verify_manifest(final)
+    stray.unlink()
+    victim = final / sorted(verify_manifest(final)["files"])[0]
+    victim.unlink()
+    with pytest.raises(IntegrityError, match=f"missing.*{victim.name}"):
+        storage.read_parquet_folder(final)
+    with pytest.raises(IntegrityError, match="no _SUCCESS"):
+        storage.read_parquet_folder(tmp_path / "nowhere")
 
 
 KILLED_WRITER = textwrap.dedent(
