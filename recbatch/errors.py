@@ -49,6 +49,12 @@ class StageFailed(RecbatchError):
     exit_code = 7
 
 
+class RootBusy(RecbatchError):
+    """Another run holds the root's lease; nothing was run."""
+
+    exit_code = 8
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug or an unhandled failure: see the traceback)",
@@ -58,4 +64,5 @@ EXIT_CODES = {
     5: IntegrityError.__doc__,
     6: ServingStoreError.__doc__,
     7: StageFailed.__doc__,
+    8: RootBusy.__doc__,
 }

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from recbatch.config import Config
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.layout import RunLayout
+from recbatch.lease import RootLease
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 
 log = logging.getLogger(__name__)
@@ -182,17 +183,18 @@ def run_nightly(
     summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root), stop_after=stop_after)
     summary.stages = [StageRecord(name) for name in STAGES]
     preflight(cfg)  # before the try: a refused config writes nothing, not even a summary
-    try:
-        ensure_ray(cfg.ray)
-        _run_stages(cfg, run_date, layout, summary, force_train, force_publish, stop_after)
-    except _Stop:
-        for s in summary.stages:
-            if s.status == "pending":
-                s.status = "not run"
-    finally:
-        path = layout.run_summary(run_date)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(summary.to_json())
+    with RootLease(layout.root, f"nightly {run_date.isoformat()}"):  # a second run on the root: refused likewise
+        try:
+            ensure_ray(cfg.ray)
+            _run_stages(cfg, run_date, layout, summary, force_train, force_publish, stop_after)
+        except _Stop:
+            for s in summary.stages:
+                if s.status == "pending":
+                    s.status = "not run"
+        finally:
+            path = layout.run_summary(run_date)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(summary.to_json())
     return summary
 
 
@@ -214,7 +216,7 @@ def _run_stages(
     from recbatch.score.stage import score
     from recbatch.train.trainer import train
 
-    # Staging folders of killed runs were never published; one run per root at a time owns them.
+    # Staging folders of killed runs were never published; the root's lease makes them ours to clear.
     for parent in (layout.snapshots, layout.staged_for(run_date).parent, layout.recommendations):
         remove_stale_staging(parent)
 
