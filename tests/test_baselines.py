@@ -47,7 +47,7 @@ def test_runs_follow_the_recommendations_contract(results, snapshot):
 
 def test_only_text_aware_baselines_reach_cold_items(results):
     _, _, metrics = results
-    for name in ("most_popular", "item_knn", "als", "bpr"):
+    for name in ("most_popular", "item_knn", "als", "bpr", "sasrec"):
         assert metrics[name]["cold/recall@20"] == 0.0, name
     assert metrics["content"]["cold/recall@20"] > 0.2
 

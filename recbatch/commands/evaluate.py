@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baselines", nargs="?", const="config", metavar="A,B",
         help="also train and evaluate baselines: the ones in eval.baselines, or a comma list "
-        "(random, most_popular, item_knn, als, bpr, content)",
+        "(random, most_popular, recent_popular, item_knn, als, bpr, sasrec, content)",
     )
     p.add_argument("--split", choices=("test", "validation"), default="test", help="held-out split")
     p.add_argument("--out", help="report folder (default: <root>/reports/dt=<today>)")

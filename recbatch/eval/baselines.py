@@ -16,7 +16,7 @@ so the evaluation reads baselines and the two-tower through one code path.
 The baselines: ``most_popular``; ``recent_popular`` (interactions weighted by
 an exponential decay with their age, the popularity of "now"); ``item_knn`` (cosine item-item neighbours on
 the binary user-item matrix, ``implicit``); ``als`` and ``bpr`` (``implicit``,
-CPU); ``content`` (TF-IDF of the rendered item text, user = mean of the
+CPU); ``sasrec`` (self-attentive sequential recommendation, ``eval/sasrec.py``); ``content`` (TF-IDF of the rendered item text, user = mean of the
 history's item vectors); and ``random``, the floor.
 Collaborative baselines can only rank items with a training interaction, so
 cold items are masked for them; ``content`` and ``random`` rank every item.
@@ -69,6 +69,7 @@ class TrainingData:
     cold: np.ndarray  # [N] bool: the snapshot's is_cold (no interaction in the train split)
     item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
     age_days: np.ndarray  # [nnz] float64, aligned with matrix.indices: days from the pair's latest ts to the newest row
+    sequences: list[np.ndarray]  # per matrix row: the user's item columns in time order, repeats kept
 
     @property
     def warm(self) -> np.ndarray:
@@ -98,6 +99,20 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
     )
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
     rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
+    in_order = (
+        snapshot.split()
+        .filter(pl.col("split").is_in(splits))
+        .select("user_id", "item_id", "ts")
+        .collect()
+        .join(catalog, on="item_id")
+        .join(users, on="user_id")
+        .sort("row", "ts", maintain_order=True)
+        .group_by("row", maintain_order=True)
+        .agg("col")
+    )
+    sequences = [np.empty(0, dtype=np.int64)] * users.height
+    for row, cols in zip(in_order["row"].to_list(), in_order["col"].to_list()):
+        sequences[row] = np.asarray(cols, dtype=np.int64)
     matrix = sp.csr_matrix(
         (np.ones(rows.height, dtype=np.float32), (rows["row"].to_numpy(), rows["col"].to_numpy())),
         shape=(users.height, items.height),
@@ -116,6 +131,7 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
         cold=np.asarray(cold, dtype=bool),
         item_text=render_item_text(items).to_list(),
         age_days=rows["age_days"].to_numpy().astype(np.float64),
+        sequences=sequences,
     )
 
 
@@ -257,6 +273,25 @@ class BPR(Baseline):
         return model.user_factors, model.item_factors  # bias folded in as an extra factor
 
 
+class SASRecBaseline(Baseline):
+    """SASRec (``recbatch/eval/sasrec.py``): self-attention over the user's item sequence, CE over the catalog.
+
+    The sequential reference for a model whose user tower is itself a
+    transformer over recent items. The architecture is the paper's; the
+    learning rate is picked on validation (on small logs the lower one plateaus
+    before early stopping lets it learn the order), the epochs by early stopping.
+    """
+
+    name = "sasrec"
+    grid = [{"learning_rate": lr} for lr in (1e-3, 3e-3)]
+
+    def vectors(self, data):
+        from recbatch.eval.sasrec import SASRecConfig, fit_sasrec, user_vectors
+
+        model = fit_sasrec(data.sequences, data.matrix.shape[1], SASRecConfig(seed=self.seed, **self.params))
+        return user_vectors(model, data.sequences), model.item_vectors().detach().numpy()  # [U, H], [N, H]
+
+
 class DenseScoreBaseline(Baseline):
     """Baselines whose scores are a sparse product, ranked one block of users at a time.
 
@@ -331,7 +366,7 @@ class Content(DenseScoreBaseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (Random, MostPopular, RecentPopular, ItemKNN, ALS, BPR, Content)
+    cls.name: cls for cls in (Random, MostPopular, RecentPopular, ItemKNN, ALS, BPR, SASRecBaseline, Content)
 }
 
 
