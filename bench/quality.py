@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/ml-latest-small"))
     parser.add_argument("--root", default="/tmp/recbatch-quality")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--baselines", default="random,most_popular,recent_popular,item_knn,als,bpr,content")
+    parser.add_argument("--baselines", default="random,most_popular,recent_popular,item_knn,als,bpr,sasrec,content")
     parser.add_argument("--model", action="append", default=[], metavar="PROTOCOL=DIR")
     parser.add_argument("--backtest-model", action="append", default=[], metavar="PROTOCOL=DIR",
                         help="temporal: a model trained on the backtest snapshot, to pick the scoring settings on")
