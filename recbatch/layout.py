@@ -97,8 +97,12 @@ def _date_str(run_date: dt.date | str) -> str:
 
 
 def _latest_complete(parent: Path) -> Path | None:
-    """The most recently published complete child folder (by _SUCCESS time)."""
+    """The most recently published complete child folder (by _SUCCESS time).
+
+    Hidden folders are staging copies (``storage.staging_dir_for``): one gets its
+    ``_SUCCESS`` just before it is published, or holds a killed writer's output.
+    """
     if not parent.exists():
         return None
-    done = [p for p in parent.iterdir() if p.is_dir() and (p / SUCCESS).exists()]
+    done = [p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / SUCCESS).exists()]
     return max(done, key=lambda p: (p / SUCCESS).stat().st_mtime_ns, default=None)

@@ -121,15 +121,12 @@ class RedisServer:
 
     def __init__(self, data_dir: Path, password: str | None = None, tls: bool = False) -> None:
         import shutil
-        import socket
         import subprocess
 
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
-        with socket.socket() as s:  # a free port, released just before the server takes it
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.password = password
         auth = f":{password}@" if password else ""
         args = [binary, "--bind", "127.0.0.1", "--dir", str(data_dir),
@@ -174,13 +171,29 @@ class RedisServer:
         return redis.Redis.from_url(self.url, **kwargs)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self._log.close()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, released just before the server takes it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(process) -> None:
+    """Terminate a server we started, killing it if it does not exit within 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except Exception:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture()
@@ -227,3 +240,70 @@ def _self_signed_cert(folder: Path) -> Path:
         check=True, capture_output=True,
     )
     return folder / "cert.pem"
+
+
+# --------------------------------------------------------------------------- Prometheus Pushgateway
+
+
+class Pushgateway:
+    """A real ``prometheus-pushgateway`` on 127.0.0.1 (no persistence); `url` for metrics.pushgateway_url."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+        import subprocess
+
+        binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+        if binary is None:
+            pytest.fail("prometheus-pushgateway is not installed: apt-get install -y prometheus-pushgateway "
+                        "(.ci/run does this)")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log_path = data_dir / "pushgateway.log"
+        self._log = open(self._log_path, "wb")
+        self.process = subprocess.Popen(
+            [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"prometheus-pushgateway exited: {self._log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"prometheus-pushgateway at {self.url} did not become ready")
+
+    def samples(self) -> list:
+        """Every sample on the gateway's /metrics, parsed by prometheus_client's own parser."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self._log.close()
+
+
+@pytest.fixture()
+def pushgateway(tmp_path):
+    """A fresh Pushgateway for one test; stopped afterwards (tests may stop it earlier)."""
+    data_dir = tmp_path / "pushgateway"
+    data_dir.mkdir()
+    gateway = Pushgateway(data_dir)
+    yield gateway
+    gateway.stop()
