@@ -307,3 +307,103 @@ def pushgateway(tmp_path):
     gateway = Pushgateway(data_dir)
     yield gateway
     gateway.stop()
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+class RedisClusterServers:
+    """Three ``redis-server --cluster-enabled yes`` masters on 127.0.0.1, joined with
+    ``redis-cli --cluster create``, all requiring `password`; `url` names one node (any works)."""
+
+    MASTERS = 3
+
+    def __init__(self, data_dir: Path, password: str) -> None:
+        import shutil
+        import subprocess
+
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            pytest.fail("redis-server / redis-cli are not installed: apt-get install -y redis-server (.ci/run)")
+        self.password = password
+        self.ports = [free_port() for _ in range(self.MASTERS)]
+        self.processes = []
+        self._logs = []
+        for port in self.ports:
+            node_dir = data_dir / str(port)
+            node_dir.mkdir()
+            log = open(node_dir / "redis.log", "wb")
+            self._logs.append(log)
+            self.processes.append(subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port()),  # the bus port; port + 10000 may be taken or > 65535
+                 "--requirepass", password, "--masterauth", password,
+                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                stdout=log, stderr=subprocess.STDOUT,
+            ))
+        self.url = f"redis://:{password}@127.0.0.1:{self.ports[0]}/0"
+        self._data_dir = data_dir
+        for port in self.ports:
+            self._wait(lambda c: c.ping(), port, "answer PING")
+        subprocess.run(
+            [cli, "-a", password, "--no-auth-warning", "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        for port in self.ports:
+            self._wait(lambda c: c.cluster("info")["cluster_state"] == "ok", port, "report cluster_state:ok")
+
+    def _wait(self, ready, port: int, what: str) -> None:
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            process = self.processes[self.ports.index(port)]
+            if process.poll() is not None:
+                self.stop()
+                pytest.fail(f"cluster node {port} exited: {(self._data_dir / str(port) / 'redis.log').read_text()[-2000:]}")
+            try:
+                with redis.Redis(host="127.0.0.1", port=port, password=self.password,
+                                 socket_connect_timeout=1) as client:
+                    if ready(client):
+                        return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"cluster node 127.0.0.1:{port} did not {what} within 30 s")
+
+    def client(self, **kwargs):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(self.url, **kwargs)
+
+    def node(self, port: int):
+        """A plain client of one node (to see which keys live where)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+        for log in self._logs:
+            log.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_servers(tmp_path_factory):
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), password="clu5ter-Pa55")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture()
+def redis_cluster(_redis_cluster_servers):
+    """A 3-master Redis Cluster with a password, emptied for each test (starting one costs seconds)."""
+    with _redis_cluster_servers.client() as client:
+        client.flushall(target_nodes="primaries")
+    return _redis_cluster_servers
