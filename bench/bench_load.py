@@ -122,7 +122,9 @@ def read_latency(url: str, users: int, reads: int = 20_000) -> tuple[float, floa
     """(p50, p99) microseconds of get_recommendations and of two plain GETs."""
     from recbatch.serving import get_recommendations
 
-    client = redis.Redis.from_url(url)
+    from recbatch.serving.keys import KeyLayout
+
+    client, keys = redis.Redis.from_url(url), KeyLayout("bench")
     rng = np.random.default_rng(1)
     ours, plain = [], []
     for uid in rng.integers(0, users, size=reads).tolist():
@@ -130,8 +132,8 @@ def read_latency(url: str, users: int, reads: int = 20_000) -> tuple[float, floa
         assert get_recommendations(client, uid, prefix="bench") is not None
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
-        version = client.get("bench:current").decode()
-        client.get(f"bench:v:{version}:u:{uid}")
+        version = client.get(keys.pointer).decode()
+        client.get(keys.user(version, uid))
         plain.append(time.perf_counter() - t)
     q = lambda xs, p: float(np.percentile(xs, p)) * 1e6  # noqa: E731
     return q(ours, 50), q(ours, 99), q(plain, 50), q(plain, 99)
