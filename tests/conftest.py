@@ -313,12 +313,13 @@ def pushgateway(tmp_path):
 
 
 class RedisClusterServers:
-    """Three ``redis-server --cluster-enabled yes`` masters on 127.0.0.1, joined with
-    ``redis-cli --cluster create``, all requiring `password`; `url` names one node (any works)."""
+    """Three ``redis-server --cluster-enabled yes`` masters on 127.0.0.1 (with `replicas` replicas
+    each), joined with ``redis-cli --cluster create``, all requiring `password`; `url` names one
+    node (any works). `node_timeout_ms` is how long a silent master takes to be failed over."""
 
     MASTERS = 3
 
-    def __init__(self, data_dir: Path, password: str) -> None:
+    def __init__(self, data_dir: Path, password: str, replicas: int = 0, node_timeout_ms: int = 15000) -> None:
         import shutil
         import subprocess
 
@@ -326,7 +327,7 @@ class RedisClusterServers:
         if binary is None or cli is None:
             pytest.fail("redis-server / redis-cli are not installed: apt-get install -y redis-server (.ci/run)")
         self.password = password
-        self.ports = [free_port() for _ in range(self.MASTERS)]
+        self.ports = [free_port() for _ in range(self.MASTERS * (1 + replicas))]
         self.processes = []
         self._logs = []
         for port in self.ports:
@@ -338,6 +339,7 @@ class RedisClusterServers:
                 [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir),
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-port", str(free_port()),  # the bus port; port + 10000 may be taken or > 65535
+                 "--cluster-node-timeout", str(node_timeout_ms),
                  "--requirepass", password, "--masterauth", password,
                  "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
                 stdout=log, stderr=subprocess.STDOUT,
@@ -348,11 +350,15 @@ class RedisClusterServers:
             self._wait(lambda c: c.ping(), port, "answer PING")
         subprocess.run(
             [cli, "-a", password, "--no-auth-warning", "--cluster", "create",
-             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
         for port in self.ports:
-            self._wait(lambda c: c.cluster("info")["cluster_state"] == "ok", port, "report cluster_state:ok")
+            self.wait_until_ok(port)
+
+    def wait_until_ok(self, port: int) -> None:
+        """Until the node at `port` reports ``cluster_state:ok`` (every slot served)."""
+        self._wait(lambda c: c.cluster("info")["cluster_state"] == "ok", port, "report cluster_state:ok")
 
     def _wait(self, ready, port: int, what: str) -> None:
         import time
@@ -407,3 +413,13 @@ def redis_cluster(_redis_cluster_servers):
     with _redis_cluster_servers.client() as client:
         client.flushall(target_nodes="primaries")
     return _redis_cluster_servers
+
+
+@pytest.fixture()
+def redis_cluster_with_replicas(tmp_path):
+    """3 masters + 1 replica each, failing a silent master over within about 2 s; for one test."""
+    data_dir = tmp_path / "redis-cluster-replicas"
+    data_dir.mkdir()
+    servers = RedisClusterServers(data_dir, password="fa1lover-Pa55", replicas=1, node_timeout_ms=1000)
+    yield servers
+    servers.stop()

@@ -578,3 +578,75 @@ def test_cluster_wrong_password_fails_clearly_without_leaking_it(tmp_path, redis
     assert code == 6
     err = capsys.readouterr().err
     assert "credentials" in err and "wrong-Pa55word" not in err
+
+
+def test_cluster_master_killed_during_a_load_never_shows_readers_a_mixed_or_missing_version(
+    tmp_path, redis_cluster_with_replicas
+):
+    """3 masters + 3 replicas: a master is SIGKILLed mid-load. The load completes after the
+    failover or fails cleanly (exit code 6, pointer unchanged); either way every reader gets the
+    whole previous run or the whole new one (or, during the failover, an error), never a mix or a gap."""
+    cluster = redis_cluster_with_replicas
+    users, k = 300, 5
+    cfg = ServingConfig(redis_url=cluster.url, key_prefix=PREFIX, batch_size=20)
+    runs = [make_run(tmp_path, run=r, users=users, k=k) for r in (1, 2)]
+    run_of_version = {load_run(runs[0], cfg).version: 1}
+    client = cluster.client()
+    primaries = [node.port for node in client.get_primaries()]
+    for port in primaries:  # the first version is on the replicas before anything fails
+        assert cluster.node(port).execute_command("WAIT", 1, 10_000) == 1
+    victim = next(p for p in primaries if p != cluster.ports[0])  # the URL's node stays up
+
+    reads: list[tuple[int, str, list]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng, own = random.Random(seed), cluster.client()
+        while not done.is_set():
+            user = rng.randrange(users)
+            try:
+                recs = get_recommendations(own, user, prefix=PREFIX)
+            except Exception as exc:  # noqa: BLE001 - unavailability during the failover is allowed
+                errors.append(type(exc).__name__)
+                time.sleep(0.01)
+                continue
+            reads.append((user, recs.version, recs.item_ids) if recs else (user, "MISSING", []))
+
+    def kill_victim(batches: int, users_written: int) -> None:
+        if batches == 5:
+            os.kill(cluster.processes[cluster.ports.index(victim)].pid, signal.SIGKILL)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        try:
+            run_of_version[load_run(runs[1], cfg, on_batch=kill_victim).version] = 2
+            outcome = "completed"
+        except ServingStoreError as exc:
+            outcome = f"failed cleanly: {exc}"
+        for port in cluster.ports:
+            if port != victim:
+                cluster.wait_until_ok(port)
+        settled = len(reads)
+        deadline = time.monotonic() + 20
+        while len(reads) < settled + 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+
+    live = cluster.client().get(KeyLayout(PREFIX).pointer).decode()
+    assert run_of_version[live] == (2 if outcome == "completed" else 1), outcome
+    assert assert_serves_run(cluster.client(), run_of_version[live], users, k) == live
+    assert not [r for r in reads if r[1] == "MISSING"]
+    mixed = [r for r in reads if r[2] != expected_items(run_of_version[r[1]], r[0], k)]
+    assert not mixed, mixed[:3]
+    assert len(reads) > 200, (len(reads), errors[:5])
+
+    # After the failover the next load goes through and collects whatever the broken one left.
+    again = load_run(runs[1], cfg)
+    assert assert_serves_run(cluster.client(), 2, users, k) == again.version
+    assert registered_versions(cluster.client(), KeyLayout(PREFIX)) == sorted({live, again.version})
