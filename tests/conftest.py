@@ -319,7 +319,9 @@ class RedisClusterServers:
 
     MASTERS = 3
 
-    def __init__(self, data_dir: Path, password: str, replicas: int = 0, node_timeout_ms: int = 15000) -> None:
+    def __init__(
+        self, data_dir: Path, password: str, replicas: int = 0, node_timeout_ms: int = 15000, tls: bool = False
+    ) -> None:
         import shutil
         import subprocess
 
@@ -328,6 +330,11 @@ class RedisClusterServers:
             pytest.fail("redis-server / redis-cli are not installed: apt-get install -y redis-server (.ci/run)")
         self.password = password
         self.ports = [free_port() for _ in range(self.MASTERS * (1 + replicas))]
+        self.cert = _self_signed_cert(data_dir) if tls else None
+        # TLS only, between nodes too (cluster bus, replication), with a certificate the client trusts.
+        tls_args = ["--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
+                    "--tls-cert-file", str(self.cert), "--tls-key-file", str(data_dir / "key.pem"),
+                    "--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no"] if tls else []
         self.processes = []
         self._logs = []
         for port in self.ports:
@@ -337,6 +344,7 @@ class RedisClusterServers:
             self._logs.append(log)
             self.processes.append(subprocess.Popen(
                 [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir),
+                 *([*tls_args, "--tls-port", str(port)] if tls else []),
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-port", str(free_port()),  # the bus port; port + 10000 may be taken or > 65535
                  "--cluster-node-timeout", str(node_timeout_ms),
@@ -344,12 +352,14 @@ class RedisClusterServers:
                  "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
                 stdout=log, stderr=subprocess.STDOUT,
             ))
-        self.url = f"redis://:{password}@127.0.0.1:{self.ports[0]}/0"
+        self.url = (f"rediss://:{password}@127.0.0.1:{self.ports[0]}/0?ssl_cert_reqs=required&ssl_ca_certs={self.cert}"
+                    if tls else f"redis://:{password}@127.0.0.1:{self.ports[0]}/0")
         self._data_dir = data_dir
         for port in self.ports:
             self._wait(lambda c: c.ping(), port, "answer PING")
         subprocess.run(
-            [cli, "-a", password, "--no-auth-warning", "--cluster", "create",
+            [cli, "-a", password, "--no-auth-warning", *(["--tls", "--cacert", str(self.cert)] if tls else []),
+             "--cluster", "create",
              *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
@@ -372,8 +382,7 @@ class RedisClusterServers:
                 self.stop()
                 pytest.fail(f"cluster node {port} exited: {(self._data_dir / str(port) / 'redis.log').read_text()[-2000:]}")
             try:
-                with redis.Redis(host="127.0.0.1", port=port, password=self.password,
-                                 socket_connect_timeout=1) as client:
+                with self.node(port, socket_connect_timeout=1) as client:
                     if ready(client):
                         return
             except redis.RedisError:
@@ -387,11 +396,12 @@ class RedisClusterServers:
 
         return RedisCluster.from_url(self.url, **kwargs)
 
-    def node(self, port: int):
+    def node(self, port: int, **kwargs):
         """A plain client of one node (to see which keys live where)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=port, password=self.password)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.cert), "ssl_cert_reqs": "required"} if self.cert else {}
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, **tls, **kwargs)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -421,5 +431,15 @@ def redis_cluster_with_replicas(tmp_path):
     data_dir = tmp_path / "redis-cluster-replicas"
     data_dir.mkdir()
     servers = RedisClusterServers(data_dir, password="fa1lover-Pa55", replicas=1, node_timeout_ms=1000)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture()
+def redis_cluster_tls(tmp_path):
+    """A 3-master Redis Cluster with a password, reachable only over TLS (``rediss://`` URL)."""
+    data_dir = tmp_path / "redis-cluster-tls"
+    data_dir.mkdir()
+    servers = RedisClusterServers(data_dir, password="clu5ter-Tls-pa55", tls=True)
     yield servers
     servers.stop()

@@ -531,20 +531,30 @@ def test_codec_rejects_foreign_values():
         decode(b'{"json": true}' + b"\0" * 16)
 
 
-def test_tls_url_with_password_loads_and_reads(tmp_path, redis_server_tls, capsys):
+@pytest.fixture(params=["redis", "cluster"])
+def tls_store(request):
+    """A password-protected, TLS-only store: one Redis, or a 3-master cluster (conftest.py)."""
+    return request.getfixturevalue("redis_server_tls" if request.param == "redis" else "redis_cluster_tls")
+
+
+def test_tls_url_with_password_loads_and_reads(tmp_path, tls_store, capsys):
+    """On one Redis and on a cluster whose nodes speak only TLS (client, bus, replication)."""
     run_dir = make_run(tmp_path, run=1, users=10)
-    plain = redis_server_tls.url.replace("rediss://", "redis://").split("?")[0]
+    plain = tls_store.url.replace("rediss://", "redis://").split("?")[0]
 
-    result = load_run(run_dir, serving_cfg(redis_server_tls))
+    result = load_run(run_dir, serving_cfg(tls_store))
 
-    assert result.store.startswith("rediss://127.0.0.1") and redis_server_tls.password not in result.store
-    assert_serves_run(redis_server_tls.client(), 1, 10)
+    assert result.store.startswith("rediss://127.0.0.1") and tls_store.password not in result.store
+    assert_serves_run(tls_store.client(), 1, 10)
+    rollback = ["rollback", "--redis-url", tls_store.url, "--set", f"serving.key_prefix={PREFIX}"]
+    assert cli_main(rollback) == 6  # reached over TLS: nothing to go back to yet
+    assert "no previous version" in capsys.readouterr().err
     assert cli_main(["load", "--run", str(run_dir), "--redis-url", plain]) == 6  # no TLS: refused
-    assert redis_server_tls.password not in capsys.readouterr().err
+    assert tls_store.password not in capsys.readouterr().err
     bad_option = f"{plain}?ssl_cert_reqs=required"
     assert cli_main(["load", "--run", str(run_dir), "--redis-url", bad_option]) == 2
     err = capsys.readouterr().err
-    assert "ssl_cert_reqs" in err and redis_server_tls.password not in err
+    assert "ssl_cert_reqs" in err and tls_store.password not in err
 
 
 # --------------------------------------------------------------------------- Redis Cluster specifics
