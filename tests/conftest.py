@@ -425,21 +425,22 @@ def redis_cluster(_redis_cluster_servers):
     return _redis_cluster_servers
 
 
+def _cluster_for_one_test(tmp_path: Path, name: str, **options):
+    data_dir = tmp_path / name
+    data_dir.mkdir()
+    servers = RedisClusterServers(data_dir, **options)
+    yield servers
+    servers.stop()
+
+
 @pytest.fixture()
 def redis_cluster_with_replicas(tmp_path):
     """3 masters + 1 replica each, failing a silent master over within about 2 s; for one test."""
-    data_dir = tmp_path / "redis-cluster-replicas"
-    data_dir.mkdir()
-    servers = RedisClusterServers(data_dir, password="fa1lover-Pa55", replicas=1, node_timeout_ms=1000)
-    yield servers
-    servers.stop()
+    yield from _cluster_for_one_test(tmp_path, "redis-cluster-replicas", password="fa1lover-Pa55", replicas=1,
+                                     node_timeout_ms=1000)
 
 
 @pytest.fixture()
 def redis_cluster_tls(tmp_path):
     """A 3-master Redis Cluster with a password, reachable only over TLS (``rediss://`` URL)."""
-    data_dir = tmp_path / "redis-cluster-tls"
-    data_dir.mkdir()
-    servers = RedisClusterServers(data_dir, password="clu5ter-Tls-pa55", tls=True)
-    yield servers
-    servers.stop()
+    yield from _cluster_for_one_test(tmp_path, "redis-cluster-tls", password="clu5ter-Tls-pa55", tls=True)
