@@ -140,7 +140,25 @@ def test_stage_commands_push_under_their_own_group(pushgateway, tmp_path):
     samples = pushgateway.samples()
     run = {"pipeline": "cli", "command": "gc"}
     assert _value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="ran", **run) == 1
-    assert _series(samples, "recbatch_last_success_timestamp_seconds", **run)
+    success = _value(samples, "recbatch_last_success_timestamp_seconds", **run)
+
+    # A failing command (no --keep-runs: usage error) reports the failure, keeps the last success.
+    code = main(["gc", "--root", str(tmp_path / "root"),
+                 "--set", f"metrics.pushgateway_url={pushgateway.url}", "--set", "metrics.pipeline=cli"])
+    assert code == 2
+    samples = pushgateway.samples()
+    assert _value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="failed", **run) == 1
+    assert _value(samples, "recbatch_run_succeeded", **run) == 0
+    assert _value(samples, "recbatch_last_success_timestamp_seconds", **run) == success
+
+
+def test_a_push_to_a_stopped_gateway_is_logged_not_raised(pushgateway, caplog):
+    cfg = MetricsConfig(pushgateway_url=pushgateway.url, pipeline="p")
+    pushgateway.stop()
+    with caplog.at_level(logging.WARNING, logger="recbatch.metrics"):
+        assert push(cfg, "nightly", nightly_metrics(_summary(None))) is False
+    (record,) = [r for r in caplog.records if r.name == "recbatch.metrics"]  # the success push is not tried
+    assert "could not push metrics" in record.getMessage() and pushgateway.url in record.getMessage()
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests():
