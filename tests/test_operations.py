@@ -168,7 +168,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
     check = subprocess.run([promtool, "check", "rules", "recbatch-alerts.yaml"], cwd=RULES,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "3 rules found" in check.stdout
+    assert "4 rules found" in check.stdout
     tested = subprocess.run([promtool, "test", "rules", "recbatch-alerts.test.yaml"], cwd=RULES,
                             capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
