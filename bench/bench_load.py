@@ -8,9 +8,12 @@ What it measures, each against a reference taken in the same run:
   SET per round trip (same values, on a 10k-user slice);
 - peak RSS of a `load_run` process for the small and the large run (the target is flat:
   memory bounded by one batch, not by the number of users);
-- latency of `get_recommendations` (one Lua round trip) against two plain GETs.
+- latency of `get_recommendations` (one Lua round trip) against two plain GETs;
+- the large load and the reads again on a 3-master Redis Cluster (`--cluster-masters`, 0 = skip),
+  beside the single node of the same run: users/s, CPU seconds (loader + every node), and read
+  latency of `get_recommendations` on the cluster (two GETs + the version-tag check).
 
-It starts its own redis-server (no persistence) on a free 127.0.0.1 port and stops it at the end.
+It starts its own redis-servers (no persistence) on free 127.0.0.1 ports and stops them at the end.
 Generated runs are kept under --workdir so reruns skip generation.
 """
 
@@ -67,13 +70,17 @@ def generate_run(out: Path, users: int, k: int, chunk: int = 50_000, seed: int =
     return out
 
 
-def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_redis(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+         "--save", "", "--appendonly", "no", "--loglevel", "warning", *extra],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -85,6 +92,25 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("redis-server did not start")
+
+
+def start_cluster(data_dir: Path, masters: int) -> tuple[list[subprocess.Popen], list[str]]:
+    """`masters` cluster-mode redis-servers joined by `redis-cli --cluster create`; waits for state ok."""
+    nodes = []
+    for i in range(masters):
+        (data_dir / str(i)).mkdir()
+        nodes.append(start_redis(data_dir / str(i), "--cluster-enabled", "yes",
+                                 "--cluster-port", str(_free_port())))
+    procs, urls = [p for p, _ in nodes], [u for _, u in nodes]
+    addresses = [u.removeprefix("redis://").removesuffix("/0") for u in urls]
+    subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"], check=True,
+                   capture_output=True, timeout=60)
+    for url in urls:
+        for _ in range(600):
+            if redis.Redis.from_url(url).cluster("info")["cluster_state"] == "ok":
+                break
+            time.sleep(0.05)
+    return procs, urls
 
 
 def load_in_subprocess(run_dir: Path, url: str, batch_size: int) -> dict:
@@ -99,10 +125,10 @@ def load_in_subprocess(run_dir: Path, url: str, batch_size: int) -> dict:
     return {**json.loads(out), "peak_rss_mib": usage.ru_maxrss / 1024, "cpu_seconds": cpu}
 
 
-def server_cpu(url: str) -> float:
-    """CPU seconds redis-server has used so far (its share of the work)."""
-    info = redis.Redis.from_url(url).info("cpu")
-    return info["used_cpu_user"] + info["used_cpu_sys"]
+def server_cpu(*urls: str) -> float:
+    """CPU seconds the redis-servers have used so far (their share of the work)."""
+    infos = [redis.Redis.from_url(url).info("cpu") for url in urls]
+    return sum(info["used_cpu_user"] + info["used_cpu_sys"] for info in infos)
 
 
 def naive_load(run_dir: Path, url: str, users: int) -> dict:
@@ -119,10 +145,13 @@ def naive_load(run_dir: Path, url: str, users: int) -> dict:
 
 
 def read_latency(url: str, users: int, reads: int = 20_000) -> tuple[float, float, float, float]:
-    """(p50, p99) microseconds of get_recommendations and of two plain GETs."""
+    """(p50, p99) microseconds of get_recommendations and of two plain GETs (one Redis or a cluster)."""
+    from recbatch.config import ServingConfig
     from recbatch.serving import get_recommendations
+    from recbatch.serving.connection import connect
+    from recbatch.serving.keys import KeyLayout
 
-    client = redis.Redis.from_url(url)
+    client, keys = connect(ServingConfig(redis_url=url)), KeyLayout("bench")
     rng = np.random.default_rng(1)
     ours, plain = [], []
     for uid in rng.integers(0, users, size=reads).tolist():
@@ -130,8 +159,8 @@ def read_latency(url: str, users: int, reads: int = 20_000) -> tuple[float, floa
         assert get_recommendations(client, uid, prefix="bench") is not None
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
-        version = client.get("bench:current").decode()
-        client.get(f"bench:v:{version}:u:{uid}")
+        version = client.get(keys.pointer).decode()
+        client.get(keys.user(version, uid))
         plain.append(time.perf_counter() - t)
     q = lambda xs, p: float(np.percentile(xs, p)) * 1e6  # noqa: E731
     return q(ours, 50), q(ours, 99), q(plain, 50), q(plain, 99)
@@ -157,6 +186,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--naive-users", type=int, default=10_000)
+    parser.add_argument("--cluster-masters", type=int, default=3, help="0: skip the Redis Cluster part")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "recbatch-bench-load"))
     args = parser.parse_args()
 
@@ -186,6 +216,20 @@ def main() -> None:
         proc.wait(timeout=30)
         shutil.rmtree(data_dir, ignore_errors=True)
 
+    if args.cluster_masters:
+        data_dir = Path(tempfile.mkdtemp(prefix="bench-redis-cluster-"))
+        procs, urls = start_cluster(data_dir, args.cluster_masters)
+        try:
+            before = server_cpu(*urls)
+            runs["cluster"] = {**load_in_subprocess(large, urls[0], args.batch_size), "server_cpu_seconds": 0.0}
+            runs["cluster"]["server_cpu_seconds"] = server_cpu(*urls) - before
+            c50, c99, cplain50, cplain99 = read_latency(urls[0], args.users)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=30)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
     def figures(r: dict) -> str:
         wall = r["users"] / r["seconds"]
         per_cpu = r["users"] / (r["cpu_seconds"] + r["server_cpu_seconds"])
@@ -206,6 +250,13 @@ def main() -> None:
           f"(users ratio {args.users / args.small_users:.0f})")
     print(f"read get_recommendations (Lua, 1 round trip): p50 {p50:.0f} us  p99 {p99:.0f} us; "
           f"reference two GETs: p50 {plain50:.0f} us  p99 {plain99:.0f} us  (p50 ratio {p50 / plain50:.2f})")
+    if args.cluster_masters:
+        r, one = runs["cluster"], runs["large"]
+        print(f"cluster of {args.cluster_masters} masters, load_run {args.users:>9,} users: {figures(r)}  "
+              f"(x{(r['users'] / r['seconds']) / (one['users'] / one['seconds']):.2f} the single node's users/s)")
+        print(f"read on the cluster (2 GETs + tag check): p50 {c50:.0f} us  p99 {c99:.0f} us; plain two GETs "
+              f"p50 {cplain50:.0f} us  p99 {cplain99:.0f} us; single-node Lua read p50 {p50:.0f} us "
+              f"(cluster / single p50 {c50 / p50:.2f})")
     print(f"redis used_memory with both versions loaded: {used:.2f} GiB")
     print(f"garbage collection of the {args.small_users:,}-user version in a {gc_keys:,}-key database: "
           f"{gc_seconds:.1f} s")

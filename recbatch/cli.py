@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from typing import Sequence
 
 from recbatch.config import Config, ConfigError, load_config, parse_override
@@ -31,7 +32,12 @@ COMMANDS = [
     "load",
     "rollback",
     "nightly",
+    "gc",
 ]
+
+# Commands whose runs are pushed to the Pushgateway as one stage each (recbatch/metrics.py).
+# Not here: nightly and demo push their stages themselves, generate makes demo input only.
+PUSHED_COMMANDS = frozenset({"ingest", "train", "embed", "score", "evaluate", "load", "rollback", "gc"})
 
 
 def _load_command(name: str):
@@ -93,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flag_overrides = mod.config_overrides(args) if hasattr(mod, "config_overrides") else {}
         cfg = config_from_args(args, flag_overrides)
+        if args.command in PUSHED_COMMANDS:
+            return _run_pushed(args, cfg)
         return int(mod.run(args, cfg) or 0)
     except ConfigError as exc:
         print(f"recbatch {args.command}: configuration error: {exc}", file=sys.stderr)
@@ -100,6 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecbatchError as exc:
         print(f"recbatch {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _run_pushed(args: argparse.Namespace, cfg: Config) -> int:
+    """Run a stage command and push its duration and outcome (a failed push is only logged)."""
+    from recbatch.metrics import command_metrics, push
+
+    start = time.perf_counter()
+    status = "failed"
+    try:
+        code = int(args._module.run(args, cfg) or 0)
+        status = "ran" if code == 0 else "failed"
+        return code
+    finally:
+        push(cfg.metrics, args.command, command_metrics(args.command, status, time.perf_counter() - start))
 
 
 if __name__ == "__main__":

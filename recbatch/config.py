@@ -227,6 +227,27 @@ class ServingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Where each run reports its figures (Prometheus, through a Pushgateway)."""
+
+    pushgateway_url: str | None = None  # e.g. http://pushgateway:9091; None: push nothing
+    job: str = "recbatch"  # the Pushgateway job name
+    # The `pipeline` label: tells apart nightly jobs that share one gateway (catalogs, regions).
+    pipeline: str = "default"
+
+
+@dataclass
+class RetentionConfig:
+    """What `recbatch gc` (and the nightly, after loading) keeps and deletes."""
+
+    # Published runs kept, newest first; None: the nightly deletes nothing (`recbatch gc` then
+    # needs --keep-runs). The live run and whatever the Redis pointer names are always kept.
+    keep_runs: int | None = None
+    # Staged (scored, never published) folders and hidden staging leftovers older than this go.
+    staged_max_age_hours: float = 24.0
+
+
+@dataclass
 class RayConfig:
     """How the job reaches Ray."""
 
@@ -249,6 +270,8 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,6 +371,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "serving.keep_versions": (1, None),
     "serving.version_ttl_seconds": (1, None),
     "serving.batch_size": (1, None),
+    "retention.keep_runs": (1, None),
+    "retention.staged_max_age_hours": (0, None),
 }
 
 

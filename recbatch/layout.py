@@ -99,7 +99,9 @@ def _date_str(run_date: dt.date | str) -> str:
 def _latest_complete(parent: Path) -> Path | None:
     """The most recently published complete child folder (by _SUCCESS time).
 
-    Hidden folders are staging or retired copies (``storage``), never published outputs.
+    Hidden folders are staging copies (``storage.staging_dir_for``: one gets its
+    ``_SUCCESS`` just before it is published, or holds a killed writer's output) or
+    retired copies (``storage.publish_dir``), never published outputs.
     """
     if not parent.exists():
         return None

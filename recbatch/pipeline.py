@@ -26,6 +26,7 @@ from recbatch.config import Config
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.layout import RunLayout
 from recbatch.lease import RootLease
+from recbatch.metrics import nightly_metrics, push
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def _stage(summary: NightlySummary, name: str) -> Iterator[StageRecord]:
         record.seconds = time.perf_counter() - start
         summary.failed_stage = name
         code = exc.exit_code if isinstance(exc, RecbatchError) else StageFailed.exit_code
+        record.details["exit_code"] = code  # e.g. 4: the quality gate refused (metrics, alerts)
         failure = StageFailed(f"stage '{name}' failed: {exc}")
         failure.exit_code = code
         raise failure from exc
@@ -195,6 +197,7 @@ def run_nightly(
             path = layout.run_summary(run_date)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(summary.to_json())
+            push(cfg.metrics, "nightly", nightly_metrics(summary))  # logs, never raises
     return summary
 
 
@@ -286,3 +289,11 @@ def _run_stages(
 
             loaded = load_run(final, cfg.serving)
             rec.details.update(users=loaded.users, version=loaded.version, seconds=round(loaded.seconds, 1))
+
+    if cfg.retention.keep_runs is not None:  # housekeeping once tonight's run is live
+        from recbatch.retention import apply_plan, plan_for
+
+        summary.stages.append(StageRecord("gc"))
+        with _stage(summary, "gc") as rec:
+            plan = plan_for(cfg)
+            rec.details.update(removed=len(plan.removals), bytes_freed=apply_plan(plan))

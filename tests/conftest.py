@@ -121,15 +121,12 @@ class RedisServer:
 
     def __init__(self, data_dir: Path, password: str | None = None, tls: bool = False) -> None:
         import shutil
-        import socket
         import subprocess
 
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
-        with socket.socket() as s:  # a free port, released just before the server takes it
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.password = password
         auth = f":{password}@" if password else ""
         args = [binary, "--bind", "127.0.0.1", "--dir", str(data_dir),
@@ -174,13 +171,29 @@ class RedisServer:
         return redis.Redis.from_url(self.url, **kwargs)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self._log.close()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, released just before the server takes it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(process) -> None:
+    """Terminate a server we started, killing it if it does not exit within 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except Exception:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture()
@@ -227,3 +240,207 @@ def _self_signed_cert(folder: Path) -> Path:
         check=True, capture_output=True,
     )
     return folder / "cert.pem"
+
+
+# --------------------------------------------------------------------------- Prometheus Pushgateway
+
+
+class Pushgateway:
+    """A real ``prometheus-pushgateway`` on 127.0.0.1 (no persistence); `url` for metrics.pushgateway_url."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+        import subprocess
+
+        binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+        if binary is None:
+            pytest.fail("prometheus-pushgateway is not installed: apt-get install -y prometheus-pushgateway "
+                        "(.ci/run does this)")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log_path = data_dir / "pushgateway.log"
+        self._log = open(self._log_path, "wb")
+        self.process = subprocess.Popen(
+            [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"prometheus-pushgateway exited: {self._log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"prometheus-pushgateway at {self.url} did not become ready")
+
+    def samples(self) -> list:
+        """Every sample on the gateway's /metrics, parsed by prometheus_client's own parser."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self._log.close()
+
+
+@pytest.fixture()
+def pushgateway(tmp_path):
+    """A fresh Pushgateway for one test; stopped afterwards (tests may stop it earlier)."""
+    data_dir = tmp_path / "pushgateway"
+    data_dir.mkdir()
+    gateway = Pushgateway(data_dir)
+    yield gateway
+    gateway.stop()
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+class RedisClusterServers:
+    """Three ``redis-server --cluster-enabled yes`` masters on 127.0.0.1 (with `replicas` replicas
+    each), joined with ``redis-cli --cluster create``, all requiring `password`; `url` names one
+    node (any works). `node_timeout_ms` is how long a silent master takes to be failed over."""
+
+    MASTERS = 3
+
+    def __init__(
+        self, data_dir: Path, password: str, replicas: int = 0, node_timeout_ms: int = 15000, tls: bool = False
+    ) -> None:
+        import shutil
+        import subprocess
+
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            pytest.fail("redis-server / redis-cli are not installed: apt-get install -y redis-server (.ci/run)")
+        self.password = password
+        self.ports = [free_port() for _ in range(self.MASTERS * (1 + replicas))]
+        self.cert = _self_signed_cert(data_dir) if tls else None
+        # TLS only, between nodes too (cluster bus, replication), with a certificate the client trusts.
+        tls_args = ["--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
+                    "--tls-cert-file", str(self.cert), "--tls-key-file", str(data_dir / "key.pem"),
+                    "--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no"] if tls else []
+        self.processes = []
+        self._logs = []
+        for port in self.ports:
+            node_dir = data_dir / str(port)
+            node_dir.mkdir()
+            log = open(node_dir / "redis.log", "wb")
+            self._logs.append(log)
+            self.processes.append(subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir),
+                 *([*tls_args, "--tls-port", str(port)] if tls else []),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port()),  # the bus port; port + 10000 may be taken or > 65535
+                 "--cluster-node-timeout", str(node_timeout_ms),
+                 "--requirepass", password, "--masterauth", password,
+                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                stdout=log, stderr=subprocess.STDOUT,
+            ))
+        self.url = (f"rediss://:{password}@127.0.0.1:{self.ports[0]}/0?ssl_cert_reqs=required&ssl_ca_certs={self.cert}"
+                    if tls else f"redis://:{password}@127.0.0.1:{self.ports[0]}/0")
+        self._data_dir = data_dir
+        for port in self.ports:
+            self._wait(lambda c: c.ping(), port, "answer PING")
+        subprocess.run(
+            [cli, "-a", password, "--no-auth-warning", *(["--tls", "--cacert", str(self.cert)] if tls else []),
+             "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        for port in self.ports:
+            self.wait_until_ok(port)
+
+    def wait_until_ok(self, port: int) -> None:
+        """Until the node at `port` reports ``cluster_state:ok`` (every slot served)."""
+        self._wait(lambda c: c.cluster("info")["cluster_state"] == "ok", port, "report cluster_state:ok")
+
+    def _wait(self, ready, port: int, what: str) -> None:
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            process = self.processes[self.ports.index(port)]
+            if process.poll() is not None:
+                self.stop()
+                pytest.fail(f"cluster node {port} exited: {(self._data_dir / str(port) / 'redis.log').read_text()[-2000:]}")
+            try:
+                with self.node(port, socket_connect_timeout=1) as client:
+                    if ready(client):
+                        return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"cluster node 127.0.0.1:{port} did not {what} within 30 s")
+
+    def client(self, **kwargs):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(self.url, **kwargs)
+
+    def node(self, port: int, **kwargs):
+        """A plain client of one node (to see which keys live where)."""
+        import redis
+
+        tls = {"ssl": True, "ssl_ca_certs": str(self.cert), "ssl_cert_reqs": "required"} if self.cert else {}
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, **tls, **kwargs)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+        for log in self._logs:
+            log.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_servers(tmp_path_factory):
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), password="clu5ter-Pa55")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture()
+def redis_cluster(_redis_cluster_servers):
+    """A 3-master Redis Cluster with a password, emptied for each test (starting one costs seconds)."""
+    with _redis_cluster_servers.client() as client:
+        client.flushall(target_nodes="primaries")
+    return _redis_cluster_servers
+
+
+def _cluster_for_one_test(tmp_path: Path, name: str, **options):
+    data_dir = tmp_path / name
+    data_dir.mkdir()
+    servers = RedisClusterServers(data_dir, **options)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture()
+def redis_cluster_with_replicas(tmp_path):
+    """3 masters + 1 replica each, failing a silent master over within about 2 s; for one test."""
+    yield from _cluster_for_one_test(tmp_path, "redis-cluster-replicas", password="fa1lover-Pa55", replicas=1,
+                                     node_timeout_ms=1000)
+
+
+@pytest.fixture()
+def redis_cluster_tls(tmp_path):
+    """A 3-master Redis Cluster with a password, reachable only over TLS (``rediss://`` URL)."""
+    yield from _cluster_for_one_test(tmp_path, "redis-cluster-tls", password="clu5ter-Tls-pa55", tls=True)

@@ -88,7 +88,10 @@ def serving_cfg(server, **overrides) -> ServingConfig:
 
 
 def version_keys(client, version: str) -> list[bytes]:
-    return list(client.scan_iter(match=f"{PREFIX}:v:{version}:*", count=1000))
+    """Every key of a version: its user keys (on every node of a cluster) and its meta hash."""
+    keys = KeyLayout(PREFIX)
+    users = list(client.scan_iter(match=keys.version_pattern(version), count=1000))
+    return users + [keys.meta(version).encode()] * client.exists(keys.meta(version))
 
 
 def assert_serves_run(client, run: int, users: int, k: int = 5, id_type: str = "int") -> str:
@@ -107,12 +110,19 @@ def assert_serves_run(client, run: int, users: int, k: int = 5, id_type: str = "
 # --------------------------------------------------------------------------- load and read
 
 
-@pytest.mark.parametrize("id_type", ["int", "string"])
-def test_load_reads_back_every_user_exactly(tmp_path, redis_server, id_type):
-    run_dir = make_run(tmp_path, run=1, users=60, id_type=id_type, because=True)
-    client = redis_server.client()
+@pytest.fixture(params=["redis", "cluster"])
+def store(request):
+    """The serving store on one Redis and on a 3-master Redis Cluster with a password (conftest.py)."""
+    return request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
 
-    result = load_run(run_dir, serving_cfg(redis_server, batch_size=16))
+
+
+@pytest.mark.parametrize("id_type", ["int", "string"])
+def test_load_reads_back_every_user_exactly(tmp_path, store, id_type):
+    run_dir = make_run(tmp_path, run=1, users=60, id_type=id_type, because=True)
+    client = store.client()
+
+    result = load_run(run_dir, serving_cfg(store, batch_size=16))
 
     assert (result.users, result.batches, result.previous_version) == (60, 6, None)  # 3 files x 2
     assert assert_serves_run(client, 1, 60, id_type=id_type) == result.version
@@ -314,10 +324,10 @@ def test_load_that_does_not_fit_in_memory_fails_cleanly(tmp_path, redis_server, 
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
+def test_readers_never_see_missing_or_mixed_versions(tmp_path, store):
     users, k = 150, 5
     runs = [make_run(tmp_path, run=r, users=users, k=k) for r in range(4)]
-    cfg = serving_cfg(redis_server, batch_size=10, keep_versions=2)
+    cfg = serving_cfg(store, batch_size=10, keep_versions=2)
     run_of_version = {load_run(runs[0], cfg).version: 0}
     reads: list[tuple[int, str, list]] = []
     failures: list[str] = []
@@ -325,7 +335,7 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
     lock = threading.Lock()
 
     def reader(seed: int) -> None:
-        client, rng = redis_server.client(), random.Random(seed)
+        client, rng = store.client(), random.Random(seed)
         for _ in range(1_000_000):  # bounded; normally ended by `done`
             if done.is_set():
                 return
@@ -361,7 +371,7 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
         for r in (1, 2):
             run_of_version[load_run(runs[r], cfg, on_batch=let_readers_in).version] = r
             wait_for_reads(200)
-        rolled_back_to = json.loads(_cli_out(["rollback", "--redis-url", redis_server.url,
+        rolled_back_to = json.loads(_cli_out(["rollback", "--redis-url", store.url,
                                                "--set", f"serving.key_prefix={PREFIX}"]))["live"]
         assert run_of_version[rolled_back_to] == 1
         wait_for_reads(200)
@@ -378,7 +388,7 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, redis_server):
     assert not mixed, mixed[:3]
     assert {run_of_version[v] for _, v, _ in reads} == {0, 1, 2, 3}  # every live version was read
     assert sum(reads_during_loads) > 0  # and reads did overlap the loads
-    client = redis_server.client()
+    client = store.client()
     assert len(registered_versions(client, KeyLayout(PREFIX))) == 2  # keep_versions
 
 
@@ -396,10 +406,10 @@ def _cli_out(argv: list[str]) -> str:
 # --------------------------------------------------------------------------- rollback, GC, TTL
 
 
-def test_rollback_flips_back_and_refuses_without_previous(tmp_path, redis_server, capsys):
-    client = redis_server.client()
-    cfg = serving_cfg(redis_server)
-    argv = ["rollback", "--redis-url", redis_server.url, "--set", f"serving.key_prefix={PREFIX}"]
+def test_rollback_flips_back_and_refuses_without_previous(tmp_path, store, capsys):
+    client = store.client()
+    cfg = serving_cfg(store)
+    argv = ["rollback", "--redis-url", store.url, "--set", f"serving.key_prefix={PREFIX}"]
     first = load_run(make_run(tmp_path, run=1), cfg).version
 
     assert cli_main(argv) == 6  # nothing to go back to
@@ -415,10 +425,10 @@ def test_rollback_flips_back_and_refuses_without_previous(tmp_path, redis_server
     assert third.previous_version == first and second in third.garbage_collected
 
 
-def test_old_versions_beyond_keep_versions_are_deleted(tmp_path, redis_server):
-    client = redis_server.client()
+def test_old_versions_beyond_keep_versions_are_deleted(tmp_path, store):
+    client = store.client()
     keys = KeyLayout(PREFIX)
-    cfg = serving_cfg(redis_server, keep_versions=3)
+    cfg = serving_cfg(store, keep_versions=3)
     loaded = [load_run(make_run(tmp_path, run=r, users=20), cfg).version for r in range(5)]
 
     assert history(client, keys) == loaded[::-1][:3]
@@ -427,17 +437,17 @@ def test_old_versions_beyond_keep_versions_are_deleted(tmp_path, redis_server):
         assert version_keys(client, gone) == []
     for kept in loaded[2:]:
         assert len(version_keys(client, kept)) == 20 + 1
-    assert client.dbsize() == 3 * 21 + 3  # + pointer, history, registry
+    assert len(list(client.scan_iter(count=1000))) == 3 * 21 + 3  # + pointer, history, registry (every node)
 
     # keep_versions=1 still keeps the rollback target
-    load_run(make_run(tmp_path, run=5, users=20), serving_cfg(redis_server, keep_versions=1))
+    load_run(make_run(tmp_path, run=5, users=20), serving_cfg(store, keep_versions=1))
     assert len(registered_versions(client, keys)) == 2
 
 
-def test_version_ttl_is_set_when_configured(tmp_path, redis_server):
-    client = redis_server.client()
-    without = load_run(make_run(tmp_path, run=1, users=10), serving_cfg(redis_server)).version
-    with_ttl = load_run(make_run(tmp_path, run=2, users=10), serving_cfg(redis_server, version_ttl_seconds=3600)).version
+def test_version_ttl_is_set_when_configured(tmp_path, store):
+    client = store.client()
+    without = load_run(make_run(tmp_path, run=1, users=10), serving_cfg(store)).version
+    with_ttl = load_run(make_run(tmp_path, run=2, users=10), serving_cfg(store, version_ttl_seconds=3600)).version
 
     assert {client.ttl(key) for key in version_keys(client, without)} == {-1}
     ttls = {client.ttl(key) for key in version_keys(client, with_ttl)}
@@ -521,17 +531,132 @@ def test_codec_rejects_foreign_values():
         decode(b'{"json": true}' + b"\0" * 16)
 
 
-def test_tls_url_with_password_loads_and_reads(tmp_path, redis_server_tls, capsys):
+@pytest.fixture(params=["redis", "cluster"])
+def tls_store(request):
+    """A password-protected, TLS-only store: one Redis, or a 3-master cluster (conftest.py)."""
+    return request.getfixturevalue("redis_server_tls" if request.param == "redis" else "redis_cluster_tls")
+
+
+def test_tls_url_with_password_loads_and_reads(tmp_path, tls_store, capsys):
+    """On one Redis and on a cluster whose nodes speak only TLS (client, bus, replication)."""
     run_dir = make_run(tmp_path, run=1, users=10)
-    plain = redis_server_tls.url.replace("rediss://", "redis://").split("?")[0]
+    plain = tls_store.url.replace("rediss://", "redis://").split("?")[0]
 
-    result = load_run(run_dir, serving_cfg(redis_server_tls))
+    result = load_run(run_dir, serving_cfg(tls_store))
 
-    assert result.store.startswith("rediss://127.0.0.1") and redis_server_tls.password not in result.store
-    assert_serves_run(redis_server_tls.client(), 1, 10)
+    assert result.store.startswith("rediss://127.0.0.1") and tls_store.password not in result.store
+    assert_serves_run(tls_store.client(), 1, 10)
+    rollback = ["rollback", "--redis-url", tls_store.url, "--set", f"serving.key_prefix={PREFIX}"]
+    assert cli_main(rollback) == 6  # reached over TLS: nothing to go back to yet
+    assert "no previous version" in capsys.readouterr().err
     assert cli_main(["load", "--run", str(run_dir), "--redis-url", plain]) == 6  # no TLS: refused
-    assert redis_server_tls.password not in capsys.readouterr().err
+    assert tls_store.password not in capsys.readouterr().err
     bad_option = f"{plain}?ssl_cert_reqs=required"
     assert cli_main(["load", "--run", str(run_dir), "--redis-url", bad_option]) == 2
     err = capsys.readouterr().err
-    assert "ssl_cert_reqs" in err and redis_server_tls.password not in err
+    assert "ssl_cert_reqs" in err and tls_store.password not in err
+
+
+# --------------------------------------------------------------------------- Redis Cluster specifics
+
+
+def test_cluster_load_spreads_users_over_every_master_and_refuses_a_repeated_user(tmp_path, redis_cluster):
+    run_dir = make_run(tmp_path, run=1, users=300)
+    out = json.loads(_cli_out(["load", "--run", str(run_dir), "--redis-url", redis_cluster.url,
+                               "--set", f"serving.key_prefix={PREFIX}"]))
+    assert out["store"].endswith("(cluster of 3 primaries)") and redis_cluster.password not in json.dumps(out)
+    client = redis_cluster.client()
+    assert assert_serves_run(client, 1, 300) == out["version"]
+    per_node = [redis_cluster.node(port).dbsize() for port in redis_cluster.ports]
+    assert sum(per_node) == 300 + 1 + 3 and min(per_node) > 50  # users spread; meta + 3 control keys
+    keys = KeyLayout(PREFIX)
+    control = (keys.pointer, keys.history, keys.registry, keys.meta(out["version"]))
+    assert len({client.keyslot(key) for key in control}) == 1  # the flip script's keys share a slot
+
+    # A user repeated across batches: SET NX refuses it on a cluster as MSETNX does on one node.
+    bad = _hand_made_run(tmp_path / "bad", [0, 1, 2, 3, 1], [[5]] * 5, ["m"] * 5)
+    with pytest.raises(DataValidationError, match="already has a row"):
+        load_run(bad, serving_cfg(redis_cluster, batch_size=2))
+    assert client.get(keys.pointer).decode() == out["version"]
+    assert registered_versions(client, keys) == [out["version"]]
+    assert sum(redis_cluster.node(port).dbsize() for port in redis_cluster.ports) == 300 + 1 + 3
+
+
+def test_cluster_wrong_password_fails_clearly_without_leaking_it(tmp_path, redis_cluster, capsys):
+    url = redis_cluster.url.replace(redis_cluster.password, "wrong-Pa55word")
+    code = cli_main(["load", "--run", str(make_run(tmp_path, run=1, users=10)), "--redis-url", url])
+    assert code == 6
+    err = capsys.readouterr().err
+    assert "credentials" in err and "wrong-Pa55word" not in err
+
+
+def test_cluster_master_killed_during_a_load_never_shows_readers_a_mixed_or_missing_version(
+    tmp_path, redis_cluster_with_replicas
+):
+    """3 masters + 3 replicas: a master is SIGKILLed mid-load. The load completes after the
+    failover or fails cleanly (exit code 6, pointer unchanged); either way every reader gets the
+    whole previous run or the whole new one (or, during the failover, an error), never a mix or a gap."""
+    cluster = redis_cluster_with_replicas
+    users, k = 300, 5
+    cfg = ServingConfig(redis_url=cluster.url, key_prefix=PREFIX, batch_size=20)
+    runs = [make_run(tmp_path, run=r, users=users, k=k) for r in (1, 2)]
+    run_of_version = {load_run(runs[0], cfg).version: 1}
+    client = cluster.client()
+    primaries = [node.port for node in client.get_primaries()]
+    for port in primaries:  # the first version is on the replicas before anything fails
+        assert cluster.node(port).execute_command("WAIT", 1, 10_000) == 1
+    victim = next(p for p in primaries if p != cluster.ports[0])  # the URL's node stays up
+
+    reads: list[tuple[int, str, list]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng, own = random.Random(seed), cluster.client()
+        while not done.is_set():
+            user = rng.randrange(users)
+            try:
+                recs = get_recommendations(own, user, prefix=PREFIX)
+            except Exception as exc:  # noqa: BLE001 - unavailability during the failover is allowed
+                errors.append(type(exc).__name__)
+                time.sleep(0.01)
+                continue
+            reads.append((user, recs.version, recs.item_ids) if recs else (user, "MISSING", []))
+
+    def kill_victim(batches: int, users_written: int) -> None:
+        if batches == 5:
+            os.kill(cluster.processes[cluster.ports.index(victim)].pid, signal.SIGKILL)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        try:
+            run_of_version[load_run(runs[1], cfg, on_batch=kill_victim).version] = 2
+            outcome = "completed"
+        except ServingStoreError as exc:
+            outcome = f"failed cleanly: {exc}"
+        for port in cluster.ports:
+            if port != victim:
+                cluster.wait_until_ok(port)
+        settled = len(reads)
+        deadline = time.monotonic() + 20
+        while len(reads) < settled + 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+
+    live = cluster.client().get(KeyLayout(PREFIX).pointer).decode()
+    assert run_of_version[live] == (2 if outcome == "completed" else 1), outcome
+    assert assert_serves_run(cluster.client(), run_of_version[live], users, k) == live
+    assert not [r for r in reads if r[1] == "MISSING"]
+    mixed = [r for r in reads if r[2] != expected_items(run_of_version[r[1]], r[0], k)]
+    assert not mixed, mixed[:3]
+    assert len(reads) > 200, (len(reads), errors[:5])
+
+    # After the failover the next load goes through and collects whatever the broken one left.
+    again = load_run(runs[1], cfg)
+    assert assert_serves_run(cluster.client(), 2, users, k) == again.version
+    assert registered_versions(cluster.client(), KeyLayout(PREFIX)) == sorted({live, again.version})

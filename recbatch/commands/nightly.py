@@ -9,7 +9,8 @@ import sys
 from recbatch.config import Config
 from recbatch.pipeline import STAGES
 
-HELP = "run the nightly pipeline for a run date: ingest, train when due, embed, score, gate, publish, load"
+HELP = ("run the nightly pipeline for a run date: ingest, train when due, embed, score, gate, publish, load, "
+        "then gc when retention.keep_runs is set")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

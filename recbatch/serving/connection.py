@@ -4,6 +4,11 @@ The URL may carry a password (``redis://:secret@host``) and TLS (``rediss://``),
 so it is treated as a secret: it comes from config or from the environment
 variable that config names (the one place recbatch reads the environment, and
 only because config asked), and every message shows it masked.
+
+The URL may name one Redis or any node of a Redis Cluster: ``connect`` asks the
+node (``INFO cluster``) and, for a cluster, returns redis-py's ``RedisCluster``,
+which discovers the other nodes and routes each key to its slot's primary.
+Auth and TLS come from the same URL either way.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 
 from recbatch.config import mask_url_password, ServingConfig
 from recbatch.errors import ServingStoreError, UsageError
 
 MASK = "***"
+
+# Either kind of client; every serving function takes both (the differences live in loader.py,
+# reader.py and here).
+Store = redis.Redis | RedisCluster
 
 
 def resolve_redis_url(cfg: ServingConfig, override: str | None = None) -> str:
@@ -52,8 +62,16 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def describe(client: redis.Redis) -> str:
+def is_cluster(client: Store) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def describe(client: Store) -> str:
     """``host:port/db`` of a client, for messages: built from its settings, so no secret."""
+    if is_cluster(client):
+        primaries = client.get_primaries()
+        first = describe(primaries[0].redis_connection).rsplit("/", 1)[0]
+        return f"{first} (cluster of {len(primaries)} primaries)"
     kw = client.connection_pool.connection_kwargs
     scheme = "rediss" if issubclass(client.connection_pool.connection_class, redis.SSLConnection) else "redis"
     if "path" in kw:
@@ -72,7 +90,7 @@ def store_errors(where: str, doing: str, url: str | None = None) -> Iterator[Non
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ServingStoreError(_clean(f"could not reach Redis at {where} while {doing}: {exc}", url)) from None
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # the latter: no RedisError
         reason = _PIPELINE_PREFIX.sub("", str(exc))  # drop the echoed command and its binary values
         raise ServingStoreError(_clean(f"Redis at {where} failed while {doing}: {reason}", url)) from None
 
@@ -84,8 +102,8 @@ def _clean(message: str, url: str | None) -> str:
     return scrub(message, url) if url else message
 
 
-def connect(cfg: ServingConfig, url: str | None = None) -> redis.Redis:
-    """A client for the configured Redis, checked with PING (auth and TLS happen here)."""
+def connect(cfg: ServingConfig, url: str | None = None) -> Store:
+    """A client for the configured Redis or Redis Cluster, checked with PING (auth and TLS happen here)."""
     url = resolve_redis_url(cfg, url)
     where = mask_url(url)
     try:
@@ -95,6 +113,9 @@ def connect(cfg: ServingConfig, url: str | None = None) -> redis.Redis:
     with store_errors(where, "connecting", url):
         try:
             client.ping()
+            if client.info("cluster").get("cluster_enabled") == 1:
+                client.close()
+                client = RedisCluster.from_url(url, socket_connect_timeout=10, socket_timeout=60)
         except TypeError as exc:  # redis-py creates connections lazily, so bad URL options surface here
             raise UsageError(scrub(f"bad option in Redis URL {where}: {exc}", url)) from None
     return client

@@ -4,9 +4,10 @@ Which versions go: every registered version except those the caller keeps
 (the live one, its rollback target, the newest ``keep_versions``, and a load
 in progress). That includes versions of killed loads, which never reached the
 history. How: per version, a SCAN with ``MATCH P:v:<version>:*`` (Redis filters
-server-side, so only that version's keys come back), UNLINK in batches (Redis
-frees the memory in a background thread), then the meta hash and the registry
-entry last, so an interrupted collection is simply finished by the next one.
+server-side, so only that version's keys come back; on a cluster, every primary
+is scanned), UNLINK in batches (Redis frees the memory in a background thread),
+then the meta hash and the registry entry last, so an interrupted collection is
+simply finished by the next one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import redis
 
+from recbatch.serving.connection import Store
 from recbatch.serving.keys import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def versions_to_keep(history: list[str], keep_versions: int, loading: str | None
 
 
 def collect_garbage(
-    client: redis.Redis, keys: KeyLayout, keep: Iterable[str], *, batch_size: int = 1000
+    client: Store, keys: KeyLayout, keep: Iterable[str], *, batch_size: int = 1000
 ) -> list[str]:
     """Delete every registered version not in `keep`; returns the versions deleted."""
     keep = set(keep)
@@ -46,17 +47,16 @@ def collect_garbage(
 
 
 def delete_versions(
-    client: redis.Redis, keys: KeyLayout, versions: Iterable[str], *, batch_size: int = 1000
+    client: Store, keys: KeyLayout, versions: Iterable[str], *, batch_size: int = 1000
 ) -> int:
     """UNLINK every key of `versions`, then their meta and registry entries; returns keys deleted."""
     doomed = sorted(set(versions))
     deleted = 0
-    for version in doomed:
-        meta = keys.meta(version).encode()  # deleted last: it marks unfinished work
+    for version in doomed:  # the meta key (not matched: keys.py) goes last, it marks unfinished work
         batch: list[bytes] = []
+        # On a cluster redis-py scans every primary in turn, and UNLINK splits the keys by slot.
         for key in client.scan_iter(match=keys.version_pattern(version), count=batch_size):
-            if key != meta:
-                batch.append(key)
+            batch.append(key)
             if len(batch) >= batch_size:
                 deleted += client.unlink(*batch)
                 batch.clear()

@@ -10,7 +10,8 @@ Order of work, and why:
    bounded by two batches, whatever the run's size), encode each user's list
    (codec.py), and write each batch with one MSETNX in a non-transactional
    pipeline, encoding the next batch while one is on the wire. MSETNX refuses
-   if any key exists, so a user written twice is caught by Redis itself.
+   if any key exists, so a user written twice is caught by Redis itself. On
+   Redis Cluster the batch is one ``SET NX`` per key, pipelined per primary.
    Meanwhile a background thread deletes old versions.
 4. Check the written count against the manifest, mark the version complete,
    and flip the pointer with one Lua script that re-checks the count. Readers
@@ -38,7 +39,7 @@ from recbatch.config import ServingConfig
 from recbatch.errors import DataValidationError
 from recbatch.serving import versions
 from recbatch.serving.codec import encode_batch
-from recbatch.serving.connection import connect, describe, store_errors
+from recbatch.serving.connection import Store, connect, describe, is_cluster, store_errors
 from recbatch.serving.gc import collect_garbage, delete_versions, versions_to_keep
 from recbatch.serving.keys import KeyLayout
 from recbatch.serving.published_run import PublishedRun, open_published_run
@@ -72,7 +73,7 @@ def load_run(
     cfg: ServingConfig,
     *,
     redis_url: str | None = None,
-    client: redis.Redis | None = None,
+    client: Store | None = None,
     on_batch: BatchHook | None = None,
 ) -> LoadResult:
     """Load a published run and make it live; raises before writing if the run is bad.
@@ -156,7 +157,7 @@ def _meta_of(run: PublishedRun) -> dict[str, object]:
 
 
 def _write_users(
-    client: redis.Redis,
+    client: Store,
     keys: KeyLayout,
     version: str,
     run: PublishedRun,
@@ -186,8 +187,17 @@ def _write_users(
     return written, batches
 
 
-def _send_batch(client: redis.Redis, pairs: dict[str, bytes], ttl_seconds: int | None) -> bool:
-    """One MSETNX (plus EXPIREs) in a non-transactional pipeline; False if any key existed."""
+def _send_batch(client: Store, pairs: dict[str, bytes], ttl_seconds: int | None) -> bool:
+    """One MSETNX (plus EXPIREs) in a non-transactional pipeline; False if any key existed.
+
+    On a cluster MSETNX cannot span slots: one ``SET NX`` per key instead, which
+    redis-py's cluster pipeline groups by slot owner, one round trip per primary.
+    """
+    if is_cluster(client):
+        pipe = client.pipeline()
+        for key, value in pairs.items():
+            pipe.set(key, value, nx=True, ex=ttl_seconds)
+        return all(pipe.execute())
     pipe = client.pipeline(transaction=False)
     pipe.msetnx(pairs)
     if ttl_seconds:
@@ -252,7 +262,7 @@ def _refuse_rows(path: Path, column: str, problem: str, bad: pa.Array, users: pa
         )
 
 
-def _discard(client: redis.Redis, keys: KeyLayout, version: str, gc_done: Future) -> None:
+def _discard(client: Store, keys: KeyLayout, version: str, gc_done: Future) -> None:
     """Best effort after a failed load: stop waiting for GC, delete the partial version."""
     _gc_result(gc_done)
     try:
@@ -261,7 +271,7 @@ def _discard(client: redis.Redis, keys: KeyLayout, version: str, gc_done: Future
         log.warning("could not delete partial version %s now (%s); the next load will", version, exc)
 
 
-def _collect_after_flip(client: redis.Redis, keys: KeyLayout, cfg: ServingConfig) -> list[str]:
+def _collect_after_flip(client: Store, keys: KeyLayout, cfg: ServingConfig) -> list[str]:
     keep = versions_to_keep(versions.history(client, keys), cfg.keep_versions)
     return collect_garbage(client, keys, keep, batch_size=cfg.batch_size)
 

@@ -3,8 +3,10 @@
 Redis runs a script to completion before serving any other command, which is
 what makes "resolve the pointer, then read the value" a single consistent read
 and "check the new version is complete, then flip" a single atomic switch.
-Scripts compute version key names from the prefix, which is fine on a
-standalone Redis (not on Redis Cluster, where keys must be declared).
+FLIP and ROLLBACK touch only control keys, which share one hash slot
+(keys.py), so they run on Redis Cluster too. READ builds a user key it was not
+given, which Redis Cluster refuses: a cluster reader does two GETs instead
+(reader.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import redis
 
+from recbatch.serving.connection import Store
 # KEYS[1] pointer; ARGV[1] "P:v:", ARGV[2] ":u:<user_id>"  ->  {version, value} or nil
 READ = """
 local version = redis.call('GET', KEYS[1])
@@ -40,7 +43,7 @@ redis.call('HSET', KEYS[3], 'activated_at', ARGV[2])
 return previous
 """
 
-# KEYS[1] pointer, KEYS[2] history; ARGV[1] "P:v:", ARGV[2] now  ->  {from, to}
+# KEYS[1] pointer, KEYS[2] history; ARGV[1] "{P}:v:" (meta keys, same slot), ARGV[2] now  ->  {from, to}
 ROLLBACK = """
 local current = redis.call('GET', KEYS[1])
 if not current then return redis.error_reply('RECBATCH no live version to roll back from') end
@@ -63,7 +66,7 @@ return {current, target}
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (READ, FLIP, ROLLBACK)}
 
 
-def run_script(client: redis.Redis, script: str, keys: list[str], args: list[Any]) -> Any:
+def run_script(client: Store, script: str, keys: list[str], args: list[Any]) -> Any:
     """EVALSHA (one round trip, no script text on the wire), loading the script on first use."""
     try:
         return client.evalsha(_SHA[script], len(keys), *keys, *args)

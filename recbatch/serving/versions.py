@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from recbatch.errors import ServingStoreError
+from recbatch.serving.connection import Store
 from recbatch.serving.keys import KeyLayout
 from recbatch.serving.scripts import FLIP, ROLLBACK, run_script
 
@@ -30,7 +31,7 @@ def new_version_id(run_date: str) -> str:
 
 
 def register_version(
-    client: redis.Redis, keys: KeyLayout, version: str, meta: dict[str, Any], ttl_seconds: int | None
+    client: Store, keys: KeyLayout, version: str, meta: dict[str, Any], ttl_seconds: int | None
 ) -> None:
     """Record a version as ``loading`` before its first key is written, so GC can find it."""
     pipe = client.pipeline(transaction=True)
@@ -41,38 +42,38 @@ def register_version(
     pipe.execute()
 
 
-def mark_complete(client: redis.Redis, keys: KeyLayout, version: str, written: int) -> None:
+def mark_complete(client: Store, keys: KeyLayout, version: str, written: int) -> None:
     client.hset(keys.meta(version), mapping={"state": "complete", "written": written, "loaded_at": utc_now()})
 
 
-def activate(client: redis.Redis, keys: KeyLayout, version: str) -> str | None:
+def activate(client: Store, keys: KeyLayout, version: str) -> str | None:
     """Flip the pointer to a complete version atomically; returns the previous live version."""
     previous = run_script(client, FLIP, [keys.pointer, keys.history, keys.meta(version)], [version, utc_now()])
     return previous.decode() if previous else None
 
 
-def rollback(client: redis.Redis, keys: KeyLayout) -> tuple[str, str]:
+def rollback(client: Store, keys: KeyLayout) -> tuple[str, str]:
     """Make the previous version live again; returns (rolled back from, now live)."""
     try:
         current, target = run_script(
-            client, ROLLBACK, [keys.pointer, keys.history], [f"{keys.prefix}:v:", utc_now()]
+            client, ROLLBACK, [keys.pointer, keys.history], [keys.meta_root, utc_now()]
         )
     except redis.ResponseError as exc:
         raise ServingStoreError(f"rollback refused: {str(exc).removeprefix('RECBATCH ')}") from None
     return current.decode(), target.decode()
 
 
-def live_version(client: redis.Redis, keys: KeyLayout) -> str | None:
+def live_version(client: Store, keys: KeyLayout) -> str | None:
     value = client.get(keys.pointer)
     return value.decode() if value else None
 
 
-def history(client: redis.Redis, keys: KeyLayout) -> list[str]:
+def history(client: Store, keys: KeyLayout) -> list[str]:
     """Activated versions, newest (live) first."""
     return [v.decode() for v in client.lrange(keys.history, 0, -1)]
 
 
-def registered_versions(client: redis.Redis, keys: KeyLayout) -> list[str]:
+def registered_versions(client: Store, keys: KeyLayout) -> list[str]:
     """Every version started and not yet garbage-collected, oldest first."""
     return [v.decode() for v in client.zrange(keys.registry, 0, -1)]
 
@@ -89,7 +90,7 @@ class VersionInfo:
         return self.meta.get("state")
 
 
-def version_info(client: redis.Redis, keys: KeyLayout, version: str) -> VersionInfo:
+def version_info(client: Store, keys: KeyLayout, version: str) -> VersionInfo:
     raw = client.hgetall(keys.meta(version))
     return VersionInfo(version, {k.decode(): v.decode() for k, v in raw.items()})
 
