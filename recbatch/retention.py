@@ -42,9 +42,9 @@ from recbatch.storage import SUCCESS, is_complete, read_manifest
 
 log = logging.getLogger(__name__)
 
-# Hidden folders a killed writer leaves beside its final folder (storage.staging_dir_for,
-# storage.publish_dir's fallback); found at these depths under the root.
-_LEFTOVER_GLOBS = (".staging-*", ".previous-*")
+# Hidden folders beside a final folder: a killed writer's staging (storage.staging_dir_for) and
+# the replaced content publish_dir retires; found at these depths under the root.
+_LEFTOVER_GLOBS = (".staging-*", ".retired-*")
 _LEFTOVER_PARENTS = ("snapshots", "models", "recommendations", "staged", "embeddings/*")
 
 
