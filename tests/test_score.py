@@ -16,6 +16,8 @@ from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import DataValidationError
 from recbatch.schemas import embeddings_schema
+from recbatch.score import native
+from recbatch.score.kernel import kernel_used
 from recbatch.score.stage import score
 from recbatch.storage import SUCCESS, verify_manifest, write_manifest
 
@@ -130,6 +132,8 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
     assert len(manifest["files"]) == 3 and "score_and_write" in manifest["timings"]
+    # kernel="auto": the fused C kernel wherever it must build (CI); a fallback would show here
+    assert manifest["scoring_kernels"] == ["native" if native.expected_here() else kernel_used("auto")]
     rows = read_rows(staged)
     want = reference(world, K, blocked, blocked_for)
     assert_matches(rows, want)
@@ -144,9 +148,10 @@ def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
     code = main([
         "score", "--root", str(tmp_path), "--snapshot", str(snapshot.path), "--items", str(dirs["items"]),
         "--users", str(dirs["users"]), "--date", "2026-11-29", "--k", "5", "--explanations",
-        "--set", "score.cpus_per_actor=0.5",
+        "--set", "score.cpus_per_actor=0.5", "--set", "score.kernel=torch",
     ])
     assert code == 0
+    assert verify_manifest(tmp_path / "staged" / "dt=2026-11-29")["scoring_kernels"] == ["torch"]
     rows = read_rows(tmp_path / "staged" / "dt=2026-11-29")
     assert_matches(rows, reference(world, 5))
     position = {iid: i for i, iid in enumerate(world["items"])}
