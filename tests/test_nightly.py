@@ -50,6 +50,9 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
     second = run_nightly(cfg, RUN_DATE)
     status = {s.name: s.status for s in second.stages}
     assert status["train"] == "skipped"
+    # the weekly cadence counts from the run date the model was trained for, not from the clock
+    assert second.stage("train").details["reason"] == (
+        "latest model was trained for 2026-11-28, 0 days before the run date (weekly cadence)")
     assert status["score"] == "skipped"
     assert status["publish"] == "skipped"
     assert second.stage("embed").details["items_encoded"] == 0
