@@ -159,10 +159,8 @@ def _stage(summary: NightlySummary, name: str) -> Iterator[StageRecord]:
         record.status = "failed"
         record.seconds = time.perf_counter() - start
         summary.failed_stage = name
-        code = exc.exit_code if isinstance(exc, RecbatchError) else StageFailed.exit_code
-        failure = StageFailed(f"stage '{name}' failed: {exc}")
-        failure.exit_code = code
-        raise failure from exc
+        code = exc.exit_code if isinstance(exc, RecbatchError) else None  # anything else: 7
+        raise StageFailed(f"stage '{name}' failed: {exc}", exit_code=code) from exc
     record.seconds = time.perf_counter() - start
     if record.status == "pending":
         record.status = "ran"
