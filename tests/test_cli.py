@@ -59,3 +59,52 @@ def test_demo_end_to_end_at_reduced_size(ray_local, tmp_path, capsys):
     overlap = recs.join(seen, on="user_id").select(
         pl.col("item_ids").list.set_intersection(pl.col("item_id")).list.len().sum()).item()
     assert overlap == 0  # nothing the user already saw
+
+
+@pytest.mark.ray
+def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_local, tmp_path, tiny_bert_dir, capsys):
+    """``recbatch embed`` / ``score`` with only --root: each finds the latest complete input,
+    or says which command to run first (exit 2); ``embed --full`` re-encodes every row."""
+    from recbatch.config import Config
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.model.artifact import init_artifact
+
+    root = tmp_path / "root"
+    common = ["--root", str(root), "--set", f"model.encoder={tiny_bert_dir}", "--set", "embed.cpus_per_actor=0.5",
+              "--set", "score.cpus_per_actor=0.5"]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main([*argv, *common])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, _, err = run("score", "--date", "2026-11-28")
+    assert code == 2 and "no --snapshot given and no snapshot under" in err and "recbatch ingest" in err
+    source = tmp_path / "src"
+    assert run("generate", "--out", str(source), "--users", "30", "--items", "20")[0] == 0
+    assert run("ingest", "--source", str(source))[0] == 0
+    code, _, err = run("score", "--date", "2026-11-28")
+    assert code == 2 and "no --model (or --items and --users) given and no model under" in err
+    code, _, err = run("embed")
+    assert code == 2 and "no --model given" in err and "recbatch train" in err
+
+    layout = RunLayout.of(root)
+    snapshot = Snapshot.open(layout.latest_snapshot())
+    cfg = Config().with_overrides({"model.embedding_dim": 8, "model.history_length": 4})
+    model = init_artifact(cfg, str(tiny_bert_dir), snapshot, layout.models)  # an untrained model will do
+    code, _, err = run("score", "--date", "2026-11-28")
+    assert code == 2 and f"{layout.embeddings(model.name, 'items')} do not exist: run `recbatch embed` first" in err
+
+    code, out, err = run("embed")
+    assert code == 0, err
+    assert f"model {model.name}: items 20 encoded, 0 reused; users 30 encoded, 0 reused" in out
+    code, out, err = run("embed", "--full")  # the same model again: without --full all 50 rows are reused
+    assert code == 0 and "items 20 encoded, 0 reused; users 30 encoded, 0 reused" in out, err
+
+    code, out, err = run("score", "--date", "2026-11-28", "--k", "5")
+    assert code == 0, err
+    staged = layout.staged_for(dt.date(2026, 11, 28))
+    manifest = verify_manifest(staged)
+    assert f"scored 30 users (k=5, model {model.name})" in out and str(staged) in out
+    assert manifest["model_version"] == model.name and manifest["snapshot_hash"] == snapshot.hash
+    assert pl.read_parquet(sorted(staged.glob("*.parquet")))["item_ids"].list.len().max() == 5
