@@ -243,7 +243,7 @@ def _run_stages(
         if due:
             model_dir = train(cfg, snapshot, trained_for=run_date)
         else:
-            model_dir = layout.latest_model()
+            model_dir = latest
             rec.status = "skipped"
         model_version = read_manifest(model_dir).get("model_version", model_dir.name)
         rec.details["model_version"] = model_version
