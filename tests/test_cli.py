@@ -108,3 +108,36 @@ def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_lo
     assert f"scored 30 users (k=5, model {model.name})" in out and str(staged) in out
     assert manifest["model_version"] == model.name and manifest["snapshot_hash"] == snapshot.hash
     assert pl.read_parquet(sorted(staged.glob("*.parquet")))["item_ids"].list.len().max() == 5
+
+
+def test_evaluate_config_baselines_on_the_validation_split(tmp_path, capsys):
+    """``--baselines`` alone takes eval.baselines; ``--split validation`` reaches the metrics."""
+    import json
+
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.eval.metrics import evaluate_run
+
+    root, source, out = tmp_path / "root", tmp_path / "src", tmp_path / "report"
+    common = ["--root", str(root), "--set", "score.k=10", "--set", "eval.ks=[5, 10]"]
+    assert cli.main(["generate", "--out", str(source), "--users", "60", "--items", "40", *common]) == 0
+    assert cli.main(["ingest", "--source", str(source), *common]) == 0
+    snapshot = Snapshot.open(RunLayout.of(root).latest_snapshot())
+
+    code = cli.main(["evaluate", "--baselines", "--split", "validation", "--out", str(out), *common,
+                     "--set", "eval.baselines=[most_popular, random]"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["context"]["split"] == "validation"
+    got = {m["name"]: m["metrics"] for m in report["models"]}
+    assert list(got) == ["most_popular", "random"]  # eval.baselines, in order
+    folder = RunLayout.of(root).baseline_run(snapshot.hash, "most_popular")
+    on_validation = evaluate_run(folder, snapshot, ks=[5, 10], split="validation").metrics()
+    on_test = evaluate_run(folder, snapshot, ks=[5, 10], split="test").metrics()
+    assert got["most_popular"] == pytest.approx(on_validation)
+    assert on_validation["recall@10"] != on_test["recall@10"]  # so the split did matter
+    assert verify_manifest(folder)["k"] == 10
+
+    model = tmp_path / "some-model"
+    model.mkdir()
+    code = cli.main(["evaluate", "--model", f"m={model}", "--split", "validation", *common])
+    assert code == 2 and "--model is evaluated on the test split only" in capsys.readouterr().err
