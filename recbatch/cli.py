@@ -41,13 +41,9 @@ PUSHED_COMMANDS = frozenset({"ingest", "train", "embed", "score", "evaluate", "l
 
 
 def _load_command(name: str):
-    module = f"recbatch.commands.{name}"
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None  # not built yet in this checkout
-        raise
+    """The subcommand's module. An import error propagates: a command that silently
+    vanished from ``recbatch --help`` would only be noticed at 3 a.m."""
+    return importlib.import_module(f"recbatch.commands.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         mod = _load_command(name)
-        if mod is None:
-            continue
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         p.add_argument("--config", help="YAML config file (default: the embedded default)")
         p.add_argument(

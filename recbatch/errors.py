@@ -44,9 +44,14 @@ class ServingStoreError(RecbatchError):
 
 
 class StageFailed(RecbatchError):
-    """A nightly stage failed; the message names the stage."""
+    """A nightly stage failed; the message names the stage (a recbatch error inside it keeps its own code)."""
 
     exit_code = 7
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:  # the cause's code: bad data in ingest stays 3, a refused gate 4
+            self.exit_code = exit_code
 
 
 class RootBusy(RecbatchError):

@@ -104,23 +104,39 @@ def preflight(cfg: Config) -> None:
 # --------------------------------------------------------------------------- decisions
 
 
-def train_due(cfg: Config, layout: RunLayout, run_date: dt.date, force: bool) -> tuple[bool, str]:
-    """Whether to retrain tonight, and why (recorded in the summary)."""
-    latest = layout.latest_model()
+# train.cadence="weekly": retrain once the latest model was trained for a run date this many days
+# before tonight's (a week: fresh enough for slowly drifting tastes, 1/7 of the training cost).
+WEEKLY_RETRAIN_DAYS = 7
+
+
+def trained_for(model_dir: Path) -> dt.date:
+    """The run date a model was trained for: its card's ``trained_for`` (set by the nightly run),
+    else the UTC day the card was written (a model trained by hand with ``recbatch train``).
+
+    The run date, not the file time: a rerun or backfill of a past date must decide as that night did.
+    """
+    from recbatch.embed.stage import read_model_card
+
+    card = read_model_card(model_dir)
+    return dt.date.fromisoformat(str(card.get("trained_for") or card["created_at"])[:10])
+
+
+def train_due(cadence: str, trained: dt.date | None, run_date: dt.date, force: bool) -> tuple[bool, str]:
+    """Whether to retrain for `run_date`, and why (recorded in the summary).
+
+    `trained` is the run date the latest model was trained for (``trained_for``), None when there is none.
+    """
     if force:
         return True, "--train given"
-    if latest is None:
+    if trained is None:
         return True, "no model artifact yet"
-    cadence = cfg.train.cadence
     if cadence == "always":
         return True, "train.cadence=always"
     if cadence == "never":
-        return False, f"train.cadence=never; reusing {latest.name}"
-    trained = dt.datetime.fromtimestamp((latest / "_SUCCESS").stat().st_mtime, dt.timezone.utc).date()
+        return False, f"train.cadence=never; reusing the model trained for {trained}"
     age = (run_date - trained).days
-    if age >= 7:
-        return True, f"latest model is {age} days old (weekly cadence)"
-    return False, f"latest model {latest.name} is {age} days old (weekly cadence)"
+    due = age >= WEEKLY_RETRAIN_DAYS
+    return due, f"latest model was trained for {trained}, {age} days before the run date (weekly cadence)"
 
 
 def _same_inputs(folder: Path, **expected: str) -> bool:
@@ -145,10 +161,9 @@ def _stage(summary: NightlySummary, name: str) -> Iterator[StageRecord]:
         record.status = "failed"
         record.seconds = time.perf_counter() - start
         summary.failed_stage = name
-        code = exc.exit_code if isinstance(exc, RecbatchError) else StageFailed.exit_code
-        record.details["exit_code"] = code  # e.g. 4: the quality gate refused (metrics, alerts)
-        failure = StageFailed(f"stage '{name}' failed: {exc}")
-        failure.exit_code = code
+        code = exc.exit_code if isinstance(exc, RecbatchError) else None  # anything else: 7
+        failure = StageFailed(f"stage '{name}' failed: {exc}", exit_code=code)
+        record.details["exit_code"] = failure.exit_code  # e.g. 4: the quality gate refused (metrics, alerts)
         raise failure from exc
     record.seconds = time.perf_counter() - start
     if record.status == "pending":
@@ -228,12 +243,13 @@ def _run_stages(
         rec.details.update(snapshot=snapshot.hash, **{k: v for k, v in snapshot.counts.items() if isinstance(v, int)})
 
     with _stage(summary, "train") as rec:
-        due, reason = train_due(cfg, layout, run_date, force_train)
+        latest = layout.latest_model()
+        due, reason = train_due(cfg.train.cadence, trained_for(latest) if latest else None, run_date, force_train)
         rec.details["reason"] = reason
         if due:
-            model_dir = train(cfg, snapshot)
+            model_dir = train(cfg, snapshot, trained_for=run_date)
         else:
-            model_dir = layout.latest_model()
+            model_dir = latest
             rec.status = "skipped"
         model_version = read_manifest(model_dir).get("model_version", model_dir.name)
         rec.details["model_version"] = model_version

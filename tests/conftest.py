@@ -119,20 +119,31 @@ def demo_source(tmp_path):
 class RedisServer:
     """A real ``redis-server`` on 127.0.0.1 with its own data dir; `url` includes any password."""
 
+    START_ATTEMPTS = 3  # a free port can be taken by another process between picking and binding it
+
     def __init__(self, data_dir: Path, password: str | None = None, tls: bool = False) -> None:
         import shutil
-        import subprocess
 
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
-        self.port = free_port()
         self.password = password
-        auth = f":{password}@" if password else ""
+        cert = _self_signed_cert(data_dir) if tls else None
+        for _ in range(self.START_ATTEMPTS):
+            if self._start(binary, data_dir, cert):
+                return
+        pytest.fail(f"redis-server found no free port in {self.START_ATTEMPTS} attempts: "
+                    f"{(data_dir / 'redis.log').read_text()[-2000:]}")
+
+    def _start(self, binary: str, data_dir: Path, cert: Path | None) -> bool:
+        """Start on a fresh free port; False when another process took that port first."""
+        import subprocess
+
+        self.port = free_port()  # released just before the server takes it: hence the retries
+        auth = f":{self.password}@" if self.password else ""
         args = [binary, "--bind", "127.0.0.1", "--dir", str(data_dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-        if tls:  # TLS only, with a self-signed certificate the client is told to trust
-            cert = _self_signed_cert(data_dir)
+        if cert is not None:  # TLS only, with a self-signed certificate the client is told to trust
             args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
                      "--tls-key-file", str(data_dir / "key.pem"), "--tls-ca-cert-file", str(cert),
                      "--tls-auth-clients", "no"]
@@ -141,13 +152,15 @@ class RedisServer:
         else:
             args += ["--port", str(self.port)]
             self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-        if password:
-            args += ["--requirepass", password]
+        if self.password:
+            args += ["--requirepass", self.password]
         self._log = open(data_dir / "redis.log", "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_for_ping(data_dir)
+        return self._wait_until_serving(data_dir)
 
-    def _wait_for_ping(self, data_dir: Path) -> None:
+    def _wait_until_serving(self, data_dir: Path) -> bool:
+        """True once *our* process answers on the port (INFO's process_id: never another server
+        that happens to listen there); False if it exited because the port was taken."""
         import time
 
         import redis
@@ -155,15 +168,20 @@ class RedisServer:
         deadline = time.monotonic() + 30  # generous: a loaded CI box can be slow to fork and bind
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"redis-server exited: {(data_dir / 'redis.log').read_text()[-2000:]}")
+                self._log.close()
+                log = (data_dir / "redis.log").read_text()
+                if "already in use" in log:
+                    return False
+                pytest.fail(f"redis-server exited: {log[-2000:]}")
             try:
                 with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
-                    if client.ping():
-                        return
-            except redis.ConnectionError:
-                time.sleep(0.05)
+                    if client.info("server")["process_id"] == self.process.pid:
+                        return True
+            except (redis.ConnectionError, redis.AuthenticationError, redis.ResponseError):
+                pass
+            time.sleep(0.05)  # polling a server that is starting: it offers nothing to wait on
         self.stop()
-        pytest.fail(f"redis-server on port {self.port} did not answer PING")
+        pytest.fail(f"redis-server on port {self.port} did not answer")
 
     def client(self, **kwargs):
         import redis

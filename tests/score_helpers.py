@@ -9,11 +9,24 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from recbatch.schemas import embeddings_schema
+from recbatch.score import native
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
 
 RUN_DATE = dt.date(2026, 11, 28)
+
+
+def load_native_or_skip(build: native.NativeBuild = native.NativeBuild()) -> native.NativeKernel:
+    """The native kernel; a test failure where it must build (x86-64 Linux with a C compiler, as CI),
+    a skip only on machines where the torch fallback is the design."""
+    try:
+        return native.load(build)
+    except native.NativeKernelUnavailable as err:
+        if native.expected_here():
+            pytest.fail(f"the native top-K kernel must build on this machine (x86-64 Linux, C compiler): {err}")
+        pytest.skip(f"no native kernel here: {err}")
 
 
 def _write(folder: Path, ids: list, vectors: np.ndarray, id_column: str, id_type: str) -> None:

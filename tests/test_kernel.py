@@ -9,18 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from score_helpers import load_native_or_skip
 
-from recbatch.score import native
 from recbatch.score.kernel import merge_topk, topk
 
 
 @pytest.fixture(params=["native", "torch"])
 def kernel(request):
     if request.param == "native":
-        try:
-            native.load()
-        except native.NativeKernelUnavailable as err:
-            pytest.skip(f"no native kernel here: {err}")
+        load_native_or_skip()
     return request.param
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from score_helpers import load_native_or_skip
 
 from recbatch.score import native
-from recbatch.score.kernel import topk
+from recbatch.score.kernel import kernel_used, topk
 
 TOL = 1e-5  # fp32 sums of O(1) terms, against float64
 
@@ -32,10 +33,7 @@ def cache_dir(tmp_path_factory):
 def build(request, cache_dir):
     """Both variants: the AVX-512 intrinsics one (where the CPU has it) and the plain-C one."""
     build = native.NativeBuild(cache_dir=cache_dir, portable=request.param == "portable")
-    try:
-        kernel = native.load(build)
-    except native.NativeKernelUnavailable as err:
-        pytest.skip(f"no native kernel here: {err}")
+    kernel = load_native_or_skip(build)
     if build.portable:
         assert not kernel.avx512
     return build
@@ -187,6 +185,7 @@ def test_unsorted_exclusions_are_honoured_and_left_unchanged(build):
 
 
 def test_build_is_cached_atomically_per_variant(cache_dir, build):
+    assert kernel_used("auto", "cpu", build) == "native" and kernel_used("torch", "cpu", build) == "torch"
     files = sorted(p.name for p in Path(cache_dir).iterdir())
     assert all(name.startswith("native_topk-") and name.endswith(".so") for name in files), files  # no temp files
     assert len([f for f in files if f.endswith("-portable.so") == build.portable]) == 1
@@ -204,6 +203,7 @@ def test_missing_compiler_auto_warns_once_and_falls_back(caplog, tmp_path):
     np.testing.assert_array_equal(again[0], got[0])
     with pytest.raises(native.NativeKernelUnavailable, match="no C compiler found"):
         topk(users, items, 10, kernel="native", native_build=build)
+    assert kernel_used("auto", "cpu", build) == "torch"  # what the scoring stage records in its manifest
 
 
 def test_failing_compiler_reports_its_stderr(caplog, tmp_path):

@@ -50,6 +50,9 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
     second = run_nightly(cfg, RUN_DATE)
     status = {s.name: s.status for s in second.stages}
     assert status["train"] == "skipped"
+    # the weekly cadence counts from the run date the model was trained for, not from the clock
+    assert second.stage("train").details["reason"] == (
+        "latest model was trained for 2026-11-28, 0 days before the run date (weekly cadence)")
     assert status["score"] == "skipped"
     assert status["publish"] == "skipped"
     assert second.stage("embed").details["items_encoded"] == 0
@@ -133,3 +136,22 @@ def test_wrong_config_messages_name_the_problem(tmp_path, tiny_bert_dir, capsys)
     main(["nightly", "--root", str(tmp_path / "r"), "--set", "score.k=0"])
     err = capsys.readouterr().err
     assert "score.k" in err and ">= 1" in err
+
+
+def test_preflight_refuses_a_missing_source_and_an_unset_redis_env(tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    """Exit 2 before any stage runs: no run summary, no snapshot."""
+    root = tmp_path / "root"
+    source = tmp_path / "src"
+    source.mkdir()
+    encoder = ["--set", f"model.encoder={tiny_bert_dir}"]
+
+    missing = tmp_path / "no-such-export"
+    assert main(["nightly", "--root", str(root), "--source", str(missing), *encoder]) == 2
+    assert f"ingest.source '{missing}' does not exist" in capsys.readouterr().err
+
+    monkeypatch.delenv("RECBATCH_TEST_REDIS_URL", raising=False)
+    code = main(["nightly", "--root", str(root), "--source", str(source), *encoder,
+                 "--set", "serving.redis_url_env=RECBATCH_TEST_REDIS_URL"])
+    assert code == 2
+    assert "serving.redis_url_env names 'RECBATCH_TEST_REDIS_URL', which is not set" in capsys.readouterr().err
+    assert not (root / "runs").exists() and not (root / "snapshots").exists()

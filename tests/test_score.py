@@ -14,8 +14,10 @@ import pytest
 from recbatch.cli import main
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
-from recbatch.errors import DataValidationError
+from recbatch.errors import DataValidationError, UsageError
 from recbatch.schemas import embeddings_schema
+from recbatch.score import native
+from recbatch.score.kernel import kernel_used
 from recbatch.score.stage import score
 from recbatch.storage import SUCCESS, verify_manifest, write_manifest
 
@@ -130,6 +132,8 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
     assert len(manifest["files"]) == 3 and "score_and_write" in manifest["timings"]
+    # kernel="auto": the fused C kernel wherever it must build (CI); a fallback would show here
+    assert manifest["scoring_kernels"] == ["native" if native.expected_here() else kernel_used("auto")]
     rows = read_rows(staged)
     want = reference(world, K, blocked, blocked_for)
     assert_matches(rows, want)
@@ -144,9 +148,10 @@ def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
     code = main([
         "score", "--root", str(tmp_path), "--snapshot", str(snapshot.path), "--items", str(dirs["items"]),
         "--users", str(dirs["users"]), "--date", "2026-11-29", "--k", "5", "--explanations",
-        "--set", "score.cpus_per_actor=0.5",
+        "--set", "score.cpus_per_actor=0.5", "--set", "score.kernel=torch",
     ])
     assert code == 0
+    assert verify_manifest(tmp_path / "staged" / "dt=2026-11-29")["scoring_kernels"] == ["torch"]
     rows = read_rows(tmp_path / "staged" / "dt=2026-11-29")
     assert_matches(rows, reference(world, 5))
     position = {iid: i for i, iid in enumerate(world["items"])}
@@ -217,3 +222,39 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
     rows = read_rows(staged)
     assert_matches(rows, want)
     assert any(rows[uid]["item_ids"] != ids for uid, (ids, _) in reference(world, K).items())  # the prior mattered
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("overrides,message", [
+    ({"score.num_actors": 3, "score.cpus_per_actor": 1.5},  # 4.5 + 0.5 for the finisher > 4 CPUs
+     r"score.item_shards x score.num_actors x score.cpus_per_actor \(\+ 0.5 for the finisher\) = 5.0 CPUs, "
+     r"but the Ray cluster has 4.0"),
+    ({"score.gpus_per_actor": 1.0}, r"= 1.0 GPUs, but the Ray cluster has 0"),
+    ({"score.gpus_per_actor": 1.0, "score.kernel": "native"}, r"'native' is the CPU kernel"),
+])
+def test_resource_guards_refuse_a_pool_that_cannot_run(ray_local, tmp_path, overrides, message):
+    """An actor pool that cannot be scheduled would wait forever, silently: refused, nothing staged."""
+    snapshot, dirs, _ = make_world(tmp_path, n_users=6, n_items=10)
+    cfg = Config(root=str(tmp_path)).with_overrides(overrides)
+    with pytest.raises(UsageError, match=message):
+        score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    assert not (tmp_path / "staged").exists() or not any((tmp_path / "staged").iterdir())
+
+
+@pytest.mark.parametrize("table,error,message", [
+    (None, UsageError, r"score.blocklist .*missing.parquet does not exist"),
+    (pa.table({"id": [1007]}), DataValidationError, r"blocklist lacks column 'item_id' \(has \['id'\]\)"),
+    (pa.table({"item_id": pa.array([1007, None, None], pa.int64())}), DataValidationError,
+     r"column 'item_id' has 2 null rows"),
+    (pa.table({"item_id": ["not-a-number"]}), DataValidationError, r"do not match the snapshot's id type int"),
+])
+def test_bad_blocklists_are_refused_naming_the_file(tmp_path, table, error, message):
+    snapshot, dirs, _ = make_world(tmp_path, n_users=6, n_items=10)
+    path = tmp_path / ("missing.parquet" if table is None else "blocklist.parquet")
+    if table is not None:
+        pq.write_table(table, path)
+    cfg = Config(root=str(tmp_path)).with_overrides({"score.blocklist": str(path)})
+    with pytest.raises(error, match=message) as raised:
+        score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    assert str(path) in str(raised.value)
+    assert not (tmp_path / "staged").exists()

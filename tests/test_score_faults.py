@@ -17,13 +17,26 @@ from recbatch.layout import RunLayout
 from recbatch.score.stage import score
 
 
-def _scorer_pids() -> list[int]:
-    """Processes of live ShardScorer actors (Ray titles them after the class)."""
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "ShardScorer" in " ".join(proc.info["cmdline"] or []):
-            pids.append(proc.info["pid"])
-    return pids
+def _live_scorers(ray) -> dict[str, dict]:
+    """This Ray job's live ShardScorer actors by actor id, from the GCS actor table.
+
+    Scoped by job id, so another Ray session or process on the machine is never touched.
+    (``ray.util.state`` serves the same table through the dashboard, which the local test
+    runtime does not start.) Ray Data runs every callable in a ``_MapWorker`` actor whose
+    process title names the callable, so that title tells the scorers from the finisher.
+    """
+    from ray._private import state
+
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+    scorers = {}
+    for actor_id, info in state.actors(job_id=job, actor_state_name="ALIVE").items():
+        try:
+            title = " ".join(psutil.Process(info["Pid"]).cmdline())
+        except psutil.NoSuchProcess:  # it ended since the table was read
+            continue
+        if "ShardScorer" in title:
+            scorers[actor_id] = info
+    return scorers
 
 
 @pytest.mark.ray
@@ -47,15 +60,20 @@ def test_killed_scoring_actor_is_retried_without_losing_or_duplicating_users(
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and runner.is_alive():
         written = list(staged_parent.glob(".staging-*/*.parquet"))
-        pids = _scorer_pids()
-        if written and pids:  # mid-run: some output written, the actor still working
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.05)
+        alive = _live_scorers(ray_local)
+        if written and alive:  # mid-run: some output written, the actor still working
+            killed, info = next(iter(alive.items()))
+            os.kill(info["Pid"], signal.SIGKILL)
+        time.sleep(0.05)  # polling a file listing and the actor table: nothing to wait on
     runner.join(timeout=300)
     assert killed is not None, "the scoring run ended before an actor could be killed"
     assert not runner.is_alive()
 
+    # Ray restarted the killed actor and retried its block (Ray Data's actors restart without limit).
+    from ray._private import state
+
+    restarted = state.actors(actor_id=killed)
+    assert restarted["NumRestarts"] >= 1, restarted
     recs, manifest = read_staged(result["staged"])
     assert recs.height == reference.height == manifest["users"]
     assert recs["user_id"].n_unique() == recs.height

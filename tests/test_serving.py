@@ -332,7 +332,7 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, store):
     reads: list[tuple[int, str, list]] = []
     failures: list[str] = []
     done = threading.Event()
-    lock = threading.Lock()
+    progress = threading.Condition()  # notified on every read (or failure)
 
     def reader(seed: int) -> None:
         client, rng = store.client(), random.Random(seed)
@@ -343,25 +343,26 @@ def test_readers_never_see_missing_or_mixed_versions(tmp_path, store):
             try:
                 recs = get_recommendations(client, user, prefix=PREFIX)
             except Exception as exc:  # noqa: BLE001 - recorded and asserted below
-                failures.append(repr(exc))
+                with progress:
+                    failures.append(repr(exc))
+                    progress.notify_all()
                 return
-            with lock:
+            with progress:
                 reads.append((user, recs.version, recs.item_ids) if recs else (user, "MISSING", []))
+                progress.notify_all()
 
-    def wait_for_reads(more: int) -> None:
-        target = len(reads) + more
-        for _ in range(400):  # up to ~20 s
-            if len(reads) >= target:
-                return
-            time.sleep(0.05)
+    def wait_for_reads(more: int) -> int:
+        """Block until the readers have done `more` reads (or one failed); return how many they did."""
+        with progress:
+            before = len(reads)
+            progress.wait_for(lambda: len(reads) >= before + more or failures, timeout=30)
+            return len(reads) - before
 
     reads_during_loads = []
 
     def let_readers_in(batches: int, users_written: int) -> None:
-        """Between batches of a load: give readers time, and count what they read meanwhile."""
-        before = len(reads)
-        time.sleep(0.005)
-        reads_during_loads.append(len(reads) - before)
+        """Between batches of a load: wait for a read, so reads overlap every load by construction."""
+        reads_during_loads.append(wait_for_reads(1))
 
     threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
     for t in threads:

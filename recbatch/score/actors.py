@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import scipy.sparse as sp
 
-from recbatch.score.kernel import merge_topk, topk
+from recbatch.score.kernel import kernel_used, merge_topk, topk
 
 # Columns carried between the stages of one batch.
 TOP_INDEX = "top_index"  # list<int64>: catalog positions, -1 padded, length k
@@ -30,6 +30,7 @@ TOP_SCORE = "top_score"  # list<float32>: -inf padded
 SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
 BLOCKED = "blocked"  # list<int64>: catalog positions blocklisted for this user
 SCORED_ON = "scored_on"  # string: comma-joined Ray node ids of the shard actors that scored the row
+SCORED_WITH = "scored_with"  # string: comma-joined top-K kernels ("native"/"torch") those actors ran
 
 
 def _resolve(value: Any) -> Any:
@@ -110,7 +111,7 @@ class ShardScorer:
         self.device = device
         self.precision = precision
         self.threads = threads
-        self.kernel = kernel
+        self.kernel = kernel_used(kernel, device)  # "auto" resolved once, so each row can say what ran
         self.node_id = _current_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -129,15 +130,22 @@ class ShardScorer:
             )
             idx, scores = merge_topk([earlier, (idx, scores)], self.k)
             batch = batch.drop_columns([TOP_INDEX, TOP_SCORE])
-        scored_on = pa.array([self.node_id] * batch.num_rows, pa.string())
-        if SCORED_ON in batch.column_names:  # earlier shards: record every node that took part
-            scored_on = pa.compute.binary_join_element_wise(batch.column(SCORED_ON), scored_on, ",")
-            batch = batch.drop_columns([SCORED_ON])
-        return (
+        batch = (
             batch.append_column(TOP_INDEX, matrix_to_list_column(idx))
             .append_column(TOP_SCORE, matrix_to_list_column(scores.astype(np.float32)))
-            .append_column(SCORED_ON, scored_on)
         )
+        for column, value in ((SCORED_ON, self.node_id), (SCORED_WITH, self.kernel)):
+            batch = _append_provenance(batch, column, value)
+        return batch
+
+
+def _append_provenance(batch: pa.Table, column: str, value: str) -> pa.Table:
+    """Set `column` to `value`, or append it to an earlier shard's value: every shard that took part."""
+    values = pa.array([value] * batch.num_rows, pa.string())
+    if column in batch.column_names:
+        values = pa.compute.binary_join_element_wise(batch.column(column), values, ",")
+        batch = batch.drop_columns([column])
+    return batch.append_column(column, values)
 
 
 class Finisher:
@@ -168,7 +176,8 @@ class Finisher:
         if self.items is not None:
             because = most_similar_history(self.items, idx, batch.column(SEEN))  # [B, k]
             columns["because_item_ids"] = _take_lists(self.item_ids, because, keep)
-        columns[SCORED_ON] = batch.column(SCORED_ON)  # dropped by the stage after it is counted
+        for column in (SCORED_ON, SCORED_WITH):  # dropped by the stage after it is counted
+            columns[column] = batch.column(column)
         return pa.table(columns)
 
 

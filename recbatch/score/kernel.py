@@ -152,6 +152,17 @@ def topk(
     return out_idx, out_val
 
 
+def kernel_used(
+    kernel: Literal["auto", "native", "torch"], device: str | torch.device = "cpu",
+    native_build: native.NativeBuild | None = None,
+) -> Literal["native", "torch"]:
+    """Which implementation `topk(..., kernel=kernel)` runs here: "auto" resolved (building on first use).
+
+    Callers record it (the run manifest's ``scoring_kernels``) so a silent fallback shows.
+    """
+    return "torch" if _native_kernel(kernel, torch.device(device), native_build) is None else "native"
+
+
 def _native_kernel(kernel: str, device: torch.device, build: native.NativeBuild | None) -> native.NativeKernel | None:
     """The native kernel when `kernel` asks for it (or "auto" gets it), else None for the torch path."""
     build = build or native.NativeBuild()

@@ -35,12 +35,15 @@ from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, re
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
-from recbatch.score.actors import BLOCKED, SCORED_ON, SEEN, Finisher, ShardScorer
+from recbatch.score.actors import BLOCKED, SCORED_ON, SCORED_WITH, SEEN, Finisher, ShardScorer
 from recbatch.score.prior import append_column, prior_column, user_column_value
 from recbatch.score.writer import write_recommendations
 from recbatch.storage import verify_manifest
 
 log = logging.getLogger(__name__)
+
+# Per-row provenance columns of the scorers -> the manifest keys listing their distinct values.
+PROVENANCE = {SCORED_ON: "scoring_nodes", SCORED_WITH: "scoring_kernels"}
 
 # Users per Ray Data block, in kernel user blocks: big enough to keep the
 # kernel's threads busy, small enough to stream.
@@ -93,7 +96,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         "eligible_items": int(catalog.eligible.sum()),
         "config": cfg.to_record(),
     }
-    batches = _count_nodes(ds.iter_batches(batch_format="pyarrow", batch_size=None), manifest_fields)
+    batches = _record_provenance(ds.iter_batches(batch_format="pyarrow", batch_size=None), manifest_fields)
     manifest = write_recommendations(
         _timed(batches, timings, "score_and_write", t0, manifest_fields),
         staged, id_type=snapshot.id_type, rows_per_file=cfg.score.rows_per_file,
@@ -106,14 +109,16 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     return staged
 
 
-def _count_nodes(batches, fields: dict[str, Any]):
-    """Drop the per-row node column, recording which Ray nodes scored (``scoring_nodes``)."""
-    nodes: set[str] = set()
+def _record_provenance(batches, fields: dict[str, Any]):
+    """Drop the per-row provenance columns, recording which Ray nodes and top-K kernels scored
+    (``scoring_nodes``, ``scoring_kernels``): a kernel that silently fell back shows in the manifest."""
+    found: dict[str, set[str]] = {column: set() for column in PROVENANCE}
     for batch in batches:
-        for joined in pc.unique(batch.column(SCORED_ON)).to_pylist():
-            nodes.update(joined.split(","))
-        yield batch.drop_columns([SCORED_ON])
-    fields["scoring_nodes"] = sorted(nodes)
+        for column, values in found.items():
+            for joined in pc.unique(batch.column(column)).to_pylist():
+                values.update(joined.split(","))
+        yield batch.drop_columns(list(PROVENANCE))
+    fields.update({key: sorted(found[column]) for column, key in PROVENANCE.items()})
 
 
 def _timed(batches, timings: dict[str, float], name: str, t0: float, fields: dict[str, Any]):

@@ -87,8 +87,12 @@ def _check_cpus_left_for_data(cfg: Config) -> None:
         )
 
 
-def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
-    """Fine-tune the two towers on `snapshot` with Ray Train + DeepSpeed; return the artifact dir."""
+def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt.date | None = None) -> Path:
+    """Fine-tune the two towers on `snapshot` with Ray Train + DeepSpeed; return the artifact dir.
+
+    `trained_for`: the nightly run date this model is for, kept in the card (``trained_for``) so the
+    retraining cadence counts in run dates, never by the wall clock.
+    """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -148,7 +152,8 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False) -> Path:
             layout.models,
             cfg=cfg,
             snapshot=snapshot,
-            extra_card={"train_run": str(run_dir), "total_steps": total_steps, "num_workers": cfg.train.num_workers},
+            extra_card={"train_run": str(run_dir), "total_steps": total_steps, "num_workers": cfg.train.num_workers,
+                        **({"trained_for": trained_for.isoformat()} if trained_for else {})},
         )
 
 
