@@ -31,6 +31,7 @@ COMMANDS = [
     "load",
     "rollback",
     "nightly",
+    "forget",
 ]
 
 

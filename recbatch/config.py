@@ -227,6 +227,15 @@ class ServingConfig:
 
 
 @dataclass
+class ErasureConfig:
+    """Honouring erasure requests (``recbatch forget``; recbatch/erasure)."""
+
+    # Days a model trained on erased users' data may keep serving before the nightly must
+    # retrain it (0: the next nightly retrains before it publishes).
+    retrain_within_days: int = 0
+
+
+@dataclass
 class RayConfig:
     """How the job reaches Ray."""
 
@@ -250,6 +259,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    erasure: ErasureConfig = field(default_factory=ErasureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,6 +358,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "serving.keep_versions": (1, None),
     "serving.version_ttl_seconds": (1, None),
     "serving.batch_size": (1, None),
+    "erasure.retrain_within_days": (0, None),
 }
 
 

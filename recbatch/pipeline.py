@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from recbatch.config import Config
+from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.layout import RunLayout
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
@@ -109,6 +110,9 @@ def train_due(cfg: Config, layout: RunLayout, run_date: dt.date, force: bool) ->
         return True, "--train given"
     if latest is None:
         return True, "no model artifact yet"
+    erasure = retrain_reason(latest, run_date, cfg.erasure.retrain_within_days)
+    if erasure is not None:  # before the cadence: erasure overrides train.cadence=never
+        return True, erasure
     cadence = cfg.train.cadence
     if cadence == "always":
         return True, "train.cadence=always"
