@@ -246,3 +246,26 @@ def test_marked_model_is_retrained_within_the_deadline(tmp_path, tiny_pipeline_c
     due, reason = train_due(cfg, layout, today + dt.timedelta(days=3), force=False)
     assert due and "r1" in reason and "retrain_within_days=3" in reason
     assert train_due(cfg.with_overrides({"erasure.retrain_within_days": 0}), layout, today, force=False)[0]
+
+
+def test_integer_ids_are_erased_and_every_later_ingest_leaves_them_out(tiny_pipeline_config, demo_source, tmp_path):
+    cfg = tiny_pipeline_config()  # integer ids; no Redis configured: forget says it skipped it
+    demo_source(cfg)
+    first = ingest(cfg)
+    users = pl.read_parquet(first.table_path("users"))["user_id"].sort().to_list()
+    erased = users[:2]
+    request = tmp_path / "erase.parquet"
+    pl.DataFrame({"user_id": erased}).write_parquet(request)
+    assert main(["forget", "--root", cfg.root, "--users", str(request)]) == 0
+    (log_file,) = RunLayout.of(cfg.root).erasure_request("x").parent.glob("*.json")
+    assert json.loads(log_file.read_text())["redis"] == {"skipped": "no serving.redis_url configured"}
+
+    again = ingest(cfg)  # the source still holds them
+    assert again.hash != first.hash
+    kept = pl.read_parquet(again.table_path("interactions"))
+    assert kept.filter(pl.col("user_id").is_in(erased)).height == 0
+    assert again.counts["erased_users"] == 2 and again.counts["users"] == len(users) - 2
+    assert again.counts["erased_interactions"] == first.counts["interactions"] - again.counts["interactions"] > 0
+    rewritten = read_manifest(first.path)["counts"]  # the old snapshot, rewritten in place
+    assert rewritten["interactions"] == again.counts["interactions"]
+    assert ingest(cfg).hash == again.hash  # re-ingesting is still a no-op
