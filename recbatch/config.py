@@ -69,6 +69,10 @@ class GenerateConfig:
     interactions_per_user: int = 20
     seed: int = 7
     id_type: Literal["int", "string"] = "int"
+    # Injected-profile attack on an existing snapshot instead of a demo catalog (recbatch/data/attacks.py).
+    attack: Literal["none", "average", "bandwagon"] = "none"
+    attack_target: str | None = None  # the item the fake profiles push
+    attack_share: float = 0.01  # fake profiles per real user
 
 
 @dataclass
@@ -304,6 +308,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "generate.items": (2, None),
     "generate.topics": (1, None),
     "generate.interactions_per_user": (1, None),
+    "generate.attack_share": (1e-6, 0.99),
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),
