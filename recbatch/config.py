@@ -46,6 +46,9 @@ class IngestConfig:
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     # Interactions below this rating are kept in the snapshot but not used as positives.
     min_rating: float | None = None
+    # Quarantine coordinated bursts of profiles around one item (injected "shilling" profiles;
+    # recbatch/data/profiles.py) to quarantine/profiles.parquet.
+    detect_injected_profiles: bool = False
 
 
 @dataclass

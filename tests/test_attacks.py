@@ -1,4 +1,4 @@
-"""Injected-profile attacks (`recbatch generate --attack`): fake profiles that ingest accepts as data."""
+"""Injected-profile attacks (`recbatch generate --attack`) and the ingest-time defence that quarantines them."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline
             assert (per_profile["popular"] >= per_profile["n"] - (per_profile["n"] * BANDWAGON_RANDOM_SHARE).round()).all()
         real = pl.read_parquet(attacked.table_path("interactions")).filter(~pl.col("user_id").is_in(fakes))
         assert real.height == clean.counts["interactions"]
+
+        # The defence: every fake profile quarantined with its reason, no real user touched.
+        defended = ingest(cfg.with_overrides({"ingest.source": str(out), "ingest.detect_injected_profiles": True}))
+        assert defended.counts["quarantined_profiles"] == 6
+        assert defended.counts["users"] == clean.counts["users"]
+        quarantined = pl.read_parquet(defended.path / "quarantine" / "profiles.parquet")
+        assert set(quarantined["user_id"]) == set(fakes)
+        assert quarantined["reason"].str.contains(f"item {target}").all()
+        kept = pl.read_parquet(defended.table_path("interactions"))
+        assert kept.sort("user_id", "ts").equals(pl.read_parquet(clean.table_path("interactions")).sort("user_id", "ts"))
+
+    unattacked = ingest(cfg.with_overrides({"ingest.detect_injected_profiles": True}))
+    assert unattacked.hash == clean.hash  # no real user quarantined: the same tables, the same snapshot
 
 
 def test_attack_refuses_an_unknown_target(tiny_pipeline_config, demo_source, capsys):
