@@ -65,3 +65,13 @@ def test_attack_refuses_an_unknown_target(tiny_pipeline_config, demo_source, cap
     assert main(["generate", "--root", cfg.root, "--attack", "average", "--target", "999999"]) == 2
     assert "999999" in capsys.readouterr().err
     assert not (Path(cfg.root) / "attacked-source-average").exists()
+
+
+def test_target_exposure_counts_real_users_with_the_target_in_their_top_k():
+    from recbatch.eval.exposure import target_exposure
+
+    recs = pl.LazyFrame({"user_id": [1, 2, 3, 99], "item_ids": [[7, 5], [5, 6, 7], [6, 5], [7, 8]]})
+    real = pl.Series([1, 2, 3, 4])  # user 4 has no list; user 99 is fake
+    assert target_exposure(recs, 7, k=2, real_users=real) == 0.25  # only user 1 has 7 in the top 2
+    assert target_exposure(recs, 7, k=3, real_users=real) == 0.5
+    assert target_exposure(recs, 5, k=1, real_users=real) == 0.25
