@@ -14,7 +14,10 @@ same run), on the attacked one, and on the attacked one ingested with
 * the target's exposure@10 (share of real users with it in their top 10),
   and the share of the attack's exposure gain the defence removes:
   (attacked - defended) / (attacked - clean);
-* NDCG@10 on the real users' test split, defended vs clean (the defence's cost).
+* NDCG@10 on the real users' test split, defended vs clean (the defence's cost);
+
+and writes them as a section of an evaluation report (``<root>/reports/attacks``)
+beside the clean models' usual tables.
 
 The two-tower model is not in this table: it needs a training run per
 snapshot (train one on each snapshot printed and compare with
@@ -41,6 +44,7 @@ from recbatch.data.ingest import ingest  # noqa: E402
 from recbatch.eval.baselines import run_baseline  # noqa: E402
 from recbatch.eval.exposure import target_exposure  # noqa: E402
 from recbatch.eval.metrics import evaluate_run, scan_recommendations  # noqa: E402
+from recbatch.eval.report import Section, write_report  # noqa: E402
 
 K = 10
 TARGET_INTERACTIONS = 5  # the pushed item: a real but unpopular one
@@ -92,19 +96,28 @@ def main() -> None:
             hit = measure(cfg, attacked, clean, model, target, real_users, root)
             safe = measure(cfg, defended, clean, model, target, real_users, root)
             gain = hit["exposure"] - base["exposure"]
-            removed = (hit["exposure"] - safe["exposure"]) / gain if gain > 0 else float("nan")
+            removed = f"{(hit['exposure'] - safe['exposure']) / gain:.0%}" if gain > 0 else "no gain"
             cost = safe["ndcg"] / base["ndcg"] - 1
             rows.append((kind, model, base, hit, safe, removed, cost))
             print(f"  {model:<9} exposure@{K}: clean {base['exposure']:.4f}  attacked {hit['exposure']:.4f}  "
-                  f"defended {safe['exposure']:.4f}  gain removed {removed:.0%}   "
+                  f"defended {safe['exposure']:.4f}  gain removed {removed}   "
                   f"ndcg@{K}: clean {base['ndcg']:.4f}  attacked {hit['ndcg']:.4f}  defended {safe['ndcg']:.4f} "
                   f"({cost:+.2%} vs clean)  [{time.perf_counter() - started:.0f} s]", flush=True)
 
-    print("\n| attack | model | exposure@10 clean | attacked | defended | gain removed | NDCG@10 clean | defended | cost |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for kind, model, base, hit, safe, removed, cost in rows:
-        print(f"| {kind} | {model} | {base['exposure']:.4f} | {hit['exposure']:.4f} | {safe['exposure']:.4f} | "
-              f"{removed:.0%} | {base['ndcg']:.4f} | {safe['ndcg']:.4f} | {cost:+.2%} |")
+    header = ["attack", "model", f"exposure@{K} clean", "attacked", "defended", "gain removed",
+              f"NDCG@{K} clean", "attacked", "defended", "cost"]
+    table = [[kind, model, f"{base['exposure']:.4f}", f"{hit['exposure']:.4f}", f"{safe['exposure']:.4f}",
+              removed, f"{base['ndcg']:.4f}", f"{hit['ndcg']:.4f}", f"{safe['ndcg']:.4f}", f"{cost:+.2%}"]
+             for kind, model, base, hit, safe, removed, cost in rows]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    print("\n".join("| " + " | ".join(row) + " |" for row in table))
+    section = Section(f"Injected profiles: target {target} exposure and real-user NDCG ({args.share:.1%} attackers)",
+                      header, table)
+    results = [evaluate_run(root / "baselines" / clean.hash / m, clean, ks=cfg.eval.ks, name=m)
+               for m in args.models.split(",")]
+    report = write_report(results, root / "reports" / "attacks", headline_k=K,
+                          context={"snapshot": clean.hash, "target": target, "share": args.share}, sections=[section])
+    print(f"\nreport: {report / 'report.md'}")
 
 
 if __name__ == "__main__":
