@@ -74,7 +74,7 @@ class GenerateConfig:
     id_type: Literal["int", "string"] = "int"
     # Injected-profile attack on an existing snapshot instead of a demo catalog (recbatch/data/attacks.py).
     attack: Literal["none", "average", "bandwagon"] = "none"
-    attack_target: str | None = None  # the item the fake profiles push
+    attack_target: int | str | None = None  # the item the fake profiles push (its id)
     attack_share: float = 0.01  # fake profiles per real user
 
 

@@ -41,7 +41,7 @@ FAKE_STRING_PREFIX = "x"  # text ids of fake users: x000001, ... (ids play no pa
 
 
 def inject_attack(
-    snapshot: Snapshot, out_dir: str | Path, *, kind: str, target: str, share: float, seed: int = 0
+    snapshot: Snapshot, out_dir: str | Path, *, kind: str, target: int | str, share: float, seed: int = 0
 ) -> dict[str, Any]:
     """Write `snapshot`'s data plus ``ceil(share * users)`` fake profiles pushing `target` to `out_dir`."""
     if kind not in ATTACK_KINDS:
@@ -88,7 +88,9 @@ def inject_attack(
     return {k: v for k, v in truth.items() if k != "fake_user_ids"} | {"out_dir": str(out)}
 
 
-def _target(target: str, items: pl.DataFrame, snapshot: Snapshot) -> Any:
+def _target(target: int | str, items: pl.DataFrame, snapshot: Snapshot) -> Any:
+    """The target as the snapshot's id type (a command line gives text); it must be an item."""
+    target = str(target)
     if snapshot.id_type == "int":
         try:
             target = int(target)
