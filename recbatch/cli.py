@@ -33,6 +33,7 @@ COMMANDS = [
     "rollback",
     "nightly",
     "gc",
+    "forget",
 ]
 
 # Commands whose runs are pushed to the Pushgateway as one stage each (recbatch/metrics.py).

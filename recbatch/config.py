@@ -46,6 +46,9 @@ class IngestConfig:
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     # Interactions below this rating are kept in the snapshot but not used as positives.
     min_rating: float | None = None
+    # Quarantine coordinated bursts of profiles around one item (injected "shilling" profiles;
+    # recbatch/data/profiles.py) to quarantine/profiles.parquet.
+    detect_injected_profiles: bool = False
 
 
 @dataclass
@@ -69,6 +72,10 @@ class GenerateConfig:
     interactions_per_user: int = 20
     seed: int = 7
     id_type: Literal["int", "string"] = "int"
+    # Injected-profile attack on an existing snapshot instead of a demo catalog (recbatch/data/attacks.py).
+    attack: Literal["none", "average", "bandwagon"] = "none"
+    attack_target: int | str | None = None  # the item the fake profiles push (its id)
+    attack_share: float = 0.01  # fake profiles per real user
 
 
 @dataclass
@@ -248,6 +255,15 @@ class RetentionConfig:
 
 
 @dataclass
+class ErasureConfig:
+    """Honouring erasure requests (``recbatch forget``; recbatch/erasure)."""
+
+    # Days a model trained on erased users' data may keep serving before the nightly must
+    # retrain it (0: the next nightly retrains before it publishes).
+    retrain_within_days: int = 0
+
+
+@dataclass
 class RayConfig:
     """How the job reaches Ray."""
 
@@ -273,6 +289,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    erasure: ErasureConfig = field(default_factory=ErasureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -317,6 +334,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "generate.items": (2, None),
     "generate.topics": (1, None),
     "generate.interactions_per_user": (1, None),
+    "generate.attack_share": (1e-6, 0.99),
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),
@@ -373,6 +391,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "serving.batch_size": (1, None),
     "retention.keep_runs": (1, None),
     "retention.staged_max_age_hours": (0, None),
+    "erasure.retrain_within_days": (0, None),
 }
 
 

@@ -8,6 +8,7 @@
     <root>/recommendations/dt=YYYY-MM-DD/part-*.parquet + _manifest.json + _SUCCESS
     <root>/reports/dt=YYYY-MM-DD/{report.md, report.json, *.png}
     <root>/runs/dt=YYYY-MM-DD.json                (nightly run summary)
+    <root>/erasure/{requests/<id>.json, suppressed.parquet, _key}   (recbatch forget)
 
 One class owns these paths so no stage spells a path of another stage by hand.
 """
@@ -55,6 +56,22 @@ class RunLayout:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    def training_run(self, snapshot_hash: str, stamp: str) -> Path:
+        """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
+        return self.checkpoints / f"{snapshot_hash[:12]}-{stamp}"
+
+    def training_runs(self, snapshot_hash: str | None = None) -> list[Path]:
+        """Training run folders (of one snapshot, or all), oldest first."""
+        if not self.checkpoints.exists():
+            return []
+        pattern = f"{snapshot_hash[:12]}-*" if snapshot_hash else "*-*"
+        return sorted(p for p in self.checkpoints.glob(pattern) if p.is_dir())
+
+    @staticmethod
+    def training_run_snapshot(run: Path) -> str:
+        """The snapshot-hash prefix a training run folder is named after."""
+        return run.name.split("-", 1)[0]
+
     # embeddings --------------------------------------------------------------
     def embeddings(self, model_version: str, kind: str) -> Path:
         assert kind in ("items", "users"), kind
@@ -88,6 +105,24 @@ class RunLayout:
 
     def run_summary(self, run_date: dt.date | str) -> Path:
         return self.root / "runs" / f"dt={_date_str(run_date)}.json"
+
+    # erasure (recbatch/erasure) ------------------------------------------------
+    @property
+    def erasure(self) -> Path:
+        return self.root / "erasure"
+
+    def erasure_request(self, request_id: str) -> Path:
+        """The log of one erasure request: what was done and when, never the ids."""
+        return self.erasure / "requests" / f"{request_id}.json"
+
+    @property
+    def suppression_list(self) -> Path:
+        """Keyed hashes of every erased user, read by ingest (recbatch/erasure/suppression.py)."""
+        return self.erasure / "suppressed.parquet"
+
+    @property
+    def erasure_key(self) -> Path:
+        return self.erasure / "_key"
 
 
 def _date_str(run_date: dt.date | str) -> str:

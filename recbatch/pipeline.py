@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from recbatch.config import Config
+from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.layout import RunLayout
 from recbatch.lease import RootLease
@@ -121,15 +122,20 @@ def trained_for(model_dir: Path) -> dt.date:
     return dt.date.fromisoformat(str(card.get("trained_for") or card["created_at"])[:10])
 
 
-def train_due(cadence: str, trained: dt.date | None, run_date: dt.date, force: bool) -> tuple[bool, str]:
+def train_due(
+    cadence: str, trained: dt.date | None, run_date: dt.date, force: bool, erasure: str | None = None
+) -> tuple[bool, str]:
     """Whether to retrain for `run_date`, and why (recorded in the summary).
 
-    `trained` is the run date the latest model was trained for (``trained_for``), None when there is none.
+    `trained` is the run date the latest model was trained for (``trained_for``), None when there is none;
+    `erasure` why that model must go because it learnt from erased users (``erasure.models.retrain_reason``).
     """
     if force:
         return True, "--train given"
     if trained is None:
         return True, "no model artifact yet"
+    if erasure is not None:  # before the cadence: erasure overrides train.cadence=never
+        return True, erasure
     if cadence == "always":
         return True, "train.cadence=always"
     if cadence == "never":
@@ -137,6 +143,14 @@ def train_due(cadence: str, trained: dt.date | None, run_date: dt.date, force: b
     age = (run_date - trained).days
     due = age >= WEEKLY_RETRAIN_DAYS
     return due, f"latest model was trained for {trained}, {age} days before the run date (weekly cadence)"
+
+
+def decide_training(cfg: Config, latest: Path | None, run_date: dt.date, force: bool) -> tuple[bool, str]:
+    """`train_due` over what the root holds: the latest model's run date and its erasure marker."""
+    if latest is None:
+        return train_due(cfg.train.cadence, None, run_date, force)
+    erasure = retrain_reason(latest, run_date, cfg.erasure.retrain_within_days)
+    return train_due(cfg.train.cadence, trained_for(latest), run_date, force, erasure=erasure)
 
 
 def _same_inputs(folder: Path, **expected: str) -> bool:
@@ -244,7 +258,7 @@ def _run_stages(
 
     with _stage(summary, "train") as rec:
         latest = layout.latest_model()
-        due, reason = train_due(cfg.train.cadence, trained_for(latest) if latest else None, run_date, force_train)
+        due, reason = decide_training(cfg, latest, run_date, force_train)
         rec.details["reason"] = reason
         if due:
             model_dir = train(cfg, snapshot, trained_for=run_date)

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 from recbatch.errors import IntegrityError
-from recbatch.storage import MANIFEST, data_files, publish_dir, staging_dir_for, verify_manifest, write_manifest
+from recbatch.storage import (
+    MANIFEST, data_files, link_or_copy, publish_dir, staging_dir_for, verify_manifest, write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def publish_run(staged: str | Path, final: str | Path, extra_manifest: dict[str,
             name = source.relative_to(staged)
             target = staging / name.with_name(f"{name.stem}-{publish_id}{name.suffix}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(source, target)
+            link_or_copy(source, target)
             expected_files[str(target.relative_to(staging))] = manifest["files"][str(name)]
         fields = {k: v for k, v in manifest.items() if k != "files"}
         fields.update(
@@ -83,11 +84,3 @@ def publish_run(staged: str | Path, final: str | Path, extra_manifest: dict[str,
     shutil.rmtree(staged, ignore_errors=True)
     log.info("published %s (%s rows) to %s", staged.name, manifest.get("rows"), final)
     return final
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link is instant and costs no space; a different filesystem needs a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

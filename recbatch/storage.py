@@ -23,6 +23,7 @@ folder being deleted under it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -33,7 +34,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,6 +122,25 @@ def remove_retired(parent: str | Path, now_ns: int | None = None) -> list[Path]:
     return removed
 
 
+def retired_copies(final: str | Path) -> list[Path]:
+    """The retired copies of `final`: its previous contents, kept aside through the grace period."""
+    final = Path(final)
+    return sorted(final.parent.glob(f".retired-{final.name}-*"))
+
+
+def hidden_copies(root: str | Path) -> list[Path]:
+    """Every staging and retired folder under `root`, at any depth (not those inside another).
+
+    For erasure (recbatch/erasure): copies that are not, or no longer, published still hold data.
+    """
+    found: list[Path] = []
+    for top, dirs, _ in os.walk(root):
+        hidden = [d for d in dirs if d.startswith((".staging-", ".retired-"))]
+        found += [Path(top) / d for d in hidden]
+        dirs[:] = [d for d in dirs if d not in hidden]
+    return sorted(found)
+
+
 def remove_stale_staging(parent: str | Path) -> list[Path]:
     """Delete staging folders left by killed runs (never published) and expired retired copies."""
     parent = Path(parent)
@@ -131,6 +151,31 @@ def remove_stale_staging(parent: str | Path) -> list[Path]:
             removed.append(p)
         removed += remove_retired(parent)
     return removed
+
+
+@contextlib.contextmanager
+def replacing_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write a single file to; on success it is renamed over `path`.
+
+    For small files outside the folder contract (logs, lists): a reader finds
+    the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Put `source`'s file at `target`: a hard link is instant and costs no space; another filesystem needs a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -38,6 +38,13 @@ def test_second_nightly_on_a_root_is_refused_and_a_killed_holder_frees_it(tmp_pa
         assert code == RootBusy.exit_code == 8
         assert f"pid {holder.pid}" in err and "nightly 2026-11-28" in err and str(root) in err
         assert sorted(p.name for p in root.iterdir()) == [LEASE_FILE]  # nothing run, not even a summary
+        # The other commands that rewrite or delete under the root wait their turn too.
+        users = tmp_path / "users.csv"
+        users.write_text("user_id\n1\n")
+        for argv in (["gc", "--keep-runs", "1"], ["forget", "--users", str(users)]):
+            assert main([*argv, "--root", str(root)]) == 8, argv
+            assert "nightly 2026-11-28" in capsys.readouterr().err
+        assert sorted(p.name for p in root.iterdir()) == [LEASE_FILE]
         with pytest.raises(RootBusy):  # in-process too
             with RootLease(root, "nightly 2026-11-30"):
                 pass

@@ -64,3 +64,19 @@ def test_bad_run_flag_is_a_usage_error(tmp_path, capsys):
     rc = main(["evaluate", "--root", str(tmp_path), "--snapshot", str(tmp_path), "--run", "nodir"])
     assert rc == 2
     assert "--run expects NAME=DIR" in capsys.readouterr().err
+
+
+def test_a_section_measured_elsewhere_is_rendered_and_kept_in_the_json(tmp_path):
+    from recbatch.data.snapshot import Snapshot
+    from recbatch.eval.metrics import evaluate_run
+    from recbatch.eval.report import Section, write_report
+
+    snap = Snapshot.open(synthetic_snapshot(tmp_path / "snapshot"))
+    write_run(tmp_path / "run", {1: [1, 2, 3]})
+    section = Section("Injected profiles", ["attack", "gain removed"], [["average", "100%"]])
+    out = write_report([evaluate_run(tmp_path / "run", snap, ks=[5, 10])], tmp_path / "report", sections=[section])
+    assert "## Injected profiles\n\n| attack | gain removed |" in (out / "report.md").read_text()
+    assert "<h2>Injected profiles</h2>" in (out / "report.html").read_text()
+    assert json.loads((out / "report.json").read_text())["sections"] == [
+        {"title": "Injected profiles", "header": ["attack", "gain removed"], "rows": [["average", "100%"]]}
+    ]

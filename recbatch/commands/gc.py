@@ -22,12 +22,14 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from recbatch.lease import RootLease
     from recbatch.retention import apply_plan, plan_for
 
-    plan = plan_for(cfg)
-    print(plan.render())
-    if args.dry_run:
-        print(f"dry run: would free {plan.bytes:,} bytes")
-    else:
-        print(f"freed {apply_plan(plan):,} bytes")
+    with RootLease(cfg.root, "gc"):  # never while a nightly is writing this root
+        plan = plan_for(cfg)
+        print(plan.render())
+        if args.dry_run:
+            print(f"dry run: would free {plan.bytes:,} bytes")
+        else:
+            print(f"freed {apply_plan(plan):,} bytes")
     return 0

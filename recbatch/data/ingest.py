@@ -24,10 +24,12 @@ import pyarrow.parquet as pq
 
 from recbatch.config import Config, IngestConfig, SplitConfig
 from recbatch.data.movielens import READERS, detect_layout
+from recbatch.data.profiles import quarantine_injected_profiles
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.snapshot import Snapshot
 from recbatch.data.split import mark_cold_items, split_counts, split_interactions
 from recbatch.data.validate import CleanTables, validate_source
+from recbatch.erasure.suppression import without_erased_users
 from recbatch.errors import UsageError
 from recbatch.layout import RunLayout
 from recbatch.schemas import TIMESTAMP_TYPE
@@ -138,8 +140,14 @@ def ingest(cfg: Config) -> Snapshot:
     """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
     source = read_source(cfg.ingest, cfg.split)
     clean = validate_source(source, cfg.ingest.on_bad_rows)
+    clean, erased = without_erased_users(clean, RunLayout.of(cfg.root))  # recbatch forget's requests
+    suspected: dict[str, int] = {}
+    if cfg.ingest.detect_injected_profiles:
+        clean, suspected = quarantine_injected_profiles(clean)
     tables, counts = build_tables(clean, cfg)
     counts.update(source.counts)
+    counts.update(erased)
+    counts.update(suspected)
     snapshot_hash = snapshot_digest(tables, cfg)
     final = RunLayout.of(cfg.root).snapshot(snapshot_hash)
     if is_complete(final):

@@ -12,8 +12,10 @@ like every other stage output, so a half-rendered report is never visible.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,15 @@ HEADLINE_COLUMNS = (
     "coverage", "gini", "avg_popularity", "seen_share", "cold/recall", "cold/ndcg",
 )
 PLOTS = ("metrics_at_k.png", "popularity.png", "cold_vs_warm.png")
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra table for the report: a title, column names and rows of formatted cells."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
 
 
 def headline_table(results: list[EvalResult], k: int) -> tuple[list[str], list[list[str]]]:
@@ -130,8 +141,13 @@ def write_report(
     *,
     headline_k: int = 10,
     context: dict[str, Any] | None = None,
+    sections: list[Section] | None = None,
 ) -> Path:
-    """Render tables, JSON and plots for `results` into `out_dir` (atomically); returns it."""
+    """Render tables, JSON and plots for `results` into `out_dir` (atomically); returns it.
+
+    `sections` are extra tables a caller measured itself (e.g. bench/attacks.py's target
+    exposure with and without the defence), rendered after the metric tables and kept in the JSON.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
@@ -147,6 +163,7 @@ def write_report(
         tables = [
             (f"All models at K = {headline_k}", headline_table(results, headline_k)),
             ("NDCG and Recall at each K", per_k_table(results, ks)),
+            *[(s.title, (s.header, s.rows)) for s in sections or []],
         ]
         facts = ", ".join(f"{k}: {v}" for k, v in context.items() if not isinstance(v, dict))
         md = [f"# Evaluation report\n\n{facts}\n"]
@@ -159,7 +176,8 @@ def write_report(
         page.append("".join(f"<h2>{p}</h2><img src='{p}'>" for p in PLOTS) + "</body></html>")
         (staging / "report.md").write_text("\n".join(md))
         (staging / "report.html").write_text("".join(page))
-        payload = {"context": context, "models": [r.to_dict() for r in results]}
+        payload = {"context": context, "models": [r.to_dict() for r in results],
+                   "sections": [dataclasses.asdict(s) for s in sections or []]}
         (staging / "report.json").write_text(json.dumps(payload, indent=2, default=str))
         write_manifest(staging, {"kind": "report", "models": [r.name for r in results], **context})
     except BaseException:

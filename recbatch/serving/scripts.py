@@ -63,7 +63,20 @@ redis.call('HSET', target_meta, 'activated_at', ARGV[2])
 return {current, target}
 """
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (READ, FLIP, ROLLBACK)}
+# KEYS[1] meta of a version, KEYS[2..] user keys of it  ->  keys deleted. The version's user
+# count drops by as many, and its written count too once complete, so FLIP's check stays true.
+ERASE = """
+local n = redis.call('UNLINK', unpack(KEYS, 2))
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'users', -n)
+  if redis.call('HGET', KEYS[1], 'state') == 'complete' then
+    redis.call('HINCRBY', KEYS[1], 'written', -n)
+  end
+end
+return n
+"""
+
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (READ, FLIP, ROLLBACK, ERASE)}
 
 
 def run_script(client: Store, script: str, keys: list[str], args: list[Any]) -> Any:

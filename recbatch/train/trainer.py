@@ -41,14 +41,13 @@ INPUTS_DIR = "inputs"
 
 def run_directory(layout: RunLayout, snapshot: Snapshot, resume: bool) -> Path:
     """A new run folder, or with `resume` the most recent one for this snapshot."""
-    prefix = snapshot.hash[:12]
     if resume:
-        runs = sorted(p for p in layout.checkpoints.glob(f"{prefix}-*") if p.is_dir())
+        runs = layout.training_runs(snapshot.hash)
         if not runs:
             raise UsageError(f"--resume: no training run of snapshot {snapshot.hash} under {layout.checkpoints}")
         return runs[-1]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    return layout.checkpoints / f"{prefix}-{stamp}"
+    return layout.training_run(snapshot.hash, stamp)
 
 
 def steps_per_epoch(num_examples: int, cfg: Config) -> int:

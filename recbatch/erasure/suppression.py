@@ -1,0 +1,124 @@
+"""The suppression list: which users the next ingest must leave out, without naming them.
+
+The source data still holds an erased user until its owner deletes them
+there, so every later ingest has to recognise and drop their rows. The list
+that makes that possible keeps no id: only a keyed hash (HMAC-SHA256) of each
+id, under a random key made once per root. Ingest hashes the source's ids
+with the same key and drops the matches. Why a key and not a plain hash: ids
+are small (often integers), so an unkeyed hash is reversed by hashing every
+candidate id; without the key the list says nothing about who is in it.
+
+    <root>/erasure/_key              32 random bytes (hex), owner-only permissions
+    <root>/erasure/suppressed.parquet  user_hash (hex), request_id: one row per erased user
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+from recbatch.data.validate import CleanTables
+from recbatch.layout import RunLayout
+from recbatch.storage import replacing_file
+
+KEY_BYTES = 32
+
+
+def _key(layout: RunLayout, create: bool) -> bytes | None:
+    path = layout.erasure_key
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: two requests at once still end with one key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(KEY_BYTES))
+        except FileExistsError:
+            pass
+    return bytes.fromhex(path.read_text().strip())
+
+
+def hash_ids(key: bytes, ids: list) -> list[str]:
+    """The keyed hash of each id's text (an integer id as its decimal text)."""
+    return [hmac.new(key, str(i).encode(), hashlib.sha256).hexdigest() for i in ids]
+
+
+@dataclass(frozen=True)
+class SuppressionList:
+    """The erased users' hashes under one root, and the key that made them."""
+
+    key: bytes
+    hashes: frozenset[str]
+
+    @classmethod
+    def load(cls, layout: RunLayout) -> "SuppressionList | None":
+        """The root's list, or None when nobody was ever erased there."""
+        key = _key(layout, create=False)
+        if key is None or not layout.suppression_list.exists():
+            return None
+        hashes = pl.read_parquet(layout.suppression_list, columns=["user_hash"])["user_hash"]
+        return cls(key, frozenset(hashes.to_list()))
+
+    def erased_ids(self, ids: pl.Series) -> pl.Series:
+        """Those of `ids` (any type) that belong to erased users; each distinct id is hashed once."""
+        distinct = ids.drop_nulls().unique()
+        if distinct.is_empty():
+            return distinct
+        text = distinct.cast(pl.String).str.strip_chars().to_list()
+        hit = [h in self.hashes for h in hash_ids(self.key, text)]
+        return distinct.filter(pl.Series(hit, dtype=pl.Boolean))
+
+    def drop_erased(self, frame: pl.DataFrame, column: str = "user_id") -> tuple[pl.DataFrame, int]:
+        """`frame` without the erased users' rows, and how many rows went."""
+        if column not in frame.columns:
+            return frame, 0
+        kept = frame.filter(~pl.col(column).is_in(self.erased_ids(frame[column]).implode()))
+        return kept, frame.height - kept.height
+
+
+def add_to_suppression_list(layout: RunLayout, ids: pa.Array, request_id: str) -> int:
+    """Record `ids` as erased (hashes only); returns how many were not on the list yet.
+
+    Written to a temporary file and renamed over the list, so a reader finds
+    the old list or the new one, never a torn file.
+    """
+    key = _key(layout, create=True)
+    new = pl.DataFrame({"user_hash": hash_ids(key, ids.to_pylist()), "request_id": request_id})
+    path = layout.suppression_list
+    if path.exists():
+        old = pl.read_parquet(path)
+        new = new.filter(~pl.col("user_hash").is_in(old["user_hash"].implode()))
+        table = pl.concat([old, new])
+    else:
+        table = new
+    with replacing_file(path) as tmp:
+        table.sort("user_hash").write_parquet(tmp)
+    return new.height
+
+
+def without_erased_users(clean: CleanTables, layout: RunLayout) -> tuple[CleanTables, dict[str, int]]:
+    """The validated tables minus the erased users' rows (quarantined rows too), and counts of what went.
+
+    No counts when the root has no suppression list, so snapshots of a root
+    that never erased anyone are unchanged.
+    """
+    suppressed = SuppressionList.load(layout)
+    if suppressed is None:
+        return clean, {}
+    interactions, n_interactions = suppressed.drop_erased(clean.interactions)
+    users, n_users = suppressed.drop_erased(clean.users)
+    quarantine, n_quarantined = {}, 0
+    for name, frame in clean.quarantine.items():
+        quarantine[name], n = suppressed.drop_erased(frame)
+        n_quarantined += n
+    counts = {"erased_interactions": n_interactions, "erased_users": n_users,
+              "erased_quarantined_rows": n_quarantined}
+    return dataclasses.replace(clean, interactions=interactions, users=users, quarantine=quarantine), counts

@@ -1,0 +1,77 @@
+"""Injected-profile attacks (`recbatch generate --attack`) and the ingest-time defence that quarantines them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from recbatch.cli import main
+from recbatch.data.attacks import BANDWAGON_POOL, BANDWAGON_RANDOM_SHARE, BURST_MINUTES
+from recbatch.data.ingest import ingest
+
+
+def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline_config, demo_source, tmp_path):
+    cfg = tiny_pipeline_config(**{"generate.id_type": "string"})
+    demo_source(cfg)
+    clean = ingest(cfg)
+    popularity = pl.read_parquet(clean.table_path("interactions")).group_by("item_id").len()
+    target = popularity.sort(["len", "item_id"])["item_id"][0]  # the least popular item
+    pool = set(popularity.sort(["len", "item_id"], descending=[True, False])["item_id"].head(BANDWAGON_POOL + 1))
+
+    for kind in ("average", "bandwagon"):
+        out = tmp_path / kind
+        assert main(["generate", "--root", cfg.root, "--attack", kind, "--target", target, "--share", "0.05",
+                     "--snapshot", str(clean.path), "--out", str(out)]) == 0
+        truth = json.loads((out / "attack.json").read_text())
+        fakes = truth["fake_user_ids"]
+        assert len(fakes) == 6 and truth["target"] == target  # ceil(0.05 * 120)
+
+        attacked = ingest(cfg.with_overrides({"ingest.source": str(out)}))
+        assert attacked.counts["users"] == clean.counts["users"] + 6
+        split = pl.read_parquet(attacked.table_path("split")).filter(pl.col("user_id").is_in(fakes))
+        train_targets = split.filter((pl.col("split") == "train") & (pl.col("item_id") == target))
+        assert train_targets["user_id"].n_unique() == 6  # every fake profile teaches the target
+        span = split["ts"].max() - split["ts"].min()
+        assert span.total_seconds() <= BURST_MINUTES * 60
+        per_profile = split.filter(pl.col("item_id") != target).group_by("user_id").agg(
+            n=pl.len(), popular=pl.col("item_id").is_in(list(pool)).sum(), distinct=pl.col("item_id").n_unique()
+        )
+        assert (per_profile["n"] == per_profile["distinct"]).all()  # no filler twice
+        if kind == "bandwagon":  # camouflage: mostly the popular items
+            assert (per_profile["popular"] >= per_profile["n"] - (per_profile["n"] * BANDWAGON_RANDOM_SHARE).round()).all()
+        real = pl.read_parquet(attacked.table_path("interactions")).filter(~pl.col("user_id").is_in(fakes))
+        assert real.height == clean.counts["interactions"]
+
+        # The defence: every fake profile quarantined with its reason, no real user touched.
+        defended = ingest(cfg.with_overrides({"ingest.source": str(out), "ingest.detect_injected_profiles": True}))
+        assert defended.counts["quarantined_profiles"] == 6
+        assert defended.counts["users"] == clean.counts["users"]
+        quarantined = pl.read_parquet(defended.path / "quarantine" / "profiles.parquet")
+        assert set(quarantined["user_id"]) == set(fakes)
+        assert quarantined["reason"].str.contains(f"item {target}").all()
+        kept = pl.read_parquet(defended.table_path("interactions"))
+        assert kept.sort("user_id", "ts").equals(pl.read_parquet(clean.table_path("interactions")).sort("user_id", "ts"))
+
+    unattacked = ingest(cfg.with_overrides({"ingest.detect_injected_profiles": True}))
+    assert unattacked.hash == clean.hash  # no real user quarantined: the same tables, the same snapshot
+
+
+def test_attack_refuses_an_unknown_target(tiny_pipeline_config, demo_source, capsys):
+    cfg = tiny_pipeline_config()
+    demo_source(cfg)
+    ingest(cfg)
+    assert main(["generate", "--root", cfg.root, "--attack", "average", "--target", "999999"]) == 2
+    assert "999999" in capsys.readouterr().err
+    assert not (Path(cfg.root) / "attacked-source-average").exists()
+
+
+def test_target_exposure_counts_real_users_with_the_target_in_their_top_k():
+    from recbatch.eval.exposure import target_exposure
+
+    recs = pl.LazyFrame({"user_id": [1, 2, 3, 99], "item_ids": [[7, 5], [5, 6, 7], [6, 5], [7, 8]]})
+    real = pl.Series([1, 2, 3, 4])  # user 4 has no list; user 99 is fake
+    assert target_exposure(recs, 7, k=2, real_users=real) == 0.25  # only user 1 has 7 in the top 2
+    assert target_exposure(recs, 7, k=3, real_users=real) == 0.5
+    assert target_exposure(recs, 5, k=1, real_users=real) == 0.25
