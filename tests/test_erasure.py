@@ -20,6 +20,7 @@ from recbatch.data.ingest import ingest
 from recbatch.erasure.models import MARKER, mark_models, read_marker
 from recbatch.erasure.rewrite import output_folders
 from recbatch.layout import RunLayout
+from recbatch.lease import LEASE_FILE
 from recbatch.pipeline import decide_training
 from recbatch.publish import publish_run
 from recbatch.schemas import embeddings_schema
@@ -211,7 +212,7 @@ def test_forget_refuses_ids_of_the_wrong_type_and_changes_nothing(tmp_path, tiny
     cfg = tiny_pipeline_config()  # integer ids
     demo_source(cfg)
     snapshot = ingest(cfg)
-    before = {p: p.stat().st_mtime_ns for p in Path(cfg.root).rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in Path(cfg.root).rglob("*") if p.name != LEASE_FILE}
     bad = tmp_path / "erase.csv"
     bad.write_text("user_id\n3\nu7\n4.5\n")
     assert main(["forget", "--root", cfg.root, "--users", str(bad)]) == 3
@@ -225,7 +226,8 @@ def test_forget_refuses_ids_of_the_wrong_type_and_changes_nothing(tmp_path, tiny
     pl.DataFrame({"user_id": ["1", None, "x"]}).write_parquet(text_ids)
     assert main(["forget", "--root", cfg.root, "--users", str(text_ids)]) == 3
     assert "2 bad rows" in capsys.readouterr().err
-    assert {p: p.stat().st_mtime_ns for p in Path(cfg.root).rglob("*")} == before
+    after = {p: p.stat().st_mtime_ns for p in Path(cfg.root).rglob("*") if p.name != LEASE_FILE}  # forget's lock
+    assert after == before
     assert read_manifest(snapshot.path)["counts"] == snapshot.counts
 
 

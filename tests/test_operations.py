@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from recbatch.config import MetricsConfig
+from recbatch.lease import LEASE_FILE
 from recbatch.metrics import nightly_metrics, push
 from recbatch.pipeline import STAGES, NightlySummary, StageRecord, run_nightly
 
@@ -233,7 +234,9 @@ def _model(layout, version: str, snapshot_hash: str, train_run: Path, mtime: flo
     model = layout.model(version)
     model.mkdir(parents=True)
     (model / "towers.pt").write_bytes(b"w" * 300)
-    (model / "model_card.json").write_text(json.dumps({"model_version": version, "train_run": str(train_run)}))
+    created = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).isoformat()  # what the cadence reads
+    card = {"model_version": version, "train_run": str(train_run), "created_at": created}
+    (model / "model_card.json").write_text(json.dumps(card))
     write_manifest(model, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
     _age(model, mtime)
     for kind in ("items", "users"):
@@ -299,7 +302,7 @@ def test_gc_dry_run_lists_exactly_what_goes_and_the_run_frees_it(tmp_path, redis
         baselines.parent, old_staged, old_leftover,
     }
     expected_bytes = sum(_size(p) for p in expected)
-    before = {p: _size(p) for p in root.rglob("*") if p.is_file()}
+    before = {p: _size(p) for p in root.rglob("*") if p.is_file() and p.name != LEASE_FILE}  # the lease is gc's lock
 
     gc = ["gc", "--root", str(root), "--keep-runs", "3", "--redis-url", redis_server.url]
     assert main([*gc, "--dry-run"]) == 0
@@ -308,7 +311,8 @@ def test_gc_dry_run_lists_exactly_what_goes_and_the_run_frees_it(tmp_path, redis
     listed = {root / line.strip().split("  ")[1] for line in out.strip().splitlines()[:-2]}
     assert listed == expected
     assert f"would free {expected_bytes:,} bytes" in out
-    assert {p: _size(p) for p in root.rglob("*") if p.is_file()} == before  # a dry run deletes nothing
+    after = {p: _size(p) for p in root.rglob("*") if p.is_file() and p.name != LEASE_FILE}
+    assert after == before  # a dry run deletes nothing
 
     assert main(gc) == 0
     assert f"freed {expected_bytes:,} bytes" in capsys.readouterr().out
