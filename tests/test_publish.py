@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,3 +336,22 @@ def test_run_killed_mid_write_leaves_previous_run_intact(tmp_path):
     assert verify_manifest(final) == before  # previous run intact, byte for byte
     assert sorted(pl.read_parquet(final / "*.parquet")["user_id"].to_list()) == list(range(10))
     assert layout.published_runs() == [final]
+
+
+def test_stale_staging_and_expired_retired_copies_are_cleared_fresh_ones_kept(tmp_path):
+    """What the nightly clears at its start (storage.remove_stale_staging): a killed writer's staging
+    folder, and retired copies past their grace period; a copy still inside it stays for its readers."""
+    layout = RunLayout.of(tmp_path)
+    stage_run(layout, list(range(4)), "m1")
+    final = publish_run(layout.staged_for(DATE), layout.recommendations_for(DATE), {})
+    stage_run(layout, [7], "m2")
+    publish_run(layout.staged_for(DATE), final, {})
+    (fresh,) = final.parent.glob(".retired-*")
+    expired = final.parent / f".retired-{final.name}-{time.time_ns() - storage.RETIRED_GRACE_SECONDS * 10**9}-0a"
+    shutil.copytree(fresh, expired)
+    killed = storage.staging_dir_for(final)
+    (killed / "part-00000.parquet").write_bytes(b"half a file")
+    removed = storage.remove_stale_staging(final.parent)
+    assert sorted(removed) == sorted([killed, expired])
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted([final.name, fresh.name])
+    assert verify_manifest(final)["rows"] == 1
