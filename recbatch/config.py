@@ -46,6 +46,14 @@ class IngestConfig:
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     # Interactions below this rating are kept in the snapshot but not used as positives.
     min_rating: float | None = None
+    # [low, high]: ratings of canonical input outside it are bad rows (per on_bad_rows).
+    # MovieLens layouts always check their documented scale (data/movielens.py RATING_SCALES).
+    rating_range: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        r = self.rating_range
+        if r is not None and (len(r) != 2 or r[0] > r[1]):
+            raise ConfigError(f"config key 'ingest.rating_range' = {r!r} must be [low, high] with low <= high")
 
 
 @dataclass

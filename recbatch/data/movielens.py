@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recbatch.data.readers import RawSource, RawTable, read_delimited
+from recbatch.data.readers import RatingScale, RawSource, RawTable, read_delimited
 from recbatch.errors import DataValidationError
 
 # Files whose presence identifies each layout (checked in this order).
@@ -40,6 +40,13 @@ ML100K_GENRES = (
 )  # fmt: skip
 
 NO_GENRES = "(no genres listed)"
+
+# The documented rating scale of each layout (the releases' README files).
+RATING_SCALES: dict[str, RatingScale] = {
+    "movielens-latest": RatingScale(0.5, 5.0, 0.5, "MovieLens: half stars from 0.5 to 5.0"),
+    "ml-100k": RatingScale(1.0, 5.0, 1.0, "ml-100k: whole stars from 1 to 5"),
+    "ml-1m": RatingScale(1.0, 5.0, 1.0, "ml-1m: whole stars from 1 to 5"),
+}
 
 
 def detect_layout(folder: Path) -> str | None:
@@ -107,6 +114,7 @@ def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = 
         users=None,  # this release has no user table: users come from the ratings
         files=files,
         counts=counts,
+        rating_scale=RATING_SCALES["movielens-latest"],
     )
 
 
@@ -211,7 +219,8 @@ def _with_optional_users(
         )
         users = RawTable("users", frame, users_path)
         files.append(users_path)
-    return RawSource(format=fmt, interactions=interactions, items=items, users=users, files=files)
+    return RawSource(format=fmt, interactions=interactions, items=items, users=users, files=files,
+                     rating_scale=RATING_SCALES[fmt])
 
 
 READERS = {
