@@ -166,12 +166,8 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     incremental: bool = True
-    # Interactions a user's history (the user tower's input) is built from. The
-    # default keeps the test split out so offline evaluation stays honest; a
-    # production run that serves from the latest behaviour may add "test".
-    history_splits: list[Literal["train", "validation", "test"]] = field(
-        default_factory=lambda: ["train", "validation"]
-    )
+    # (No history setting: user vectors are always built from every interaction of the
+    # snapshot, see embed/users.py serving_events; the holdout evaluation keeps its own.)
 
 
 @dataclass
@@ -432,15 +428,25 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported type {tp!r}")  # pragma: no cover
 
 
+# Keys that existed once: a config that still sets one is refused with the reason, not just "unknown".
+_REMOVED: dict[str, str] = {
+    "embed.history_splits": "published lists are now always built from every interaction of the snapshot "
+    "(the holdout evaluation keeps its own pre-test histories); delete the key",
+}
+
+
+def _unknown_key(key: str, parent: str, allowed: Any) -> ConfigError:
+    if key in _REMOVED:
+        return ConfigError(f"config key '{key}' was removed: {_REMOVED[key]}")
+    return ConfigError(f"unknown config key '{key}': allowed keys in '{parent}' are " + ", ".join(allowed))
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}': allowed keys in "
-            f"'{prefix.rstrip('.') or 'top level'}' are " + ", ".join(names)
-        )
+        raise _unknown_key(f"{prefix}{unknown[0]}", prefix.rstrip(".") or "top level", names)
     kwargs = {}
     for name in names:
         if name in data:
@@ -507,8 +513,5 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}'")
         node = node[part]
     if parts[-1] not in node:
-        parent = ".".join(parts[:-1]) or "top level"
-        raise ConfigError(
-            f"unknown config key '{dotted}': allowed keys in '{parent}' are " + ", ".join(node)
-        )
+        raise _unknown_key(dotted, ".".join(parts[:-1]) or "top level", node)
     node[parts[-1]] = value

@@ -1,8 +1,8 @@
 """A model's metrics on the fixed holdout slice: what the nightly gate compares.
 
 The gate needs the *model's* quality, measured the same way every night, so
-this does not read the staged lists (those may be built from a history that
-includes the test rows, see ``embed.history_splits``). Instead, for a fixed
+this does not read the staged lists (those are built from every interaction,
+test rows included: ``embed.users.serving_events``). Instead, for a fixed
 slice of test users (``eval.holdout_users``, picked by a stable hash of the
 user id), it
 
@@ -92,9 +92,9 @@ def holdout_lists(
     catalog = snapshot.items().collect()
     hashes = pa.table({"item_id": catalog["item_id"].to_arrow(), "input_hash": item_input_hash(catalog).to_arrow()})
     features = artifact.user_features.categorical + artifact.user_features.numeric
+    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
     inputs = pl.from_arrow(user_inputs(
-        snapshot, item_ids, hashes, history_length=artifact.history_length,
-        history_splits=HISTORY_SPLITS[split], feature_columns=features,
+        snapshot, before, item_ids, hashes, history_length=artifact.history_length, feature_columns=features,
     )).join(pl.DataFrame({"user_id": users}), on="user_id", how="semi")
 
     vectors = []  # [U, D] in blocks
@@ -109,7 +109,6 @@ def holdout_lists(
     user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
 
     # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
-    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
     prior = prior_column(cfg.score, before, item_ids)
     temperature = trained_temperature(artifact.card) or cfg.model.temperature
     user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
