@@ -157,17 +157,41 @@ def evaluate_model(
     such as the popularity prior without looking at test, as baselines are tuned.
     """
     users = holdout_user_ids(snapshot, cfg.eval.holdout_users, split)
-    k = max(cfg.eval.ks)
-    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, k, split)
+    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, max(cfg.eval.ks), split)
+    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, split, name, f"{model_dir} holdout lists")
+
+
+def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
+    """Baseline `name` (e.g. ``most_popular``) on the same fixed test slice as `evaluate_model`.
+
+    Fit on the rows before test and tuned on the validation rows of the same
+    slice of users (``eval.holdout_users``), so the gate can afford it every night.
+    """
+    from recbatch.eval.baselines import fit_baseline
+
+    users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "test")
+    tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation")
+    fitted = fit_baseline(name, snapshot, cfg, tune_users)
+    recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), users)])
+    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", name, f"{fitted.model_version} holdout lists")
+
+
+def _evaluate_slice(
+    cfg: Config, snapshot: Any, recs: pl.LazyFrame, users: pl.Series, split: str, name: str, source: str
+) -> EvalResult:
+    """`recs` scored against the held-out rows of `users` only."""
     heldout, history = heldout_and_history(snapshot, split)
     in_slice = pl.col("user_id").is_in(users.implode())
-    return evaluate(recs.lazy(), heldout.filter(in_slice), history, snapshot.items(),
-                    ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")
+    return evaluate(recs, heldout.filter(in_slice), history, snapshot.items(), ks=cfg.eval.ks, name=name, source=source)
 
 
 def evaluate_holdout(
     cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None
 ) -> dict[str, float]:
     """Flat metrics for the gate and the run manifest (``{"ndcg@10": ..., "holdout_users": ...}``)."""
-    result = evaluate_model(cfg, snapshot, model_dir, items_dir)
+    return holdout_metrics(evaluate_model(cfg, snapshot, model_dir, items_dir))
+
+
+def holdout_metrics(result: EvalResult) -> dict[str, float]:
+    """`result` flattened for the gate and the run manifest, with the number of users it averaged over."""
     return {**result.metrics(), "holdout_users": float(result.users["all"])}
