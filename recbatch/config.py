@@ -60,10 +60,11 @@ class IngestConfig:
 class SplitConfig:
     """How held-out interactions are carved out for evaluation."""
 
-    protocol: Literal["leave_last_n", "temporal"] = "leave_last_n"
+    protocol: Literal["leave_last_n", "temporal", "recent_days"] = "leave_last_n"
     leave_last_n: int = 5
     min_user_interactions: int = 10  # users with fewer stay wholly in train
-    temporal_train_fraction: float = 0.9  # global time cutoff at this quantile of ts
+    temporal_train_fraction: float = 0.9  # temporal: global time cutoff at this quantile of ts
+    holdout_days: float = 7.0  # recent_days: the last this many days (before the newest ts) are test
     validation_n: int = 1  # per-user carve-out from train for hyper-parameter picking
 
 
@@ -301,6 +302,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),
+    "split.holdout_days": (1e-3, None),
     "split.validation_n": (0, None),
     "model.embedding_dim": (1, None),
     "model.max_text_tokens": (8, 512),
