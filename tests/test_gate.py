@@ -96,7 +96,7 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     from eval_helpers import synthetic_snapshot
     from recbatch.config import Config
     from recbatch.data.snapshot import Snapshot
-    from recbatch.eval.holdout import evaluate_holdout, holdout_user_ids
+    from recbatch.eval.holdout import evaluate_baseline, evaluate_holdout, holdout_user_ids
     from recbatch.model.artifact import init_artifact
 
     snapshot = Snapshot.open(synthetic_snapshot(tmp_path / "snap", users=60, items=80))
@@ -114,6 +114,12 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     assert evaluate_holdout(cfg, snapshot, model_dir, items_dir) == pytest.approx(metrics)
     first = check_gate(metrics, None, CFG)
     assert first.passed
+    # the floor: most_popular on the same fixed slice, fit on the rows before test
+    popular = evaluate_baseline(cfg, snapshot, "most_popular")
+    assert popular.users["all"] == 40
+    assert popular.metrics()["seen_share@10"] == 0.0 and popular.metrics()["ndcg@10"] > metrics["ndcg@10"]
+    with pytest.raises(QualityGateError, match="below the most_popular baseline"):
+        check_gate(metrics, None, CFG, floor_metrics=popular.metrics())
     better_last_run = {"run_date": "x", "metrics": {"ndcg@10": metrics["ndcg@10"] + 0.5}}
     with pytest.raises(QualityGateError):
         check_gate(metrics, better_last_run, CFG)
