@@ -4,6 +4,8 @@
         [--model leave_last_n=DIR --model temporal=DIR]   # two-tower artifacts trained on that protocol's snapshot
         [--backtest-model temporal=DIR]                   # one trained on the temporal backtest snapshot
     .venv/bin/python bench/quality.py --scale-users 1000000   # evaluation time and peak memory at scale
+    .venv/bin/python bench/quality.py --write-history DIR      # ml-latest-small minus each user's last 5, as a release
+    .venv/bin/python bench/quality.py --next-items NAME=RUN_DIR [--next-items ...]   # published lists vs the last 5
 
 Protocols (config ``split``):
   leave_last_n  per user, the last 5 interactions are test, for users with >= 10 interactions
@@ -23,6 +25,13 @@ leave_last_n; for temporal, whose newcomers and drift a per-user carve-out
 does not mirror, on a *backtest*: the same protocol replayed on the data before
 the test cutoff (ratings and tags up to it, written under --root/backtest-source
 and ingested; it prints the snapshot to train the --backtest-model on).
+
+``--write-history DIR`` and ``--next-items`` replay the nightly job as a user
+meets it: DIR is ml-latest-small without each user's last 5 ratings (the
+leave_last_n protocol's test rows; tags written after the newest kept rating
+are dropped too), to feed ``recbatch nightly --source DIR`` as the whole
+history; ``--next-items NAME=RUN_DIR`` then scores that night's *published*
+lists (seen items filtered, as served) against each user's 5 real next items.
 
 ``--scale-users N`` instead measures the metric code alone on a synthetic run
 of N users x 100 items (100k-item catalog, 5 test and 10 history rows per
@@ -69,9 +78,15 @@ def main() -> None:
     parser.add_argument("--backtest-model", action="append", default=[], metavar="PROTOCOL=DIR",
                         help="temporal: a model trained on the backtest snapshot, to pick the scoring settings on")
     parser.add_argument("--scale-users", type=int, help="only measure evaluation at this many users")
+    parser.add_argument("--write-history", metavar="DIR", help="write ml-latest-small minus each user's last 5 to DIR")
+    parser.add_argument("--next-items", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="score a published run against each user's 5 real next items")
     args = parser.parse_args()
     if args.scale_users:
         scale(args.scale_users, Path(args.root) / "scale")
+        return
+    if args.write_history or args.next_items:
+        replay(Path(args.data), Path(args.root), args.write_history, dict(s.split("=", 1) for s in args.next_items))
         return
     logging.basicConfig(level=logging.WARNING)
     models = dict(spec.split("=", 1) for spec in args.model)
@@ -175,6 +190,33 @@ def tune_scoring(cfg: Config, snapshot, model_dir: str, split: str, root: Path) 
     off = trials[0]  # PRIOR_GRID[0]: the prior off
     better = [t for t in trials[1:] if t[0] >= off[0] * (1 + MIN_GAIN) and t[2] >= off[2]]
     return max(better, key=lambda t: t[0])[1] if better else off[1]
+
+
+def replay(data: Path, root: Path, history_dir: str | None, runs: dict[str, str]) -> None:
+    """``--write-history`` / ``--next-items``: see the module docstring."""
+    import polars as pl
+
+    cfg = Config().with_overrides({"root": str(root), "ingest.source": str(data), **PROTOCOLS["leave_last_n"]})
+    snapshot = ingest(cfg)  # the truth: its test rows are each user's 5 real next items
+    if history_dir:
+        out = Path(history_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        ratings = pl.read_csv(data / "ratings.csv")
+        test = snapshot.split("test").select(
+            pl.col("user_id").alias("userId"), pl.col("item_id").alias("movieId"),
+            pl.col("ts").dt.epoch("s").alias("timestamp"),
+        ).collect()
+        kept = ratings.join(test, on=["userId", "movieId", "timestamp"], how="anti")
+        kept.write_csv(out / "ratings.csv")
+        tags = pl.read_csv(data / "tags.csv")
+        tags.filter(pl.col("timestamp") <= kept["timestamp"].max()).write_csv(out / "tags.csv")
+        (out / "movies.csv").write_bytes((data / "movies.csv").read_bytes())
+        print(f"{out}: {kept.height} of {ratings.height} ratings ({ratings.height - kept.height} held out, "
+              f"snapshot {snapshot.hash})")
+    for name, run_dir in runs.items():
+        m = evaluate_run(run_dir, snapshot, ks=cfg.eval.ks, name=name).metrics()
+        print(f"{name:<10} NDCG@10 {m['ndcg@10']:.4f}  Recall@10 {m['recall@10']:.4f}  "
+              f"seen_share@10 {m['seen_share@10']:.4f}  ({run_dir})")
 
 
 def backtest_source(data: Path, out: Path, cfg: Config) -> Path:

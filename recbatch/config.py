@@ -49,16 +49,25 @@ class IngestConfig:
     # Quarantine coordinated bursts of profiles around one item (injected "shilling" profiles;
     # recbatch/data/profiles.py) to quarantine/profiles.parquet.
     detect_injected_profiles: bool = False
+    # [low, high]: ratings of canonical input outside it are bad rows (per on_bad_rows).
+    # MovieLens layouts always check their documented scale (data/movielens.py RATING_SCALES).
+    rating_range: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        r = self.rating_range
+        if r is not None and (len(r) != 2 or r[0] > r[1]):
+            raise ConfigError(f"config key 'ingest.rating_range' = {r!r} must be [low, high] with low <= high")
 
 
 @dataclass
 class SplitConfig:
     """How held-out interactions are carved out for evaluation."""
 
-    protocol: Literal["leave_last_n", "temporal"] = "leave_last_n"
+    protocol: Literal["leave_last_n", "temporal", "recent_days"] = "leave_last_n"
     leave_last_n: int = 5
     min_user_interactions: int = 10  # users with fewer stay wholly in train
-    temporal_train_fraction: float = 0.9  # global time cutoff at this quantile of ts
+    temporal_train_fraction: float = 0.9  # temporal: global time cutoff at this quantile of ts
+    holdout_days: float = 7.0  # recent_days: the last this many days (before the newest ts) are test
     validation_n: int = 1  # per-user carve-out from train for hyper-parameter picking
 
 
@@ -165,12 +174,8 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     incremental: bool = True
-    # Interactions a user's history (the user tower's input) is built from. The
-    # default keeps the test split out so offline evaluation stays honest; a
-    # production run that serves from the latest behaviour may add "test".
-    history_splits: list[Literal["train", "validation", "test"]] = field(
-        default_factory=lambda: ["train", "validation"]
-    )
+    # (No history setting: user vectors are always built from every interaction of the
+    # snapshot, see embed/users.py serving_events; the holdout evaluation keeps its own.)
 
 
 @dataclass
@@ -338,6 +343,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),
+    "split.holdout_days": (1e-3, None),
     "split.validation_n": (0, None),
     "model.embedding_dim": (1, None),
     "model.max_text_tokens": (8, 512),
@@ -468,15 +474,25 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported type {tp!r}")  # pragma: no cover
 
 
+# Keys that existed once: a config that still sets one is refused with the reason, not just "unknown".
+_REMOVED: dict[str, str] = {
+    "embed.history_splits": "published lists are now always built from every interaction of the snapshot "
+    "(the holdout evaluation keeps its own pre-test histories); delete the key",
+}
+
+
+def _unknown_key(key: str, parent: str, allowed: Any) -> ConfigError:
+    if key in _REMOVED:
+        return ConfigError(f"config key '{key}' was removed: {_REMOVED[key]}")
+    return ConfigError(f"unknown config key '{key}': allowed keys in '{parent}' are " + ", ".join(allowed))
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}': allowed keys in "
-            f"'{prefix.rstrip('.') or 'top level'}' are " + ", ".join(names)
-        )
+        raise _unknown_key(f"{prefix}{unknown[0]}", prefix.rstrip(".") or "top level", names)
     kwargs = {}
     for name in names:
         if name in data:
@@ -543,8 +559,5 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}'")
         node = node[part]
     if parts[-1] not in node:
-        parent = ".".join(parts[:-1]) or "top level"
-        raise ConfigError(
-            f"unknown config key '{dotted}': allowed keys in '{parent}' are " + ", ".join(node)
-        )
+        raise _unknown_key(dotted, ".".join(parts[:-1]) or "top level", node)
     node[parts[-1]] = value

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from recbatch.config import Config
 from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
+from recbatch.eval.gate import FLOOR_BASELINE
 from recbatch.layout import RunLayout
 from recbatch.lease import RootLease
 from recbatch.metrics import nightly_metrics, push
@@ -33,6 +34,8 @@ from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "train", "embed", "score", "evaluate", "publish", "load")
+# Shown beside the model in the nightly report, on the same holdout users; one is the gate's floor.
+POPULARITY_BASELINES = (FLOOR_BASELINE, "recent_popular")
 
 
 @dataclass
@@ -242,7 +245,7 @@ def _run_stages(
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
     from recbatch.eval.gate import check_gate
-    from recbatch.eval.holdout import evaluate_model
+    from recbatch.eval.holdout import evaluate_baseline, evaluate_model, holdout_metrics
     from recbatch.eval.report import write_report
     from recbatch.publish import publish_run
     from recbatch.score.stage import score
@@ -291,15 +294,19 @@ def _run_stages(
 
     with _stage(summary, "evaluate") as rec:
         result = evaluate_model(cfg, snapshot, model_dir, emb.items_dir)
-        metrics = {**result.metrics(), "holdout_users": float(result.users["all"])}
+        metrics = holdout_metrics(result)
+        # Popularity on the same holdout users: the gate's floor, and what the report compares with.
+        popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
-        summary.report = str(write_report([result], layout.report(run_date), context=context))
+        summary.report = str(write_report([result, *popular], layout.report(run_date), context=context,
+                                          gate_metric=cfg.eval.gate_metric))
         headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
         rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
         previous = [p for p in layout.published_runs() if p.name != final.name]
         last_manifest = read_manifest(previous[-1]) if previous else None
-        gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish)
+        floor = next(r for r in popular if r.name == FLOOR_BASELINE)
+        gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish, floor_metrics=floor.metrics())
         rec.details["gate"] = asdict(gate)
 
     with _stage(summary, "publish") as rec:

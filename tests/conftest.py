@@ -67,11 +67,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def tiny_pipeline_config(tmp_path, tiny_bert_dir):
-    """A Config for a whole nightly run in well under a minute of work.
+def tiny_pipeline_config(tmp_path):
+    """A Config for a whole nightly run in about a minute of work.
 
-    Small generated data (its text carries the signal), the tiny BERT, one
-    train worker and few steps: enough to exercise every stage for real.
+    Small generated data (its text carries the signal), one train worker:
+    enough to exercise every stage for real. The model must pass the gate's
+    popularity floor, so it has to learn: the packaged MiniLM stays frozen (its
+    output for the 120 items is computed once, a step costs only the towers),
+    4 topics give each taste enough items to learn from, and 4 epochs (~280
+    steps) reached NDCG@10 0.320 against most_popular's 0.242 on the holdout
+    users (1.32x). With 12 topics it was 1.12-1.22x, and 6 steps of tuning a
+    random tiny BERT reached 0.11 against 0.31: below the floor.
     """
     from recbatch.config import load_config
 
@@ -79,16 +85,20 @@ def tiny_pipeline_config(tmp_path, tiny_bert_dir):
         base = {
             "root": str(root or tmp_path / "root"),
             "ingest.source": str(tmp_path / "source"),
-            "generate.users": 120,
-            "generate.items": 80,
-            "generate.interactions_per_user": 12,
-            "model.encoder": str(tiny_bert_dir),
-            "model.embedding_dim": 16,
-            "model.history_length": 5,
+            "generate.users": 300,
+            "generate.items": 120,
+            "generate.interactions_per_user": 16,
+            "generate.topics": 4,
+            "model.encoder": "minilm",
+            "model.freeze_encoder": True,
+            "model.embedding_dim": 32,
+            "model.history_length": 8,
             "model.max_text_tokens": 24,
             "model.user_layers": 1,
+            "model.temperature": 0.1,
             "train.num_workers": 1,
-            "train.max_steps": 6,
+            "train.epochs": 4,
+            "train.learning_rate": 3e-3,
             "train.batch_size": 32,
             "train.checkpoint_every_steps": 1000,
             "score.k": 10,

@@ -113,3 +113,10 @@ def test_relative_paths_become_absolute_once(tmp_path, monkeypatch):
     assert cfg.ingest.source == str(tmp_path / "data")
     assert cfg.score.blocklist == "s3://b/block.parquet"  # URIs are left alone
     assert load_config(None, {}).ingest.source == ""  # unset stays unset
+
+
+def test_a_removed_key_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"'embed.history_splits' was removed: published lists .* every interaction"):
+        config_from_dict({"embed": {"history_splits": ["train", "validation", "test"]}})
+    with pytest.raises(ConfigError, match=r"'embed.history_splits' was removed"):
+        Config().with_overrides({"embed.history_splits": ["train"]})

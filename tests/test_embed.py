@@ -111,7 +111,7 @@ def matrix(frame: pl.DataFrame) -> np.ndarray:
     return np.asarray(frame["embedding"].to_list(), dtype=np.float32)
 
 
-def reference_embeddings(model_dir: Path, snapshot: Snapshot, history_splits=("train", "validation")):
+def reference_embeddings(model_dir: Path, snapshot: Snapshot):
     """Items and users encoded in-process, one row at a time, with no bucketing or reuse.
 
     The oracle the stage must match: a plain loop over the model's own API.
@@ -126,7 +126,7 @@ def reference_embeddings(model_dir: Path, snapshot: Snapshot, history_splits=("t
     item_vectors = torch.cat([artifact.encode_items([t], [i]) for t, i in zip(texts, ids)]).numpy()  # [N, D]
     row_of = {item_id: row for row, item_id in enumerate(ids)}
 
-    events = snapshot.split().filter(pl.col("split").is_in(list(history_splits))).collect()
+    events = snapshot.interactions().collect()  # every interaction, test rows included: what is served
     users = snapshot.users().collect().sort("user_id")
     L = artifact.history_length
     user_vectors = []
@@ -202,7 +202,7 @@ def test_rerun_reencodes_only_changed_items_and_their_users(tmp_path, ray_local,
     result = embed(cfg, after, model_dir)
 
     edited_ids = {_id(i, "string") for i in edited}
-    history = after.split().filter(pl.col("split").is_in(["train", "validation"])).collect()
+    history = after.interactions().collect()  # every row: what is served
     recent = history.sort("ts").group_by("user_id").agg(pl.col("item_id").tail(5))
     affected = recent.filter(pl.col("item_id").list.eval(pl.element().is_in(list(edited_ids))).list.any())
     assert 0 < affected.height < N_USERS  # the test would prove nothing otherwise

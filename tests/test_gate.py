@@ -39,6 +39,46 @@ def test_force_publishes_a_regression_and_records_it():
     assert manifest["relative_change"] == pytest.approx(-0.1)
 
 
+POPULARITY = {"ndcg@10": 0.15, "recall@10": 0.2}  # the floor baseline's metrics on the same holdout users
+
+
+def test_first_run_below_the_popularity_floor_is_refused():
+    with pytest.raises(QualityGateError, match=r"ndcg@10 0\.1000 is below the most_popular baseline's 0\.1500 "
+                                               r"on the same holdout users \(0\.67x\).*--force") as err:
+        check_gate({"ndcg@10": 0.10}, None, CFG, floor_metrics=POPULARITY)
+    assert err.value.exit_code == 4
+
+
+def test_floor_passes_at_or_above_popularity_and_records_the_ratio():
+    result = check_gate({"ndcg@10": 0.30}, None, CFG, floor_metrics=POPULARITY)
+    assert result.passed and result.floor_model == "most_popular"
+    assert result.floor_value == 0.15 and result.floor_ratio == pytest.approx(2.0)
+    assert result.to_manifest()["floor_ratio"] == pytest.approx(2.0)
+    assert check_gate({"ndcg@10": 0.15}, None, CFG, floor_metrics=POPULARITY).passed  # a tie is not below
+
+
+def test_floor_and_last_run_are_both_checked():
+    # above the floor, but a regression against the last published run
+    with pytest.raises(QualityGateError, match=r"ndcg@10 0\.1800 vs 0\.2000"):
+        check_gate({"ndcg@10": 0.18}, LAST, CFG, floor_metrics=POPULARITY)
+    # no regression against a weak last run, but below the floor
+    weak_last = {"run_date": "2026-11-27", "metrics": {"ndcg@10": 0.10}}
+    with pytest.raises(QualityGateError, match="below the most_popular baseline"):
+        check_gate({"ndcg@10": 0.12}, weak_last, CFG, floor_metrics=POPULARITY)
+
+
+def test_force_publishes_below_the_floor_and_records_it():
+    result = check_gate({"ndcg@10": 0.05}, None, CFG, force=True, floor_metrics=POPULARITY)
+    assert result.publish and result.forced and not result.passed
+    assert "below the most_popular baseline" in result.reason and "--force" in result.reason
+    assert result.floor_ratio == pytest.approx(1 / 3)
+
+
+def test_disabled_gate_ignores_the_floor():
+    off = EvalConfig(gate_metric="ndcg@10", gate_enabled=False)
+    assert check_gate({"ndcg@10": 0.0}, None, off, floor_metrics=POPULARITY).passed
+
+
 def test_previous_run_without_the_metric_passes():
     result = check_gate({"ndcg@10": 0.1}, {"run_date": "2026-11-27", "metrics": {}}, CFG)
     assert result.passed and "recorded no" in result.reason
@@ -56,7 +96,7 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     from eval_helpers import synthetic_snapshot
     from recbatch.config import Config
     from recbatch.data.snapshot import Snapshot
-    from recbatch.eval.holdout import evaluate_holdout
+    from recbatch.eval.holdout import evaluate_baseline, evaluate_holdout, holdout_user_ids
     from recbatch.model.artifact import init_artifact
 
     snapshot = Snapshot.open(synthetic_snapshot(tmp_path / "snap", users=60, items=80))
@@ -73,6 +113,12 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     assert evaluate_holdout(cfg, snapshot, model_dir, items_dir) == pytest.approx(metrics)
     first = check_gate(metrics, None, CFG)
     assert first.passed
+    # the floor: most_popular on the same fixed slice, fit on the rows before test
+    popular = evaluate_baseline(cfg, snapshot, "most_popular")
+    assert popular.users["all"] == 40
+    assert popular.metrics()["seen_share@10"] == 0.0 and popular.metrics()["ndcg@10"] > metrics["ndcg@10"]
+    with pytest.raises(QualityGateError, match="below the most_popular baseline"):
+        check_gate(metrics, None, CFG, floor_metrics=popular.metrics())
     better_last_run = {"run_date": "x", "metrics": {"ndcg@10": metrics["ndcg@10"] + 0.5}}
     with pytest.raises(QualityGateError):
         check_gate(metrics, better_last_run, CFG)

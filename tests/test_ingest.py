@@ -185,3 +185,20 @@ def test_a_table_may_be_a_folder_of_parquet_parts(tmp_path, generated):
     assert snapshot.counts["interactions"] == inter.height
     assert {"interactions/part-00000.parquet", "interactions/part-00001.parquet"} <= set(snapshot.manifest["sources"])
     assert snapshot.hash == ingest(config(tmp_path, generated["int"])).hash  # same rows, same snapshot
+
+
+def test_rating_range_checks_typed_parquet_ratings(tmp_path):
+    """ingest.rating_range applies to Parquet (typed) ratings too; a NaN is off every scale."""
+    from recbatch.errors import DataValidationError
+
+    source = tmp_path / "src"
+    source.mkdir()
+    pl.DataFrame({"item_id": [1, 2], "title": ["Orbit", "Recipe"]}).write_parquet(source / "items.parquet")
+    pl.DataFrame({
+        "user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 2],
+        "ts": [dt.datetime(2024, 1, d, tzinfo=dt.UTC) for d in (1, 2, 3, 4)],
+        "rating": [1.0, 10.0, float("nan"), 3.0],
+    }).write_parquet(source / "interactions.parquet")
+    assert ingest(config(tmp_path / "free", source)).counts["interactions"] == 4
+    with pytest.raises(DataValidationError, match=r"interactions.parquet: column 'rating': 2 of 4 .* outside 0 to 5"):
+        ingest(config(tmp_path / "ranged", source, **{"ingest.rating_range": [0, 5]}))

@@ -131,7 +131,9 @@ def ray_head(tmp_path):
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_pipeline_config, demo_source):
     address, env = ray_head
-    cfg = tiny_pipeline_config(root=tmp_path / "root")
+    # This test is about the job mechanics: a few training steps, and --force past the quality gate's
+    # popularity floor (test_nightly.py trains a model that passes it).
+    cfg = tiny_pipeline_config(root=tmp_path / "root", **{"train.max_steps": 6})
     demo_source(cfg)
     config_file = tmp_path / "nightly.yaml"
     data = cfg.to_dict()
@@ -142,7 +144,7 @@ def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait",
              "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--working-dir", str(REPO),
-             "--", "python", "jobs/nightly.py", "--config", str(config_file), "--run-date", "2026-11-28"],
+             "--", "python", "jobs/nightly.py", "--config", str(config_file), "--run-date", "2026-11-28", "--force"],
             env=env, capture_output=True, text=True, timeout=120,
         )
         if "No available agent" not in submit.stderr + submit.stdout:
@@ -173,3 +175,5 @@ def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_
     manifest = verify_manifest(final)
     recs = pl.read_parquet(sorted(final.glob("*.parquet")))
     assert recs.height == manifest["users"] > 0
+    assert manifest["gate"]["floor_model"] == "most_popular"  # the gate ran; --force is recorded if it refused
+    assert manifest["gate"]["forced"] is True

@@ -161,3 +161,52 @@ def test_temporal_split_keeps_tags_written_after_the_cutoff_out_of_item_text(tmp
 
     leave_last = ingest(config(tmp_path / "b", source))  # no time cutoff: every tag is item text
     assert by_id(leave_last.items().collect(), "item_id")[1]["tags"] in ("early, late", "late, early")
+
+
+def _ml_folder(tmp_path: Path, layout: str, ratings: list[str]) -> Path:
+    """A minimal release of `layout` whose three ratings (of movies 1, 2, 1) are `ratings`, as text."""
+    folder = tmp_path / layout
+    if layout == "movielens-latest":
+        write_ml_latest(folder)
+        rows = zip((1, 1, 2), (1, 2, 1), ratings, (964982703, 964981247, 1445714994))
+        (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+            f"{u},{m},{r},{t}\n" for u, m, r, t in rows))
+        return folder
+    folder.mkdir()
+    times = (874965758, 876893171, 888550871)
+    if layout == "ml-100k":
+        (folder / "u.data").write_text("".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in zip((1, 1, 2), (1, 2, 1), ratings, times)))
+        (folder / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||x|" + "|".join(["0"] * 19) + "\n"
+                                       "2|Heat (1995)|01-Jan-1995||x|" + "|".join(["0"] * 19) + "\n")
+    else:
+        (folder / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in zip((1, 1, 2), (1, 2, 1), ratings, times)))
+        (folder / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Heat (1995)::Crime\n")
+    return folder
+
+
+RATING_FILES = {"movielens-latest": "ratings.csv", "ml-100k": "u.data", "ml-1m": "ratings.dat"}
+# Per layout: two ratings off its documented scale (and one on it), and what the message names.
+OFF_SCALE = {
+    "movielens-latest": (["4.5", "55.0", "4.25"], "0.5 to 5 in steps of 0.5"),  # half stars only
+    "ml-100k": (["5", "6", "0"], "1 to 5 in steps of 1"),
+    "ml-1m": (["3", "4.5", "10"], "1 to 5 in steps of 1"),  # whole stars only
+}
+
+
+@pytest.mark.parametrize("layout", sorted(OFF_SCALE))
+def test_ratings_off_the_documented_scale_fail_or_are_quarantined(tmp_path, capsys, layout):
+    ratings, scale = OFF_SCALE[layout]
+    folder = _ml_folder(tmp_path, layout, ratings)
+    code = main(["ingest", "--root", str(tmp_path / "root"), "--source", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    for fragment in (RATING_FILES[layout], "column 'rating': 2 of 3", scale, ratings[1], ratings[2]):
+        assert fragment in err, f"{fragment!r} not in: {err}"
+    assert not (tmp_path / "root" / "snapshots").exists() or not list((tmp_path / "root" / "snapshots").iterdir())
+
+    snapshot = ingest(config(tmp_path, folder, **{"ingest.on_bad_rows": "quarantine"}))
+    assert snapshot.counts["interactions"] == 1 and snapshot.counts["quarantined_interactions"] == 2
+    assert snapshot.interactions().collect()["rating"].to_list() == [float(ratings[0])]
+    bad = pl.read_parquet(snapshot.path / "quarantine" / "interactions.parquet")
+    assert bad["reason"].to_list() == ["rating out of range"] * 2
+    assert bad["source_row"].to_list() == [2, 3]

@@ -50,6 +50,11 @@ def test_report_files_and_numbers(report):
     assert models["most_popular"]["metrics"]["ndcg@10"] > models["random"]["metrics"]["ndcg@10"]
     md = (report / "report.md").read_text()
     assert "| oracle | 200 | " in md and "ndcg@10" in md
+    # the first model against each other one on the gate metric, as a ratio
+    assert "## oracle against the others on ndcg@10" in md
+    popular = models["most_popular"]["metrics"]["ndcg@10"]
+    assert f"| most_popular | {popular:.4f} | {1.0 / popular:.2f}x |" in md
+    assert "| oracle | 1.0000 | 1.00x |" in md
     assert "<table>" in (report / "report.html").read_text()
 
 

@@ -186,17 +186,20 @@ def test_bad_embeddings_stage_nothing(tmp_path):
 
 @pytest.mark.ray
 def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
-    """rank by u.v / temperature + weight * log p_now(i); p_now from the history splits with decay."""
+    """rank by u.v / temperature + weight * log p_now(i); p_now from every interaction, with decay."""
     snapshot, dirs, world = make_world(tmp_path)
     rng = np.random.default_rng(1)
     days_ago = rng.integers(0, 400, size=len(world["pairs"]))
     newest = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-    pl.DataFrame({
+    rows = pl.DataFrame({
         "user_id": [world["users"][u] for u, _ in world["pairs"]],
         "item_id": [world["items"][i] for _, i in world["pairs"]],
         "ts": [newest - dt.timedelta(days=int(d)) for d in days_ago],
-        "split": ["train"] * len(world["pairs"]),
-    }).with_columns(pl.col("ts").dt.cast_time_unit("us")).write_parquet(snapshot.path / "split.parquet")
+        # test rows count too: served lists are built from every interaction, whatever the split
+        "split": ["train", "validation", "test"] * (len(world["pairs"]) // 3) + ["test"] * (len(world["pairs"]) % 3),
+    }).with_columns(pl.col("ts").dt.cast_time_unit("us"))
+    rows.write_parquet(snapshot.path / "split.parquet")
+    rows.drop("split").write_parquet(snapshot.path / "interactions.parquet")
     weight, half_life, temperature = 2.0, 60.0, 0.25
     cfg = Config(root=str(tmp_path)).with_overrides({
         "score.k": K, "score.popularity_prior_weight": weight, "score.popularity_half_life_days": half_life,

@@ -102,3 +102,18 @@ def test_string_ids_split_the_same_way_as_int_ids():
     )
     cfg = SplitConfig()
     assert split_interactions(ints, cfg)["split"].to_list() == split_interactions(strings, cfg)["split"].to_list()
+
+
+def test_recent_days_holds_out_the_last_days_for_everyone():
+    # 4 users over days 0..39; the newest event is day 40, so a 5-day window holds days 36..40 out
+    rows = [(u, 1 + (u + k) % 4, u * 3 + k * 4) for u in range(4) for k in range(8)] + [(0, 99, 40)]
+    frame = events(rows)
+    cfg = SplitConfig(protocol="recent_days", holdout_days=5, min_user_interactions=3, validation_n=1)
+    result = split_interactions(frame, cfg)
+
+    cutoff = T0 + dt.timedelta(days=35)
+    test = result.filter(pl.col("split") == "test")
+    assert sorted(test["ts"].to_list()) == sorted(t for t in frame["ts"].to_list() if t > cutoff)
+    assert test.height > 0 and result.filter(pl.col("split") != "test")["ts"].max() <= cutoff
+    assert set(test["user_id"]) < set(frame["user_id"])  # the window, not a per-user share: some users have none
+    assert mark_cold_items(pl.DataFrame({"item_id": [1, 99]}), result)["is_cold"].to_list() == [False, True]

@@ -192,3 +192,35 @@ def test_a_column_of_only_null_ids_is_reported_as_null_ids(tmp_path, capsys):
 def test_ragged_csv_is_reported_with_the_file(tmp_path, capsys):
     source = write_source(tmp_path / "src", items="item_id,title\n1,One\n2,Two,extra,fields\n")
     assert_rejected(tmp_path, capsys, source, "items.csv", "could not be parsed", "same number of fields")
+
+
+RATED = "user_id,item_id,ts,rating\n1,1,1704200000,4\n1,2,1704200001,9\n1,3,1704200002,0.5\n2,3,1704100000,5\n"
+
+
+def test_ratings_outside_the_configured_range(tmp_path, capsys):
+    source = write_source(tmp_path / "src", interactions=RATED)
+    assert_rejected(tmp_path, capsys, source, "interactions.csv", "column 'rating': 2 of 4",
+                    "outside 1 to 5 (ingest.rating_range)", "row 2: '9'", "row 3: '0.5'",
+                    flags=("--set", "ingest.rating_range=[1, 5]"))
+
+
+def test_ratings_are_quarantined_with_a_range_and_free_without_one(tmp_path, capsys):
+    source = write_source(tmp_path / "src", interactions=RATED)
+    code, out, err = run_ingest(tmp_path / "a", source, capsys, "--on-bad-rows", "quarantine",
+                                "--set", "ingest.rating_range=[1, 5]")
+    assert code == 0, err
+    snapshot = Snapshot.open(RunLayout.of(tmp_path / "a" / "root").latest_snapshot())
+    assert snapshot.interactions().collect()["rating"].sort().to_list() == [4.0, 5.0]
+    bad = pl.read_parquet(snapshot.path / "quarantine" / "interactions.parquet")
+    assert bad["rating"].to_list() == ["9", "0.5"] and set(bad["reason"]) == {"rating out of range"}
+    code, out, err = run_ingest(tmp_path / "b", source, capsys)  # canonical input: no scale unless configured
+    assert code == 0, err
+    assert '"interactions": 4' in out
+
+
+@pytest.mark.parametrize("bad_range", [[5, 1], [1, 2, 3], [1]])
+def test_a_malformed_rating_range_is_a_usage_error(tmp_path, capsys, bad_range):
+    code, _, err = run_ingest(tmp_path, write_source(tmp_path / "src"), capsys,
+                              "--set", f"ingest.rating_range={bad_range}")
+    assert code == 2 and "ingest.rating_range" in err
+    assert_nothing_published(tmp_path)

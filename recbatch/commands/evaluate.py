@@ -105,7 +105,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "runs": {name: str(folder) for name, folder in {**runs, **models}.items()},
         "evaluate_seconds": seconds,
     }
-    write_report(results, out, headline_k=headline_k, context=context)
+    write_report(results, out, headline_k=headline_k, context=context, gate_metric=cfg.eval.gate_metric)
     header, rows = headline_table(results, headline_k)
     width = max(len(r[0]) for r in rows)
     shown = ("ndcg", "recall", "cold/recall", "coverage")

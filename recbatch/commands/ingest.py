@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="read canonical column CANONICAL from source column SOURCE, e.g. --map user_id=uid "
         "or --map items.title=name (repeatable; ingest.column_map)",
     )
-    p.add_argument("--protocol", choices=["leave_last_n", "temporal"], help="split protocol (split.protocol)")
+    p.add_argument("--protocol", choices=["leave_last_n", "temporal", "recent_days"], help="split protocol (split.protocol)")
     p.add_argument("--leave-last-n", type=int, help="test events per user (split.leave_last_n)")
     p.add_argument(
         "--min-user-interactions", type=int, help="users with fewer stay in train (split.min_user_interactions)"

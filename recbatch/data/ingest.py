@@ -60,12 +60,12 @@ def detect_format(cfg: IngestConfig) -> str:
 
 
 def read_source(cfg: IngestConfig, split: SplitConfig | None = None) -> RawSource:
-    """The raw tables; `split` lets a reader keep item text from after a temporal cutoff out."""
+    """The raw tables; `split` lets a reader keep item text from after a time cutoff out."""
     fmt = detect_format(cfg)
     if fmt == "canonical":
         return read_canonical(cfg)
-    if fmt == "movielens-latest" and split is not None and split.protocol == "temporal":
-        return READERS[fmt](Path(cfg.source), temporal_train_fraction=split.temporal_train_fraction)
+    if fmt == "movielens-latest":
+        return READERS[fmt](Path(cfg.source), split=split)
     return READERS[fmt](Path(cfg.source))
 
 

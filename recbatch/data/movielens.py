@@ -22,7 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recbatch.data.readers import RawSource, RawTable, read_delimited
+from recbatch.config import SplitConfig
+from recbatch.data.readers import RatingScale, RawSource, RawTable, read_delimited
 from recbatch.errors import DataValidationError
 
 # Files whose presence identifies each layout (checked in this order).
@@ -40,6 +41,13 @@ ML100K_GENRES = (
 )  # fmt: skip
 
 NO_GENRES = "(no genres listed)"
+
+# The documented rating scale of each layout (the releases' README files).
+RATING_SCALES: dict[str, RatingScale] = {
+    "movielens-latest": RatingScale(0.5, 5.0, 0.5, "MovieLens: half stars from 0.5 to 5.0"),
+    "ml-100k": RatingScale(1.0, 5.0, 1.0, "ml-100k: whole stars from 1 to 5"),
+    "ml-1m": RatingScale(1.0, 5.0, 1.0, "ml-1m: whole stars from 1 to 5"),
+}
 
 
 def detect_layout(folder: Path) -> str | None:
@@ -76,13 +84,13 @@ def _ratings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = None) -> RawSource:
+def read_movielens_latest(folder: Path, split: SplitConfig | None = None) -> RawSource:
     """ml-latest-small / ml-25m: CSV with a header, UTF-8, titles quoted when they hold commas.
 
-    With `temporal_train_fraction` (the temporal split's), tags written after
-    that split's cutoff are left out of the item text: item text is part of
-    what the model sees at training time, and a replay of a nightly job must
-    not know tags from the test period. They are counted (``tag_rows_after_cutoff``).
+    With a time-cut `split` (temporal, recent_days), tags written after that
+    split's cutoff are left out of the item text: item text is part of what the
+    model sees at training time, and a replay of a nightly job must not know
+    tags from the test period. They are counted (``tag_rows_after_cutoff``).
     """
     require_layout_files(folder, "movielens-latest")
     ratings_path, movies_path, tags_path = folder / "ratings.csv", folder / "movies.csv", folder / "tags.csv"
@@ -97,8 +105,8 @@ def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = 
         files.append(tags_path)
         counts["tag_rows"] = tags.height
         counts["tag_rows_unknown_movie"] = tags.filter(~pl.col("movieId").is_in(movies["item_id"].implode())).height
-        if temporal_train_fraction is not None:
-            tags, counts["tag_rows_after_cutoff"] = _tags_until_cutoff(tags, interactions, temporal_train_fraction)
+        if split is not None and split.protocol != "leave_last_n":
+            tags, counts["tag_rows_after_cutoff"] = _tags_until_cutoff(tags, interactions, split)
         movies = movies.join(aggregate_tags(tags), on="item_id", how="left")
     return RawSource(
         format="movielens-latest",
@@ -107,16 +115,17 @@ def read_movielens_latest(folder: Path, temporal_train_fraction: float | None = 
         users=None,  # this release has no user table: users come from the ratings
         files=files,
         counts=counts,
+        rating_scale=RATING_SCALES["movielens-latest"],
     )
 
 
-def _tags_until_cutoff(tags: pl.DataFrame, ratings: pl.DataFrame, train_fraction: float) -> tuple[pl.DataFrame, int]:
-    """Tags written no later than the temporal split's cutoff, and how many were later."""
-    from recbatch.data.split import temporal_cutoff
+def _tags_until_cutoff(tags: pl.DataFrame, ratings: pl.DataFrame, split: SplitConfig) -> tuple[pl.DataFrame, int]:
+    """Tags written no later than the time-cut split's cutoff, and how many were later."""
+    from recbatch.data.split import global_cutoff
     from recbatch.data.validate import parse_timestamp
 
     times = ratings.select(parse_timestamp(ratings.schema["ts"], "ts")).drop_nulls()
-    cutoff = times.select(temporal_cutoff(times, train_fraction)).item()
+    cutoff = times.select(global_cutoff(times, split)).item()
     late = parse_timestamp(tags.schema["timestamp"], "timestamp") > cutoff
     return tags.filter(~late.fill_null(False)), tags.filter(late.fill_null(False)).height
 
@@ -211,7 +220,8 @@ def _with_optional_users(
         )
         users = RawTable("users", frame, users_path)
         files.append(users_path)
-    return RawSource(format=fmt, interactions=interactions, items=items, users=users, files=files)
+    return RawSource(format=fmt, interactions=interactions, items=items, users=users, files=files,
+                     rating_scale=RATING_SCALES[fmt])
 
 
 READERS = {

@@ -37,6 +37,24 @@ class RawTable:
     typed: bool = False  # Parquet: keep its types; text: validation parses the values
 
 
+@dataclass(frozen=True)
+class RatingScale:
+    """The ratings a source can hold: `low` to `high`, in steps of `step` from `low` (None: any value).
+
+    A rating off the scale (55.0 where stars go to 5) is a typo or a unit
+    mix-up, never a strong preference, so validation treats it as a bad row.
+    """
+
+    low: float
+    high: float
+    step: float | None = None
+    origin: str = "ingest.rating_range"  # where the scale comes from, for messages
+
+    def describe(self) -> str:
+        steps = f" in steps of {self.step:g}" if self.step else ""
+        return f"{self.low:g} to {self.high:g}{steps} ({self.origin})"
+
+
 @dataclass
 class RawSource:
     """Everything one source provided, ready for validation."""
@@ -47,6 +65,7 @@ class RawSource:
     users: RawTable | None  # None: users are derived from the interactions
     files: list[Path]  # every file read, recorded with its sha256 in the manifest
     counts: dict[str, int] = field(default_factory=dict)  # reader-level facts (e.g. tags read)
+    rating_scale: RatingScale | None = None  # None: ratings are not range-checked
 
 
 # --------------------------------------------------------------------------- byte-level checks
@@ -228,6 +247,7 @@ def read_canonical(cfg: IngestConfig) -> RawSource:
         items=tables["items"],
         users=tables.get("users"),
         files=[part for t in tables.values() for part in parquet_parts(t.path)],
+        rating_scale=RatingScale(*cfg.rating_range) if cfg.rating_range else None,
     )
 
 

@@ -9,6 +9,9 @@ Two protocols (``split.protocol``), both deterministic functions of the data:
   of ``ts``; everything after it is ``test``. This is the honest replay of a
   nightly job, and items first seen after the cutoff are *cold*: only their
   text can place them.
+* ``recent_days``: the same global cut, placed ``holdout_days`` before the
+  newest ``ts``: a model trained on everything before the window is judged on
+  the window's rows, as production recommenders are validated.
 
 In both, ``validation_n`` events per eligible user are then carved from the
 end of their train part, for picking hyper-parameters without touching test.
@@ -18,6 +21,8 @@ the same way on every run, whatever order the source rows came in.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import polars as pl
 
@@ -37,6 +42,16 @@ def temporal_cutoff(interactions: pl.DataFrame, train_fraction: float) -> pl.Exp
     micros = interactions["ts"].dt.epoch("us")
     cutoff = micros.quantile(train_fraction, interpolation="lower")
     return pl.from_epoch(pl.lit(int(cutoff), pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
+
+
+def global_cutoff(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.Expr | None:
+    """The latest ts still in train under a time-cut protocol; None for leave_last_n (per user)."""
+    if cfg.protocol == "temporal":
+        return temporal_cutoff(interactions, cfg.temporal_train_fraction)
+    if cfg.protocol == "recent_days":
+        newest = interactions["ts"].max()
+        return pl.lit(newest - dt.timedelta(days=cfg.holdout_days)).dt.cast_time_unit("us")
+    return None
 
 
 def days_before_newest(ts: str = "ts") -> pl.Expr:
@@ -60,11 +75,12 @@ def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataF
     )
     n, pos = pl.col("__n"), pl.col("__pos")
     eligible = n >= cfg.min_user_interactions
-    if cfg.protocol == "leave_last_n":
+    cutoff = global_cutoff(ordered, cfg)
+    if cutoff is None:
         from_end = n - 1 - pos  # 0 = the user's latest event
         is_test = eligible & (pos > 0) & (from_end < cfg.leave_last_n)
     else:
-        is_test = pl.col("ts") > temporal_cutoff(ordered, cfg.temporal_train_fraction)
+        is_test = pl.col("ts") > cutoff
 
     # In both protocols a user's train events are a prefix of their history
     # (test takes the latest ones), so counting train events is enough to

@@ -5,7 +5,8 @@ Two kinds of problems, treated differently on purpose:
 * **Structural** (a missing or wrongly typed column, an empty file, bad
   encoding, ids of different types across tables): the source as a whole is
   wrong, so ingest always fails, whatever ``ingest.on_bad_rows`` says.
-* **Row-level** (null ids, unparsable or out-of-range timestamps, duplicate
+* **Row-level** (null ids, unparsable or out-of-range timestamps, ratings off
+  the source's scale (``RawSource.rating_scale``), duplicate
   item ids, empty titles, references to unknown items/users): with
   ``on_bad_rows="fail"`` the first kind found raises one paragraph naming the
   file, column, number of bad rows and a few examples; with ``"quarantine"``
@@ -28,7 +29,7 @@ from typing import Literal
 
 import polars as pl
 
-from recbatch.data.readers import RawSource, RawTable
+from recbatch.data.readers import RatingScale, RawSource, RawTable
 from recbatch.errors import DataValidationError
 from recbatch.schemas import IdType
 
@@ -303,6 +304,16 @@ def interaction_checks(now: dt.datetime) -> list[RowCheck]:
     return checks
 
 
+def rating_check(scale: RatingScale) -> RowCheck:
+    """Ratings off the source's documented scale (a null rating is no rating, not a bad one)."""
+    rating = pl.col("rating")
+    off = rating.is_nan() | (rating < scale.low) | (rating > scale.high)
+    if scale.step:
+        steps = (rating - scale.low) / scale.step
+        off = off | ((steps - steps.round()).abs() > 1e-6)
+    return RowCheck("rating", "rating out of range", f"have a rating outside {scale.describe()}", off)
+
+
 def find_bad_rows(frame: pl.DataFrame, checks: list[RowCheck]) -> pl.Series:
     """Per row, the reason of the first failing check, or null for a good row."""
     if not checks:
@@ -459,6 +470,8 @@ def validate_source(
     for number in ("rating", "weight"):
         if number in interactions_frame.columns:
             checks.append(_unparsable(number, "a number"))
+    if source.rating_scale is not None and "rating" in interactions_frame.columns:
+        checks.append(rating_check(source.rating_scale))
     checks.append(_unknown("item_id", items["item_id"], source.items.path))
     if users is not None:
         checks.append(_unknown("user_id", users["user_id"], source.users.path))

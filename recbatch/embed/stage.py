@@ -29,7 +29,7 @@ from recbatch.data.snapshot import Snapshot
 from recbatch.embed.incremental import ReusePlan, plan_reuse
 from recbatch.embed.items import ItemEncoder, item_hashes
 from recbatch.embed.store import publish_embeddings, read_hashes, read_matrix
-from recbatch.embed.users import UserEncoder, user_inputs
+from recbatch.embed.users import UserEncoder, serving_events, user_inputs
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
@@ -96,16 +96,15 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     item_ids, item_matrix = read_matrix(items_dir, "item_id")  # [N], [N, D]
     feature_columns = UserFeatureSpec(**card["user_features"]).columns
     users = user_inputs(
-        snapshot, item_ids, current_items,
+        snapshot, serving_events(snapshot), item_ids, current_items,
         history_length=int(card["model"]["history_length"]),
-        history_splits=cfg.embed.history_splits,
         feature_columns=feature_columns,
     )
     users_dir = layout.embeddings(version, "users")
     users_plan = _encode_incrementally(
         _from_table(users, cfg.embed), users.select(["user_id", "input_hash"]), "user_id", UserEncoder,
         {**actor, "item_matrix": _put(item_matrix), "feature_columns": feature_columns},
-        users_dir, cfg.embed, {**common, "kind": "user_embeddings", "history_splits": cfg.embed.history_splits},
+        users_dir, cfg.embed, {**common, "kind": "user_embeddings"},
     )
     seconds = time.perf_counter() - started
     log.info("embedded items (%d encoded, %d reused) and users (%d encoded, %d reused) in %.1f s",

@@ -28,23 +28,35 @@ from recbatch.runtime import Precision
 HISTORY_INDEX = "history_index"
 
 
+def serving_events(snapshot: Snapshot) -> pl.LazyFrame:
+    """The interactions published lists are built from: all of them, whatever the split.
+
+    The split exists for evaluation; a nightly job serves what each user did up
+    to last night, so the user vectors, the seen filter and the popularity
+    prior of the scoring stage all read every row of the snapshot.
+    """
+    return snapshot.interactions()
+
+
 def user_inputs(
     snapshot: Snapshot,
+    events: pl.LazyFrame,
     item_ids: pa.Array,
     item_hashes: pa.Table,
     *,
     history_length: int,
-    history_splits: Sequence[str],
     feature_columns: Sequence[str],
 ) -> pa.Table:
     """One row per snapshot user: ``user_id, history_index, <features>, input_hash``.
 
+    Histories come from `events` (``user_id, item_id, ts`` rows): every
+    interaction of the snapshot when serving (`serving_events`), only the rows
+    before the held-out ones when evaluating (``eval/holdout.py``).
     ``history_index`` holds rows of the item matrix (row i = `item_ids`[i]),
     oldest first and most recent last; history items without an embedding are
     dropped. The hash covers the history ids, each history item's own input
     hash (an edited item re-encodes the users who saw it) and the features.
     """
-    events = snapshot.split().filter(pl.col("split").is_in(list(history_splits)))
     histories = user_histories(events.select("user_id", "item_id", "ts"), history_length).collect()
     features = [c for c in feature_columns if c in snapshot.users().collect_schema().names()]
     users = (

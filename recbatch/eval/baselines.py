@@ -418,14 +418,19 @@ def _cutoff(metric: str) -> int:
         raise UsageError(f"eval.gate_metric must look like 'ndcg@10', got {metric!r}") from None
 
 
-def tune(name: str, snapshot: Any, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def tune(
+    name: str, snapshot: Any, cfg: Config, users: pl.Series | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pick the grid point with the best ``eval.gate_metric`` on the validation split.
 
+    `users` limits the validation users ranked (the gate's fixed slice); None = all.
     Returns (best params, one record per grid point with its validation value).
     """
     cls = baseline_class(name)
     metric = cfg.eval.gate_metric
     validation = snapshot.split("validation")
+    if users is not None:
+        validation = validation.filter(pl.col("user_id").is_in(users.implode()))
     if len(cls.grid) == 1 or validation.select(pl.len()).collect().item() == 0:
         return cls.grid[0], []
     data = training_data(snapshot, ["train"])
@@ -450,40 +455,67 @@ def tune(name: str, snapshot: Any, cfg: Config) -> tuple[dict[str, Any], list[di
     return best["params"], trials
 
 
+@dataclass
+class FittedBaseline:
+    """A baseline tuned on validation and refit on everything before the test rows."""
+
+    model: Baseline
+    data: TrainingData
+    params: dict[str, Any]
+    trials: list[dict[str, Any]]  # one record per grid point with its validation value
+    model_version: str
+    seconds: dict[str, float]  # tune, fit
+
+    def lists(self, snapshot: Any, k: int, users: pl.Series | None = None) -> Iterator[pa.Table]:
+        """Lists for `users` (None = every snapshot user); users with no history get the newcomers' list."""
+        newcomers = users_without_history(snapshot, self.data)
+        rows = np.arange(self.data.matrix.shape[0])
+        if users is not None:
+            wanted = pl.DataFrame({"user_id": users})
+            rows = (
+                pl.DataFrame({"user_id": self.data.user_ids}).with_row_index("row")
+                .join(wanted, on="user_id", how="semi")["row"].to_numpy()
+            )
+            newcomers = newcomers.filter(newcomers.is_in(users.implode()))
+        return itertools.chain(
+            recommendation_tables(self.model, self.data, rows, k, self.model_version),
+            newcomer_tables(self.model, self.data, newcomers, k, self.model_version),
+        )
+
+
+def fit_baseline(name: str, snapshot: Any, cfg: Config, tune_users: pl.Series | None = None) -> FittedBaseline:
+    """Tune `name` on validation (over `tune_users`, None = all), then refit on train + validation."""
+    started = time.perf_counter()
+    params, trials = tune(name, snapshot, cfg, tune_users)
+    tuned = time.perf_counter()
+    data = training_data(snapshot, ["train", "validation"])
+    model = baseline_class(name)(seed=cfg.train.seed, **params)
+    model.fit(data)
+    model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+    seconds = {"tune": round(tuned - started, 3), "fit": round(time.perf_counter() - tuned, 3)}
+    return FittedBaseline(model, data, params, trials, model_version, seconds)
+
+
 def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """Tune on validation, refit on train + validation, write lists for every user; returns the manifest.
 
     Every user of the snapshot gets a list, as from the nightly scoring stage:
     those with no interaction before the test rows get `Baseline.rank_newcomers`.
     """
+    fitted = fit_baseline(name, snapshot, cfg)
     started = time.perf_counter()
-    params, trials = tune(name, snapshot, cfg)
-    tuned = time.perf_counter()
-    data = training_data(snapshot, ["train", "validation"])
-    model = baseline_class(name)(seed=cfg.train.seed, **params)
-    model.fit(data)
-    model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
-    rows = np.arange(data.matrix.shape[0])
-    newcomers = users_without_history(snapshot, data)
-    fitted = time.perf_counter()
     manifest = write_recommendations(
-        itertools.chain(
-            recommendation_tables(model, data, rows, cfg.score.k, model_version),
-            newcomer_tables(model, data, newcomers, cfg.score.k, model_version),
-        ),
+        fitted.lists(snapshot, cfg.score.k),
         out_dir,
         id_type=snapshot.id_type,
         rows_per_file=cfg.score.rows_per_file,
         manifest_fields={
-            "model_version": model_version,
+            "model_version": fitted.model_version,
             "snapshot_hash": snapshot.hash,
             "k": cfg.score.k,
-            "baseline": {"name": name, "params": params, "validation": trials, "newcomers": len(newcomers)},
-            "timings": {
-                "tune": round(tuned - started, 3),
-                "fit": round(fitted - tuned, 3),
-                "rank_and_write": round(time.perf_counter() - fitted, 3),
-            },
+            "baseline": {"name": name, "params": fitted.params, "validation": fitted.trials,
+                         "newcomers": len(users_without_history(snapshot, fitted.data))},
+            "timings": {**fitted.seconds, "rank_and_write": round(time.perf_counter() - started, 3)},
         },
     )
     return manifest

@@ -1,8 +1,8 @@
 """A model's metrics on the fixed holdout slice: what the nightly gate compares.
 
 The gate needs the *model's* quality, measured the same way every night, so
-this does not read the staged lists (those may be built from a history that
-includes the test rows, see ``embed.history_splits``). Instead, for a fixed
+this does not read the staged lists (those are built from every interaction,
+test rows included: ``embed.users.serving_events``). Instead, for a fixed
 slice of test users (``eval.holdout_users``, picked by a stable hash of the
 user id), it
 
@@ -92,9 +92,9 @@ def holdout_lists(
     catalog = snapshot.items().collect()
     hashes = pa.table({"item_id": catalog["item_id"].to_arrow(), "input_hash": item_input_hash(catalog).to_arrow()})
     features = artifact.user_features.categorical + artifact.user_features.numeric
+    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
     inputs = pl.from_arrow(user_inputs(
-        snapshot, item_ids, hashes, history_length=artifact.history_length,
-        history_splits=HISTORY_SPLITS[split], feature_columns=features,
+        snapshot, before, item_ids, hashes, history_length=artifact.history_length, feature_columns=features,
     )).join(pl.DataFrame({"user_id": users}), on="user_id", how="semi")
 
     vectors = []  # [U, D] in blocks
@@ -109,7 +109,6 @@ def holdout_lists(
     user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
 
     # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
-    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
     prior = prior_column(cfg.score, before, item_ids)
     temperature = trained_temperature(artifact.card) or cfg.model.temperature
     user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
@@ -158,17 +157,41 @@ def evaluate_model(
     such as the popularity prior without looking at test, as baselines are tuned.
     """
     users = holdout_user_ids(snapshot, cfg.eval.holdout_users, split)
-    k = max(cfg.eval.ks)
-    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, k, split)
+    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, max(cfg.eval.ks), split)
+    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, split, name, f"{model_dir} holdout lists")
+
+
+def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
+    """Baseline `name` (e.g. ``most_popular``) on the same fixed test slice as `evaluate_model`.
+
+    Fit on the rows before test and tuned on the validation rows of the same
+    slice of users (``eval.holdout_users``), so the gate can afford it every night.
+    """
+    from recbatch.eval.baselines import fit_baseline
+
+    users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "test")
+    tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation")
+    fitted = fit_baseline(name, snapshot, cfg, tune_users)
+    recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), users)])
+    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", name, f"{fitted.model_version} holdout lists")
+
+
+def _evaluate_slice(
+    cfg: Config, snapshot: Any, recs: pl.LazyFrame, users: pl.Series, split: str, name: str, source: str
+) -> EvalResult:
+    """`recs` scored against the held-out rows of `users` only."""
     heldout, history = heldout_and_history(snapshot, split)
     in_slice = pl.col("user_id").is_in(users.implode())
-    return evaluate(recs.lazy(), heldout.filter(in_slice), history, snapshot.items(),
-                    ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")
+    return evaluate(recs, heldout.filter(in_slice), history, snapshot.items(), ks=cfg.eval.ks, name=name, source=source)
 
 
 def evaluate_holdout(
     cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None
 ) -> dict[str, float]:
     """Flat metrics for the gate and the run manifest (``{"ndcg@10": ..., "holdout_users": ...}``)."""
-    result = evaluate_model(cfg, snapshot, model_dir, items_dir)
+    return holdout_metrics(evaluate_model(cfg, snapshot, model_dir, items_dir))
+
+
+def holdout_metrics(result: EvalResult) -> dict[str, float]:
+    """`result` flattened for the gate and the run manifest, with the number of users it averaged over."""
     return {**result.metrics(), "holdout_users": float(result.users["all"])}

@@ -1,6 +1,7 @@
 """The evaluation report: one folder a person can open and a program can parse.
 
-    report.md / report.html   tables: every model at the headline K, and NDCG/Recall at each K
+    report.md / report.html   tables: the first model against each other one on `gate_metric` (the ratio),
+                              every model at the headline K, and NDCG/Recall at each K
     report.json               every number, curves included (EvalResult.to_dict per model)
     metrics_at_k.png          precision/recall/hit rate/MRR/NDCG/MAP for K = 1..100, a line per model
     popularity.png            share of recommended slots per item-popularity decile, per model
@@ -55,6 +56,22 @@ def per_k_table(results: list[EvalResult], ks: list[int]) -> tuple[list[str], li
         [r.name] + [_fmt(r.at("ndcg", k)) for k in ks] + [_fmt(r.at("recall", k)) for k in ks]
         for r in results
     ]
+    return header, rows
+
+
+def ratio_table(results: list[EvalResult], metric: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): `metric` of every model and the first model's value as a multiple of it.
+
+    The nightly report puts the model first and the popularity baselines after
+    it, so "1.35x" reads "the model is 35% better than recommending popular items".
+    """
+    model = results[0]
+    value = model.metrics()[metric]
+    header = ["model", metric, f"{model.name} / this"]
+    rows = []
+    for r in results:
+        other = r.metrics()[metric]
+        rows.append([r.name, _fmt(other), f"{value / other:.2f}x" if other > 0 else "n/a"])
     return header, rows
 
 
@@ -141,12 +158,15 @@ def write_report(
     *,
     headline_k: int = 10,
     context: dict[str, Any] | None = None,
+    gate_metric: str | None = None,
     sections: list[Section] | None = None,
 ) -> Path:
     """Render tables, JSON and plots for `results` into `out_dir` (atomically); returns it.
 
-    `sections` are extra tables a caller measured itself (e.g. bench/attacks.py's target
-    exposure with and without the defence), rendered after the metric tables and kept in the JSON.
+    With `gate_metric`, the report opens with the first result against each of
+    the others on that metric (see `ratio_table`). `sections` are extra tables a caller
+    measured itself (e.g. bench/attacks.py's target exposure with and without the
+    defence), rendered after the metric tables and kept in the JSON.
     """
     import matplotlib
 
@@ -160,7 +180,10 @@ def write_report(
         plot_metrics_at_k(results, staging / "metrics_at_k.png")
         plot_popularity(results, staging / "popularity.png", ks[-1])
         plot_cold_vs_warm(results, staging / "cold_vs_warm.png", headline_k)
-        tables = [
+        tables = []
+        if gate_metric and len(results) > 1:
+            tables.append((f"{results[0].name} against the others on {gate_metric}", ratio_table(results, gate_metric)))
+        tables += [
             (f"All models at K = {headline_k}", headline_table(results, headline_k)),
             ("NDCG and Recall at each K", per_k_table(results, ks)),
             *[(s.title, (s.header, s.rows)) for s in sections or []],

@@ -32,6 +32,7 @@ import pyarrow.dataset as pads
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix
+from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.runtime import ensure_ray, resolve_precision
@@ -77,8 +78,8 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     users = user_rows(snapshot, users_dir, catalog, cfg.score)
     if cfg.score.popularity_prior_weight > 0:
         temperature = items_manifest.get("temperature") or cfg.model.temperature
-        history = snapshot.split().filter(pl.col("split").is_in(cfg.embed.history_splits))
-        catalog = dataclasses.replace(catalog, prior=prior_column(cfg.score, history, catalog.ids))
+        prior = prior_column(cfg.score, serving_events(snapshot), catalog.ids)
+        catalog = dataclasses.replace(catalog, prior=prior)
         users = _append_to_embeddings(users, user_column_value(cfg.score, temperature))
     timings["prepare"] = round(time.perf_counter() - started, 3)
 
@@ -231,7 +232,7 @@ def user_rows(snapshot: Snapshot, users_dir: str | Path, catalog: Catalog, cfg: 
     users = pl.from_arrow(pads.dataset(users_dir, format="parquet").to_table(columns=["user_id", "embedding"]))
     positions = pl.DataFrame({"item_id": pl.Series(catalog.ids), "position": np.arange(catalog.size)}).lazy()
     seen = (
-        snapshot.interactions().select("user_id", "item_id")
+        serving_events(snapshot).select("user_id", "item_id")
         .join(positions, on="item_id", how="inner")
         .group_by("user_id").agg(pl.col("position").unique().sort().alias(SEEN))
     )
