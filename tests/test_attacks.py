@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +20,7 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline
     popularity = pl.read_parquet(clean.table_path("interactions")).group_by("item_id").len()
     target = popularity.sort(["len", "item_id"])["item_id"][0]  # the least popular item
     pool = set(popularity.sort(["len", "item_id"], descending=[True, False])["item_id"].head(BANDWAGON_POOL + 1))
+    expected = math.ceil(0.05 * clean.counts["users"])  # fake profiles at --share 0.05
 
     for kind in ("average", "bandwagon"):
         out = tmp_path / kind
@@ -26,13 +28,13 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline
                      "--snapshot", str(clean.path), "--out", str(out)]) == 0
         truth = json.loads((out / "attack.json").read_text())
         fakes = truth["fake_user_ids"]
-        assert len(fakes) == 6 and truth["target"] == target  # ceil(0.05 * 120)
+        assert len(fakes) == expected and truth["target"] == target
 
         attacked = ingest(cfg.with_overrides({"ingest.source": str(out)}))
-        assert attacked.counts["users"] == clean.counts["users"] + 6
+        assert attacked.counts["users"] == clean.counts["users"] + expected
         split = pl.read_parquet(attacked.table_path("split")).filter(pl.col("user_id").is_in(fakes))
         train_targets = split.filter((pl.col("split") == "train") & (pl.col("item_id") == target))
-        assert train_targets["user_id"].n_unique() == 6  # every fake profile teaches the target
+        assert train_targets["user_id"].n_unique() == expected  # every fake profile teaches the target
         span = split["ts"].max() - split["ts"].min()
         assert span.total_seconds() <= BURST_MINUTES * 60
         per_profile = split.filter(pl.col("item_id") != target).group_by("user_id").agg(
@@ -46,7 +48,7 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline
 
         # The defence: every fake profile quarantined with its reason, no real user touched.
         defended = ingest(cfg.with_overrides({"ingest.source": str(out), "ingest.detect_injected_profiles": True}))
-        assert defended.counts["quarantined_profiles"] == 6
+        assert defended.counts["quarantined_profiles"] == expected
         assert defended.counts["users"] == clean.counts["users"]
         quarantined = pl.read_parquet(defended.path / "quarantine" / "profiles.parquet")
         assert set(quarantined["user_id"]) == set(fakes)

@@ -15,7 +15,8 @@ items, users Parquet) plus ``attack.json`` (the kind, the target and the fake
 ids: the ground truth for measuring a defence, never read by ingest). Every
 fake profile has the real users' median length and is created in one burst
 just before the snapshot's newest event, as a scripted campaign would be; the
-target sits in the first half of each profile, so it lands in the train split.
+target sits in the first third of each profile, so it lands in the train split (a median profile of
+10 items keeps its first 4 in train under the default leave-last-5 with one validation row).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def inject_attack(
     for i, user in enumerate(fake_ids):
         fillers = _fillers(kind, length - 1, candidates, pool, rng)
         profile = list(fillers)
-        profile.insert(int(rng.integers(0, max(1, length // 2))), target_id)
+        profile.insert(int(rng.integers(0, max(1, length // 3))), target_id)
         start = newest - dt.timedelta(minutes=BURST_MINUTES) + dt.timedelta(seconds=float(rng.uniform(0, 60 * BURST_MINUTES // 2)))
         for j, item in enumerate(profile):
             rows.append({"user_id": user, "item_id": item, "ts": start + dt.timedelta(seconds=j * SECONDS_BETWEEN_EVENTS)})
