@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/recbatch demo --root $(DEMO_ROOT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 clean-demo:
 	rm -rf $(DEMO_ROOT)
