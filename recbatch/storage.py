@@ -263,12 +263,12 @@ class OpenFolder:
 
     def verify(self, checksums: bool = True) -> None:
         """Raise IntegrityError unless the files present, their sizes and sha256 match the manifest."""
-        present = {
+        listed = (
             os.path.normpath(os.path.join(top, name))
             for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
             for name in names
-            if _is_data(Path(os.path.normpath(os.path.join(top, name))).parts)
-        }
+        )
+        present = {name for name in listed if _is_data(Path(name).parts)}
         missing = sorted(set(self.files) - present)
         extra = sorted(present - set(self.files))
         if missing or extra:
