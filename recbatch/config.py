@@ -52,8 +52,15 @@ class IngestConfig:
     # [low, high]: ratings of canonical input outside it are bad rows (per on_bad_rows).
     # MovieLens layouts always check their documented scale (data/movielens.py RATING_SCALES).
     rating_range: list[float] | None = None
+    # Tables that grow with users are written one file per partition of users
+    # (recbatch/data/partition.py); the partition count is the power of two that
+    # keeps a partition under this many users. It bounds what one worker holds
+    # when it embeds or scores a partition (histories, seen lists, embeddings).
+    users_per_partition: int = 250_000
 
     def __post_init__(self) -> None:
+        if self.users_per_partition < 1:
+            raise ConfigError(f"config key 'ingest.users_per_partition' = {self.users_per_partition} must be >= 1")
         r = self.rating_range
         if r is not None and (len(r) != 2 or r[0] > r[1]):
             raise ConfigError(f"config key 'ingest.rating_range' = {r!r} must be [low, high] with low <= high")

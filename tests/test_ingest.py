@@ -13,6 +13,7 @@ from recbatch.cli import main
 from recbatch.config import GenerateConfig, load_config
 from recbatch.data.generate import generate_demo
 from recbatch.data.ingest import ingest
+from recbatch.data.partition import user_partition
 from recbatch.schemas import check_schema, interactions_schema, items_schema, split_schema, users_schema
 from recbatch.storage import SUCCESS, sha256_file, verify_manifest
 
@@ -37,26 +38,48 @@ def config(tmp_path: Path, source: Path, **overrides):
 @pytest.mark.parametrize("id_type", ["int", "string"])
 def test_snapshot_holds_validated_tables_with_the_callers_id_type(tmp_path, generated, id_type):
     source = generated[id_type]
-    snapshot = ingest(config(tmp_path, source))
+    snapshot = ingest(config(tmp_path, source, **{"ingest.users_per_partition": 20}))
 
     assert snapshot.id_type == id_type
+    assert snapshot.partitions == 4  # 60 users, at most 20 a partition on average: the power of two above 3
+    check_schema(_arrow_schema(snapshot.table_path("items")), items_schema(id_type), "items")
     for table, schema in (
         ("interactions", interactions_schema(id_type)),
-        ("items", items_schema(id_type)),
         ("users", users_schema(id_type)),
         ("split", split_schema(id_type)),
     ):
-        check_schema(_arrow_schema(snapshot.table_path(table)), schema, table)
+        for p in range(snapshot.partitions):
+            (path,) = snapshot.partition_files(table, p)
+            check_schema(_arrow_schema(path), schema, table)
 
     raw = pl.read_parquet(source / "interactions.parquet")
     inter = snapshot.interactions().collect()
     assert inter.height == raw.height == snapshot.counts["interactions"]
-    assert inter.sort(["user_id", "ts", "item_id"]).equals(inter)  # sorted by (user_id, ts)
+    for p in range(snapshot.partitions):
+        part = snapshot.scan_partition("interactions", p).collect()
+        assert part.sort(["user_id", "ts", "item_id"]).equals(part)  # sorted by (user_id, ts)
     assert set(inter["item_id"].to_list()) == set(raw["item_id"].to_list())  # ids unchanged, type and value
     items = snapshot.items().collect()
     assert items.columns[:7] == ["item_id", "title", "genres", "tags", "description", "available", "is_cold"]
     assert "year" in items.columns  # attributes pass through
     assert snapshot.users().collect().columns == ["user_id", "country", "age_band", "activity"]
+
+
+def test_every_row_of_a_user_is_in_that_users_partition_of_every_table(tmp_path, generated):
+    """What lets a worker join a user's rows by reading one partition of each table."""
+    snapshot = ingest(config(tmp_path, generated["string"], **{"ingest.users_per_partition": 10}))
+    assert snapshot.partitions == 8
+    assert verify_manifest(snapshot.path)["partitioning"]["partitions"] == 8
+    for table, rows in (("interactions", snapshot.counts["interactions"]), ("users", snapshot.counts["users"]),
+                        ("split", snapshot.counts["interactions"])):
+        seen = 0
+        for p in range(snapshot.partitions):
+            users = snapshot.scan_partition(table, p).select("user_id").collect()["user_id"]
+            assert (user_partition(users.to_arrow(), snapshot.partitions) == p).all(), (table, p)
+            seen += len(users)
+        assert seen == rows  # nothing lost or doubled by the cut
+    sizes = [snapshot.scan_partition("users", p).collect().height for p in range(8)]
+    assert min(sizes) > 0 and max(sizes) < 20  # the hash spreads users (60 over 8)
 
 
 def _arrow_schema(path: Path):
@@ -80,7 +103,9 @@ def test_manifest_records_counts_sources_split_and_format(tmp_path, generated):
     assert counts["test"] == split.filter(pl.col("split") == "test").height
     assert counts["cold_items"] == snapshot.items().collect()["is_cold"].sum()
     assert counts["unavailable_items"] == (~snapshot.items().collect()["available"]).sum()
-    assert set(manifest["files"]) == {"interactions.parquet", "items.parquet", "users.parquet", "split.parquet"}
+    assert set(manifest["files"]) == {"items.parquet"} | {
+        f"{table}/part-00000.parquet" for table in ("interactions", "users", "split")
+    }  # 60 users: one partition
 
 
 def test_reingest_is_a_noop_and_split_settings_change_the_hash(tmp_path, generated):
@@ -130,7 +155,7 @@ def test_column_map_and_extra_columns_through_the_cli(tmp_path, capsys):
     assert manifest["ignored_columns"] == {"interactions": ["channel"]}  # said, not silently lost
     items = pl.read_parquet(path / "items.parquet")
     assert items.select("item_id", "title", "available").rows() == [("b7", "Seven", True), ("b8", "Eight", False)]
-    ts = pl.read_parquet(path / "interactions.parquet")["ts"].to_list()
+    ts = pl.read_parquet(path / "interactions" / "part-00000.parquet")["ts"].to_list()
     assert ts[0] == dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC)  # naive text times are read as UTC
 
 

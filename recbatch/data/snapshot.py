@@ -5,12 +5,18 @@ hash, so two ingests of identical inputs (and split settings) give the same
 snapshot, and a model card or manifest naming the hash pins its exact inputs.
 
     snapshots/<hash>/
-      interactions.parquet   all valid interactions, sorted by (user_id, ts)
+      interactions/part-PPPPP.parquet   all valid interactions, one file per user partition,
+                                        each sorted by (user_id, ts)
+      users/part-PPPPP.parquet          user_id + feature columns, by the same partitions
+      split/part-PPPPP.parquet          interactions + split in {"train", "validation", "test"}
       items.parquet          item_id, title, [genres, tags, description], available, is_cold, ...
-      users.parquet          user_id + feature columns
-      split.parquet          interactions + split in {"train", "validation", "test"}
       quarantine/*.parquet   only with on_bad_rows=quarantine: bad rows + reason
       _manifest.json, _SUCCESS
+
+A user's rows are in partition ``p`` of every per-user table (``data/partition.py``),
+so a worker reads one partition of each and holds every row of those users
+(erasure may rename a rewritten part ``part-PPPPP-<token>.parquet``: still partition ``p``).
+Snapshots written before partitioning hold one ``<table>.parquet`` each: one partition.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from recbatch.schemas import IdType
 from recbatch.storage import read_manifest
 
 TABLES = ("interactions", "items", "users", "split")
+PARTITIONED = ("interactions", "users", "split")  # one file per user partition
+
+
+def partition_file_name(table: str, partition: int) -> str:
+    """The file of one partition of a per-user table, relative to the snapshot folder."""
+    return f"{table}/part-{partition:05d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,32 @@ class Snapshot:
         manifest = read_manifest(path)
         return cls(path=path, hash=manifest["snapshot_hash"], id_type=manifest["id_type"], manifest=manifest)
 
+    @property
+    def partitions(self) -> int:
+        """How many user partitions the per-user tables have (1 for a snapshot from before partitioning)."""
+        return int(self.manifest.get("partitioning", {}).get("partitions", 1))
+
     def table_path(self, table: str) -> Path:
+        """The table's folder of partition files (or its one file, for items and older snapshots)."""
         assert table in TABLES, table
-        return self.path / f"{table}.parquet"
+        folder = self.path / table
+        return folder if table in PARTITIONED and folder.is_dir() else self.path / f"{table}.parquet"
+
+    def partition_files(self, table: str, partition: int) -> list[Path]:
+        """The files of one user partition of a per-user table."""
+        assert table in PARTITIONED and 0 <= partition < self.partitions, (table, partition)
+        path = self.table_path(table)
+        if path.is_file():  # one partition
+            return [path]
+        return sorted(path.glob(f"part-{partition:05d}*.parquet"))
 
     def scan(self, table: str) -> pl.LazyFrame:
-        return pl.scan_parquet(self.table_path(table))
+        path = self.table_path(table)
+        return pl.scan_parquet(path / "*.parquet" if path.is_dir() else path)
+
+    def scan_partition(self, table: str, partition: int) -> pl.LazyFrame:
+        """The rows of one user partition: every row of those users, and no other user's."""
+        return pl.scan_parquet(self.partition_files(table, partition))
 
     def interactions(self) -> pl.LazyFrame:
         return self.scan("interactions")

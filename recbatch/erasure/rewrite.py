@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from recbatch.errors import IntegrityError
@@ -38,13 +39,19 @@ log = logging.getLogger(__name__)
 
 USER_COLUMN = "user_id"
 _PART = re.compile(r"^(part-\d+)(-[^.]*)?$")  # part files: renamed when their content changes
-# Snapshot counts that count rows of one table, by that table's file.
+# Snapshot counts that count rows of one table, by that table's file or folder of partition files.
 _SNAPSHOT_COUNTS = {
-    "interactions.parquet": "interactions",
-    "users.parquet": "users",
-    "quarantine/interactions.parquet": "quarantined_interactions",
-    "quarantine/users.parquet": "quarantined_users",
+    "interactions": "interactions",
+    "users": "users",
+    "quarantine/interactions": "quarantined_interactions",
+    "quarantine/users": "quarantined_users",
 }
+
+
+def _snapshot_table(name: str) -> str:
+    """``interactions/part-00003.parquet`` or ``interactions.parquet`` -> ``interactions``."""
+    path = Path(name)
+    return str(path.parent) if _PART.match(path.stem) else str(path.with_suffix(""))
 
 
 @dataclass(frozen=True)
@@ -142,14 +149,18 @@ def _updated_fields(manifest: dict[str, Any], removed: dict[str, int], staging: 
     total = sum(removed.values())
     if isinstance(fields.get("counts"), dict):  # a snapshot
         counts = dict(fields["counts"])
+        by_table: dict[str, int] = {}
         for name, n in removed.items():
-            if name in _SNAPSHOT_COUNTS:
-                counts[_SNAPSHOT_COUNTS[name]] -= n
-        splits = pq.read_table(staging / "split.parquet", columns=["split"]).column("split")
+            by_table[_snapshot_table(name)] = by_table.get(_snapshot_table(name), 0) + n
+        for table, n in by_table.items():
+            if table in _SNAPSHOT_COUNTS:
+                counts[_SNAPSHOT_COUNTS[table]] -= n
+        split_path = staging / "split" if (staging / "split").is_dir() else staging / "split.parquet"
+        splits = pads.dataset(split_path, format="parquet").to_table(columns=["split"]).column("split")
         for split, n in _value_counts(splits).items():
             counts[split] = n
-        counts["erased_interactions"] = counts.get("erased_interactions", 0) + removed.get("interactions.parquet", 0)
-        counts["erased_users"] = counts.get("erased_users", 0) + removed.get("users.parquet", 0)
+        counts["erased_interactions"] = counts.get("erased_interactions", 0) + by_table.get("interactions", 0)
+        counts["erased_users"] = counts.get("erased_users", 0) + by_table.get("users", 0)
         fields["counts"] = counts
     else:  # a table of users (embeddings) or of lists, one row per user (runs)
         for key in ("rows", "users"):
