@@ -203,14 +203,23 @@ def _is_data(parts: tuple[str, ...]) -> bool:
     return not any(part.startswith((".", "_")) for part in parts)
 
 
-def write_manifest(folder: str | Path, fields: dict[str, Any]) -> dict[str, Any]:
-    """Write ``_manifest.json`` (with per-file size and sha256) then ``_SUCCESS``."""
+def write_manifest(
+    folder: str | Path, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write ``_manifest.json`` (with per-file size and sha256) then ``_SUCCESS``.
+
+    `files` (name -> ``{"bytes", "sha256"}``) are records the workers that wrote
+    the files sent back (``recbatch.parts``): the driver then neither reads nor
+    hashes the data, it only checks that the folder holds exactly those files.
+    """
     folder = Path(folder)
-    files = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in data_files(folder)
-    }
-    manifest = {**fields, "files": files}
+    listed = {str(p.relative_to(folder)): p for p in data_files(folder)}
+    if files is None:
+        files = {name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for name, p in listed.items()}
+    elif set(files) != set(listed):
+        unknown, missing = sorted(set(listed) - set(files)), sorted(set(files) - set(listed))
+        raise IntegrityError(f"{folder}: files without a record {unknown[:5]}, records without a file {missing[:5]}")
+    manifest = {**fields, "files": dict(sorted(files.items()))}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     (folder / SUCCESS).write_text("")
     return manifest

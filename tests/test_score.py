@@ -13,7 +13,9 @@ import pytest
 
 from recbatch.cli import main
 from recbatch.config import Config
-from recbatch.data.snapshot import Snapshot
+from recbatch.data.partition import user_partition
+from recbatch.data.snapshot import Snapshot, partitioned_files
+from recbatch.parts import partition_of_name
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
@@ -23,6 +25,27 @@ from recbatch.storage import SUCCESS, verify_manifest, write_manifest
 
 RUN_DATE = dt.date(2026, 11, 29)
 K = 8
+
+
+SNAPSHOT_PARTITIONS = 4
+EMBEDDING_PARTITIONS = 2
+
+
+def partition_tables(table: pa.Table, partitions: int) -> list[pa.Table]:
+    """`table`'s rows cut by user partition."""
+    return [table for _, table in partitioned_files({"users.parquet": table}, partitions)]
+
+
+def _assert_parts_by_partition(staged: Path, manifest: dict, rows_per_file: int) -> None:
+    """Workers wrote the parts: each holds one user partition's rows, at most `rows_per_file` of them."""
+    per_partition: dict[int, int] = {}
+    for name in manifest["files"]:
+        users = pq.read_table(staged / name, columns=["user_id"]).column("user_id")
+        partition = partition_of_name(name)
+        assert (user_partition(users, SNAPSHOT_PARTITIONS) == partition).all(), name
+        assert 0 < len(users) <= rows_per_file
+        per_partition[partition] = per_partition.get(partition, 0) + len(users)
+    assert sum(per_partition.values()) == manifest["users"]
 
 
 def make_world(root: Path, id_type: str = "int", n_users: int = 40, n_items: int = 60, dim: int = 8, seed: int = 0):
@@ -46,11 +69,14 @@ def make_world(root: Path, id_type: str = "int", n_users: int = 40, n_items: int
     snap.mkdir(parents=True)
     ts = pa.array([0] * len(pairs), pa.timestamp("us", tz="UTC"))
     interactions = pa.table({"user_id": [users[u] for u, _ in pairs], "item_id": [items[i] for _, i in pairs], "ts": ts})
-    pq.write_table(interactions, snap / "interactions.parquet")
     pq.write_table(pa.table({"item_id": items, "title": [f"t{i}" for i in range(n_items)], "available": available}),
                    snap / "items.parquet")
-    pq.write_table(pa.table({"user_id": users}), snap / "users.parquet")
-    write_manifest(snap, {"snapshot_hash": "s1", "id_type": id_type, "counts": {"users": n_users, "items": n_items}})
+    tables = {"interactions.parquet": interactions, "users.parquet": pa.table({"user_id": users})}
+    for name, table in partitioned_files(tables, SNAPSHOT_PARTITIONS):
+        (snap / name).parent.mkdir(exist_ok=True)
+        pq.write_table(table, snap / name)
+    write_manifest(snap, {"snapshot_hash": "s1", "id_type": id_type, "counts": {"users": n_users, "items": n_items},
+                          "partitioning": {"partitions": SNAPSHOT_PARTITIONS}})
 
     # Quarter-integer components: every inner product is exact in float32 whatever
     # the summation order, so the many exact ties must be broken by id alone.
@@ -66,10 +92,16 @@ def make_world(root: Path, id_type: str = "int", n_users: int = 40, n_items: int
              "model_version": ["m1"] * len(ids)},
             schema=embeddings_schema(id_type, column),
         )
-        half = len(ids) // 2
-        pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
-        pq.write_table(table.slice(half), folder / "part-00001.parquet")
-        write_manifest(folder, {"model_version": "m1"})
+        if kind == "users":  # by user partition, fewer than the snapshot's: read by matching partitions
+            for p, part in enumerate(partition_tables(table, EMBEDDING_PARTITIONS)):
+                pq.write_table(part, folder / f"part-{p:05d}-0.parquet")
+            write_manifest(folder, {"model_version": "m1", "rows": len(ids),
+                                    "partitioning": {"partitions": EMBEDDING_PARTITIONS}})
+        else:
+            half = len(ids) // 2
+            pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
+            pq.write_table(table.slice(half), folder / "part-00001.parquet")
+            write_manifest(folder, {"model_version": "m1"})
         dirs[kind] = folder
     world = {
         "items": items, "users": users, "available": available, "pairs": pairs,
@@ -131,7 +163,8 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     manifest = verify_manifest(staged)
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
-    assert len(manifest["files"]) == 3 and "score_and_write" in manifest["timings"]
+    assert "score_and_write" in manifest["timings"]
+    _assert_parts_by_partition(staged, manifest, rows_per_file=15)
     # kernel="auto": the fused C kernel wherever it must build (CI); a fallback would show here
     assert manifest["scoring_kernels"] == ["native" if native.expected_here() else kernel_used("auto")]
     rows = read_rows(staged)
@@ -169,18 +202,22 @@ def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
             assert similarity[because] == pytest.approx(max(similarity.values()), abs=1e-5)
 
 
-def test_bad_embeddings_stage_nothing(tmp_path):
-    """Validation happens before Ray starts: nothing is staged."""
+@pytest.mark.ray
+def test_bad_embeddings_stage_nothing(ray_local, tmp_path):
+    """A NaN user vector, found by the worker that reads its partition, fails the stage: nothing is staged."""
     snapshot, dirs, world = make_world(tmp_path, n_users=6, n_items=10)
     folder = dirs["users"]
-    table = pq.read_table(folder / "part-00001.parquet")
+    manifest = verify_manifest(folder)
+    part = folder / sorted(manifest["files"])[-1]
+    table = pq.read_table(part)
     vectors = table.column("embedding").to_pylist()
     vectors[0][1] = float("nan")
     table = table.set_column(1, "embedding", pa.array(vectors, pa.list_(pa.float32())))
-    pq.write_table(table, folder / "part-00001.parquet")
-    write_manifest(folder, {"model_version": "m1"})
+    pq.write_table(table, part)
+    write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
     with pytest.raises(DataValidationError, match=r"embedding.*1 rows.*NaN"):
-        score(Config(root=str(tmp_path)), snapshot, dirs["items"], dirs["users"], RUN_DATE)
+        score(Config(root=str(tmp_path)).with_overrides({"score.cpus_per_actor": 0.5}), snapshot, dirs["items"],
+              dirs["users"], RUN_DATE)
     assert not (tmp_path / "staged").exists() or not any((tmp_path / "staged").iterdir())
 
 
@@ -198,8 +235,10 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
         # test rows count too: served lists are built from every interaction, whatever the split
         "split": ["train", "validation", "test"] * (len(world["pairs"]) // 3) + ["test"] * (len(world["pairs"]) % 3),
     }).with_columns(pl.col("ts").dt.cast_time_unit("us"))
-    rows.write_parquet(snapshot.path / "split.parquet")
-    rows.drop("split").write_parquet(snapshot.path / "interactions.parquet")
+    tables = {"split.parquet": rows.to_arrow(), "interactions.parquet": rows.drop("split").to_arrow()}
+    for name, table in partitioned_files(tables, SNAPSHOT_PARTITIONS):
+        (snapshot.path / name).parent.mkdir(exist_ok=True)
+        pq.write_table(table, snapshot.path / name)
     weight, half_life, temperature = 2.0, 60.0, 0.25
     cfg = Config(root=str(tmp_path)).with_overrides({
         "score.k": K, "score.popularity_prior_weight": weight, "score.popularity_half_life_days": half_life,
@@ -229,9 +268,9 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.parametrize("overrides,message", [
-    ({"score.num_actors": 3, "score.cpus_per_actor": 1.5},  # 4.5 + 0.5 for the finisher > 4 CPUs
-     r"score.item_shards x score.num_actors x score.cpus_per_actor \(\+ 0.5 for the finisher\) = 5.0 CPUs, "
-     r"but the Ray cluster has 4.0"),
+    ({"score.num_actors": 3, "score.cpus_per_actor": 1.0},  # 3 + 3 x 0.25 for the finishers + 0.5 > 4 CPUs
+     r"score.item_shards x score.num_actors x score.cpus_per_actor \(\+ 0.25 per finisher and 0.5 to read "
+     r"partitions\) = 4.25 CPUs, but the Ray cluster has 4.0"),
     ({"score.gpus_per_actor": 1.0}, r"= 1.0 GPUs, but the Ray cluster has 0"),
     ({"score.gpus_per_actor": 1.0, "score.kernel": "native"}, r"'native' is the CPU kernel"),
 ])

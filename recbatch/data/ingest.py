@@ -20,9 +20,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,8 +30,8 @@ from recbatch.data.movielens import READERS, detect_layout
 from recbatch.data.profiles import quarantine_injected_profiles
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.partition import SCHEME as PARTITION_SCHEME
-from recbatch.data.partition import partition_count, user_partition
-from recbatch.data.snapshot import PARTITIONED, Snapshot, partition_file_name
+from recbatch.data.partition import partition_count
+from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.data.split import mark_cold_items, split_counts, split_interactions
 from recbatch.data.validate import CleanTables, validate_source
 from recbatch.erasure.suppression import without_erased_users
@@ -143,23 +141,6 @@ def build_tables(clean: CleanTables, cfg: Config) -> tuple[dict[str, pa.Table], 
     return tables, counts
 
 
-def _partitioned(tables: dict[str, pa.Table], partitions: int) -> Iterator[tuple[str, pa.Table]]:
-    """(file name, table) to write: the per-user tables cut into one file per user partition,
-    each keeping its row order (sorted by user), the others as they are."""
-    for name, table in tables.items():
-        stem = name.removesuffix(".parquet")
-        if stem not in PARTITIONED:
-            yield name, table
-            continue
-        of_row = user_partition(table.column("user_id"), partitions)  # [rows]
-        order = np.argsort(of_row, kind="stable")  # by partition, keeping each one's row order
-        ends = np.cumsum(np.bincount(of_row, minlength=partitions))
-        table = table.take(pa.array(order))
-        for p in range(partitions):
-            start = int(ends[p - 1]) if p else 0
-            yield partition_file_name(stem, p), table.slice(start, int(ends[p]) - start)
-
-
 def ingest(cfg: Config) -> Snapshot:
     """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
     source = read_source(cfg.ingest, cfg.split)
@@ -181,7 +162,7 @@ def ingest(cfg: Config) -> Snapshot:
     partitions = partition_count(counts["users"], cfg.ingest.users_per_partition)
     staging = staging_dir_for(final)
     try:
-        for name, table in _partitioned(tables, partitions):
+        for name, table in partitioned_files(tables, partitions):
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from recbatch.data.partition import user_partition
 from recbatch.schemas import IdType
 from recbatch.storage import read_manifest
 
@@ -37,6 +40,23 @@ PARTITIONED = ("interactions", "users", "split")  # one file per user partition
 def partition_file_name(table: str, partition: int) -> str:
     """The file of one partition of a per-user table, relative to the snapshot folder."""
     return f"{table}/part-{partition:05d}.parquet"
+
+
+def partitioned_files(tables: dict[str, pa.Table], partitions: int) -> Iterator[tuple[str, pa.Table]]:
+    """(file name, table) to write: the per-user tables cut into one file per user partition,
+    each keeping its row order (sorted by user), the others as they are."""
+    for name, table in tables.items():
+        stem = name.removesuffix(".parquet")
+        if stem not in PARTITIONED:
+            yield name, table
+            continue
+        of_row = user_partition(table.column("user_id"), partitions)  # [rows]
+        order = np.argsort(of_row, kind="stable")  # by partition, keeping each one's row order
+        ends = np.cumsum(np.bincount(of_row, minlength=partitions))
+        table = table.take(pa.array(order))
+        for p in range(partitions):
+            start = int(ends[p - 1]) if p else 0
+            yield partition_file_name(stem, p), table.slice(start, int(ends[p]) - start)
 
 
 @dataclass(frozen=True)

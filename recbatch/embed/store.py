@@ -55,6 +55,34 @@ def read_matrix(folder: str | Path, id_column: str) -> tuple[pa.Array, np.ndarra
     return table.column(id_column).combine_chunks(), list_column_to_matrix(table.column("embedding"))
 
 
+def read_user_partition(
+    folder: str | Path, manifest: dict[str, Any], partition: int, partitions: int, columns: list[str]
+) -> pa.Table:
+    """The rows of user partition `partition` (of `partitions`) of a user embeddings folder.
+
+    A folder written with the same partition count holds them in its
+    ``part-PPPPP-*`` files; one written with another power of two holds them in
+    the matching partitions (``data/partition.py``), filtered by the hash when
+    those hold more users. A folder from before partitioning is read whole and
+    filtered (slow at scale: the next embed run rewrites it partitioned).
+    """
+    from recbatch.data.partition import matching_partitions, user_partition
+
+    folder = Path(folder)
+    written = manifest.get("partitioning", {}).get("partitions")
+    if written is None:
+        files = sorted(str(folder / name) for name in manifest["files"] if name.endswith(".parquet"))
+    else:
+        wanted = {f"part-{q:05d}-" for q in matching_partitions(partition, partitions, written)}
+        files = sorted(str(folder / name) for name in manifest["files"] if name[:11] in wanted)
+    table = pads.dataset(files, format="parquet").to_table(columns=columns) if files else None
+    if table is None:
+        return pa.schema([pads.dataset(folder, format="parquet").schema.field(c) for c in columns]).empty_table()
+    if written is None or written < partitions:
+        table = table.filter(pa.array(user_partition(table.column("user_id"), partitions) == partition))
+    return table
+
+
 def list_column_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list<float32> column of equal-length rows as a ``[N, D]`` float32 matrix (no Python loop)."""
     if isinstance(column, pa.ChunkedArray):

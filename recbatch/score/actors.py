@@ -1,6 +1,6 @@
 """The Ray Data callables of the scoring stage (they run inside Ray workers).
 
-    users (+ seen, blocked) ─▶ ShardScorer(shard 0) ─▶ ... ─▶ ShardScorer(shard S-1) ─▶ Finisher ─▶ rows
+    users (+ seen, blocked) ─▶ ShardScorer(shard 0) ─▶ ... ─▶ ShardScorer(shard S-1) ─▶ Finisher ─▶ parts
                                each holds one item shard and merges its top-K
                                into the running ``top_index``/``top_score`` lists
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import scipy.sparse as sp
 
+from recbatch.parts import PARTITION
 from recbatch.score.kernel import kernel_used, merge_topk, topk
 
 # Columns carried between the stages of one batch.
@@ -149,7 +150,12 @@ def _append_provenance(batch: pa.Table, column: str, value: str) -> pa.Table:
 
 
 class Finisher:
-    """Turns catalog positions into item ids, trims padding and adds the explanation column."""
+    """Turns catalog positions into item ids, trims padding and adds the explanation column.
+
+    With `write_to` (a staging folder) it also writes the finished rows there as
+    parts, one per user partition, and returns only their records
+    (``recbatch.parts``) with the provenance: the lists never reach the driver.
+    """
 
     def __init__(
         self,
@@ -157,13 +163,27 @@ class Finisher:
         k: int,
         model_version: str,
         items: Any | None = None,  # [N, D] float32 (or ref): only for explanations
+        write_to: str | None = None,
+        id_type: str = "int",
+        rows_per_file: int = 250_000,
     ) -> None:
         self.item_ids = _resolve(item_ids)
         self.k = k
         self.model_version = model_version
         self.items = None if items is None else _resolve(items)
+        self.write_to = write_to
+        self.id_type = id_type
+        self.rows_per_file = rows_per_file
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = self.finish(batch)
+        if self.write_to is None:
+            return rows
+        from recbatch.score.writer import write_parts
+
+        return write_parts(rows, self.write_to, self.id_type, self.rows_per_file)
+
+    def finish(self, batch: pa.Table) -> pa.Table:
         idx = fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k)  # [B, k]
         scores = fixed_lists_to_matrix(batch.column(TOP_SCORE), self.k)  # [B, k]
         keep = idx >= 0
@@ -176,8 +196,9 @@ class Finisher:
         if self.items is not None:
             because = most_similar_history(self.items, idx, batch.column(SEEN))  # [B, k]
             columns["because_item_ids"] = _take_lists(self.item_ids, because, keep)
-        for column in (SCORED_ON, SCORED_WITH):  # dropped by the stage after it is counted
-            columns[column] = batch.column(column)
+        for column in (SCORED_ON, SCORED_WITH, PARTITION):  # the stage records these, they are not list rows
+            if column in batch.column_names:
+                columns[column] = batch.column(column)
         return pa.table(columns)
 
 

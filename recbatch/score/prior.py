@@ -61,7 +61,7 @@ def log_popularity(
     table = (
         catalog.join(counts, on="item_id", how="left", maintain_order="left")
         .select(pl.col("count").fill_null(0.0), pl.col("picks").fill_null(0) > 0)
-        .collect()
+        .collect(engine="streaming")  # per item: the interactions stream through, never all in memory
     )
     c, picked = table["count"].to_numpy(), table["picks"].to_numpy()  # [N], [N]
     smoothed = c + pseudo_count

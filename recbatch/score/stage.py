@@ -1,14 +1,18 @@
 """The scoring stage: exact top-K for every user, staged with a manifest.
 
-    items/ embeddings ──sort by id──▶ catalog [N, D] + eligible [N] ──(object refs)──┐
-    users/ embeddings ──join seen + blocked lists──▶ Ray dataset (several blocks)     │
-        ──▶ ShardScorer pool per item shard ──▶ Finisher ──▶ write_recommendations ◀─┘
-                                                              staged/dt=YYYY-MM-DD/
+    items/ embeddings ──sort by id──▶ catalog [N, D] + eligible [N] ──(object refs)─────────┐
+    user partition p:  users/ embeddings part p + snapshot interactions part p              │
+        ──partition_users (a Ray task: seen + blocked lists)──▶ blocks of users             │
+        ──▶ ShardScorer pool per item shard ──▶ Finisher pool: writes parts ◀────────────────┘
+                                                   │ staged/.staging-*/part-PPPPP-*.parquet
+        driver: per-part records (file, rows, sha256) ──▶ _manifest.json ──▶ staged/dt=YYYY-MM-DD/
 
-The output is *staged*, not published: the quality gate reads it, and
-``recbatch.publish.publish_run`` swaps it into ``recommendations/`` only if the
-gate passes. Everything the rows depend on (model version, snapshot, config,
-timings) goes into the manifest.
+The driver holds what grows with items (the catalog) and one record per part;
+what grows with users is read, scored and written by workers, a user
+partition at a time. The output is *staged*, not published: the quality gate
+reads it, and ``recbatch.publish.publish_run`` swaps it into
+``recommendations/`` only if the gate passes. Everything the rows depend on
+(model version, snapshot, config, timings) goes into the manifest.
 """
 
 from __future__ import annotations
@@ -21,25 +25,24 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
-from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix
+from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition
 from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout
+from recbatch.parts import PARTITION, commit_parts
 from recbatch.runtime import ensure_ray, resolve_precision
-from recbatch.score.actors import BLOCKED, SCORED_ON, SCORED_WITH, SEEN, Finisher, ShardScorer
+from recbatch.score.actors import BLOCKED, SCORED_ON, SCORED_WITH, SEEN, Finisher, ShardScorer, _resolve
 from recbatch.score.prior import append_column, prior_column, user_column_value
-from recbatch.score.writer import write_recommendations
-from recbatch.storage import verify_manifest
+from recbatch.storage import publish_dir, staging_dir_for, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,12 @@ PROVENANCE = {SCORED_ON: "scoring_nodes", SCORED_WITH: "scoring_kernels"}
 # Users per Ray Data block, in kernel user blocks: big enough to keep the
 # kernel's threads busy, small enough to stream.
 BATCH_BLOCKS = 4
+# CPUs each partition-reading task asks for: it mostly waits on Parquet reads,
+# and must fit beside scorer actors that take the rest of the node.
+PREPARE_CPUS = 0.5
+# CPUs each finisher asks for (one per scoring actor): it converts positions to ids
+# and writes Parquet, a fraction of the scorers' work.
+FINISHER_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,70 +76,88 @@ class Catalog:
 
 def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str | Path,
           run_date: dt.date | str) -> Path:
-    """Score every user with embeddings in `users_dir`; write ``RunLayout.staged_for(run_date)``."""
+    """Score every user with embeddings in `users_dir`; write ``RunLayout.staged_for(run_date)``.
+
+    The driver holds the catalog (it grows with items) and the per-part records;
+    every per-user row is read, scored and written by Ray workers, one user
+    partition at a time (``partition_users``, ``Finisher``).
+    """
     import ray
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     items_manifest = verify_manifest(items_dir, checksums=False)
+    users_manifest = verify_manifest(users_dir, checksums=False)
     model_version = items_manifest.get("model_version") or Path(items_dir).parent.name
     catalog = load_catalog(snapshot, items_dir, cfg.score)
-    users = user_rows(snapshot, users_dir, catalog, cfg.score)
+    user_value = None
     if cfg.score.popularity_prior_weight > 0:
         temperature = items_manifest.get("temperature") or cfg.model.temperature
         prior = prior_column(cfg.score, serving_events(snapshot), catalog.ids)
         catalog = dataclasses.replace(catalog, prior=prior)
-        users = _append_to_embeddings(users, user_column_value(cfg.score, temperature))
+        user_value = user_column_value(cfg.score, temperature)
     timings["prepare"] = round(time.perf_counter() - started, 3)
 
     ensure_ray(cfg.ray)
     t0 = time.perf_counter()
-    ds = ray.data.from_arrow(_slices(users, _num_blocks(users.num_rows, cfg.score)))
-    ds = score_dataset(ds, catalog, model_version, cfg.score)
     staged = RunLayout.of(cfg.root).staged_for(run_date)
-    manifest_fields = {
-        "run_date": str(run_date),
-        "model_version": model_version,
-        "snapshot_hash": snapshot.hash,
-        "k": cfg.score.k,
-        "items": catalog.size,
-        "eligible_items": int(catalog.eligible.sum()),
-        "config": cfg.to_record(),
-    }
-    batches = _record_provenance(ds.iter_batches(batch_format="pyarrow", batch_size=None), manifest_fields)
-    manifest = write_recommendations(
-        _timed(batches, timings, "score_and_write", t0, manifest_fields),
-        staged, id_type=snapshot.id_type, rows_per_file=cfg.score.rows_per_file,
-        manifest_fields=manifest_fields,
-    )
-    if manifest["users"] != users.num_rows:  # never leave a short run looking complete
-        shutil.rmtree(staged, ignore_errors=True)
-        raise IntegrityError(f"{staged}: scored {manifest['users']} users of {users.num_rows}; removed")
-    log.info("scored %d users x %d items (k=%d) in %s", users.num_rows, catalog.size, cfg.score.k, timings)
+    staging = staging_dir_for(staged)
+    try:
+        users = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
+                                    override_num_blocks=snapshot.partitions)
+        users = users.map_batches(
+            partition_users, batch_size=1, batch_format="pyarrow",
+            # Args from a function keep Ray Data from fusing these tasks into the scorer actors: one
+            # partition then feeds every scorer, instead of one scorer reading and scoring it alone.
+            ray_remote_args_fn=_prepare_task_args,
+            fn_kwargs={"snapshot": snapshot, "users_dir": str(users_dir), "users_manifest": users_manifest,
+                       "item_ids": ray.put(catalog.ids), "dim": catalog.vectors.shape[1], "cfg": cfg.score,
+                       "user_value": user_value},
+        )
+        finished = score_dataset(users, catalog, model_version, cfg.score, staging, snapshot.id_type)
+        records = [row for batch in finished.iter_batches(batch_format="pyarrow", batch_size=None)
+                   for row in batch.to_pylist()]  # one small record per part written
+        timings["score_and_write"] = round(time.perf_counter() - t0, 3)
+        scored = sum(r["rows"] for r in records)
+        if scored != users_manifest["rows"]:  # never leave a short run looking complete
+            raise IntegrityError(f"{staged}: scored {scored} users of the {users_manifest['rows']} in {users_dir}")
+        commit_parts(staging, records, {
+            "run_date": str(run_date),
+            "model_version": model_version,
+            "snapshot_hash": snapshot.hash,
+            "k": cfg.score.k,
+            "items": catalog.size,
+            "eligible_items": int(catalog.eligible.sum()),
+            "config": cfg.to_record(),
+            "id_type": snapshot.id_type,
+            "users": scored,
+            "timings": timings,
+            **{key: _distinct(records, column) for column, key in PROVENANCE.items()},
+        })
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, staged)
+    log.info("scored %d users x %d items (k=%d) in %s", scored, catalog.size, cfg.score.k, timings)
     return staged
 
 
-def _record_provenance(batches, fields: dict[str, Any]):
-    """Drop the per-row provenance columns, recording which Ray nodes and top-K kernels scored
-    (``scoring_nodes``, ``scoring_kernels``): a kernel that silently fell back shows in the manifest."""
-    found: dict[str, set[str]] = {column: set() for column in PROVENANCE}
-    for batch in batches:
-        for column, values in found.items():
-            for joined in pc.unique(batch.column(column)).to_pylist():
-                values.update(joined.split(","))
-        yield batch.drop_columns(list(PROVENANCE))
-    fields.update({key: sorted(found[column]) for column, key in PROVENANCE.items()})
+def _prepare_task_args() -> dict[str, Any]:
+    return {"num_cpus": PREPARE_CPUS}
 
 
-def _timed(batches, timings: dict[str, float], name: str, t0: float, fields: dict[str, Any]):
-    """Pass batches through, then record the elapsed time into the manifest's ``timings``."""
-    yield from batches
-    timings[name] = round(time.perf_counter() - t0, 3)
-    fields["timings"] = dict(timings)
+def _distinct(records: list[dict[str, Any]], column: str) -> list[str]:
+    """Every value of a comma-joined provenance column over all parts: a kernel that silently
+    fell back, or a node that should not score, shows in the manifest."""
+    return sorted({v for r in records for v in r[column].split(",") if v})
 
 
-def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
-    """Chain one scorer pool per item shard, then the finisher (lazy Ray dataset)."""
+def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
+                  write_to: str | Path | None = None, id_type: str = "int"):
+    """Chain one scorer pool per item shard, then the finisher (lazy Ray dataset).
+
+    With `write_to` the finishers write the lists there and the dataset holds
+    their per-part records; without it, the finished rows."""
     import ray
 
     on_gpu = cfg.gpus_per_actor > 0
@@ -141,13 +168,14 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
             f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
             f"but the Ray cluster has {ray.cluster_resources().get('GPU', 0)}"
         )
-    finisher_cpus = min(cfg.cpus_per_actor, 0.5)
-    need = cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + finisher_cpus
+    finisher_cpus = min(cfg.cpus_per_actor, FINISHER_CPUS)
+    need = cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + cfg.num_actors * finisher_cpus + PREPARE_CPUS
     have = ray.cluster_resources().get("CPU", 0)
     if need > have:  # actors that take every CPU leave the pipeline waiting forever, silently
         raise UsageError(
-            f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} for the finisher) "
-            f"= {need} CPUs, but the Ray cluster has {have}: lower score.num_actors or score.cpus_per_actor"
+            f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} per finisher and "
+            f"{PREPARE_CPUS} to read partitions) = {need} CPUs, but the Ray cluster has {have}: "
+            "lower score.num_actors or score.cpus_per_actor"
         )
     actor = {
         "k": cfg.k,
@@ -185,9 +213,12 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig):
         "k": cfg.k,
         "model_version": model_version,
         "items": ray.put(catalog.vectors) if cfg.explanations else None,
+        "write_to": None if write_to is None else str(write_to),
+        "id_type": id_type,
+        "rows_per_file": cfg.rows_per_file,
     }
     return ds.map_batches(
-        Finisher, fn_constructor_kwargs=finisher, compute=ray.data.ActorPoolStrategy(size=1),
+        Finisher, fn_constructor_kwargs=finisher, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=finisher_cpus, batch_format="pyarrow", batch_size=None,
     )
 
@@ -220,47 +251,69 @@ def load_catalog(snapshot: Snapshot, items_dir: str | Path, cfg: ScoreConfig) ->
     return Catalog(ids=ids, vectors=vectors, eligible=eligible.astype(bool))
 
 
-def user_rows(snapshot: Snapshot, users_dir: str | Path, catalog: Catalog, cfg: ScoreConfig) -> pa.Table:
-    """``user_id, embedding, seen, blocked``: one row per user to score.
+def partition_users(
+    batch: pa.Table, *, snapshot: Snapshot, users_dir: str, users_manifest: dict[str, Any], item_ids: Any,
+    dim: int, cfg: ScoreConfig, user_value: float | None,
+) -> Iterator[pa.Table]:
+    """``user_id, embedding, seen, blocked, partition`` for the users of one partition (a Ray task).
 
-    ``seen`` holds the catalog positions of every item the user interacted
-    with (the nightly run filters all of history); ``blocked`` the positions
-    the per-user blocklist removes.
+    ``seen`` holds the catalog positions of every item the user interacted with
+    (the nightly run filters all of history); ``blocked`` the positions the
+    per-user blocklist removes. The partition's users are read from partition
+    ``p`` of the embeddings and of the snapshot only, and leave in blocks of
+    ``user_block x BATCH_BLOCKS`` rows, so a worker holds one partition at most.
     """
-    users_dir = Path(users_dir)
-    verify_manifest(users_dir, checksums=False)
-    users = pl.from_arrow(pads.dataset(users_dir, format="parquet").to_table(columns=["user_id", "embedding"]))
-    positions = pl.DataFrame({"item_id": pl.Series(catalog.ids), "position": np.arange(catalog.size)}).lazy()
+    (partition,) = batch.column(PARTITION).to_pylist()
+    item_ids = _resolve(item_ids)
+    users = pl.from_arrow(read_user_partition(users_dir, users_manifest, partition, snapshot.partitions,
+                                              ["user_id", "embedding"]))
+    _check_user_vectors(users, users_dir, dim)
+    positions = pl.DataFrame({"item_id": pl.Series(item_ids), "position": np.arange(len(item_ids))}).lazy()
     seen = (
-        serving_events(snapshot).select("user_id", "item_id")
+        snapshot.scan_partition("interactions", partition).select("user_id", "item_id")
         .join(positions, on="item_id", how="inner")
         .group_by("user_id").agg(pl.col("position").unique().sort().alias(SEEN))
     )
     _, per_user = _blocklist(cfg, snapshot)
-    table = users.lazy().join(seen, on="user_id", how="left")
+    table = users.lazy().join(seen, on="user_id", how="left", maintain_order="left")
     if per_user is not None:
         blocked = (
-            per_user.lazy().join(positions, on="item_id", how="inner")
+            per_user.lazy().join(users.lazy().select("user_id"), on="user_id", how="semi")
+            .join(positions, on="item_id", how="inner")
             .group_by("user_id").agg(pl.col("position").unique().sort().alias(BLOCKED))
         )
-        table = table.join(blocked, on="user_id", how="left")
+        table = table.join(blocked, on="user_id", how="left", maintain_order="left")
     else:
         table = table.with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias(BLOCKED))
     empty = pl.lit([], dtype=pl.List(pl.Int64))
-    table = table.with_columns(pl.col(SEEN, BLOCKED).cast(pl.List(pl.Int64)).fill_null(empty)).collect()
-    vectors = table["embedding"].list.len()
-    if table.height and vectors.n_unique() != 1 or (table.height and vectors[0] != catalog.vectors.shape[1]):
+    rows = (
+        table.with_columns(pl.col(SEEN, BLOCKED).cast(pl.List(pl.Int64)).fill_null(empty),
+                           pl.lit(partition, dtype=pl.Int32).alias(PARTITION))
+        .collect().to_arrow()
+    )
+    if user_value is not None:  # the popularity prior's user side (score/prior.py)
+        rows = _append_to_embeddings(rows, user_value)
+    step = cfg.user_block * BATCH_BLOCKS
+    for start in range(0, rows.num_rows, step):
+        yield rows.slice(start, step)
+
+
+def _check_user_vectors(users: pl.DataFrame, users_dir: str, dim: int) -> None:
+    """Every user vector has the item dimension and only finite values (else nothing is scored)."""
+    if not users.height:
+        return
+    lengths = users["embedding"].list.len()
+    if lengths.n_unique() != 1 or lengths[0] != dim:
         raise DataValidationError(
-            f"{users_dir}: column 'embedding' lengths {sorted(vectors.unique().to_list())[:5]} do not all "
-            f"equal the item embedding dimension {catalog.vectors.shape[1]}"
+            f"{users_dir}: column 'embedding' lengths {sorted(lengths.unique().to_list())[:5]} do not all "
+            f"equal the item embedding dimension {dim}"
         )
-    bad = table.filter(~pl.col("embedding").list.eval(pl.element().is_finite()).list.all())
+    bad = users.filter(~pl.col("embedding").list.eval(pl.element().is_finite()).list.all())
     if bad.height:
         raise DataValidationError(
             f"{users_dir}: column 'embedding' has {bad.height} rows with NaN/inf values, "
             f"e.g. users {bad['user_id'].head(5).to_list()}"
         )
-    return table.to_arrow()
 
 
 def _append_to_embeddings(users: pa.Table, value: float) -> pa.Table:
@@ -310,13 +363,3 @@ def _check_vectors(vectors: np.ndarray, folder: Path, id_column: str, ids: pa.Ar
         )
     if len(vectors) == 0:
         raise DataValidationError(f"{folder}: no item embeddings to score against")
-
-
-def _num_blocks(rows: int, cfg: ScoreConfig) -> int:
-    """Several blocks per actor: one block would keep every other actor idle."""
-    return max(2 * cfg.num_actors, math.ceil(rows / (cfg.user_block * BATCH_BLOCKS)), 1)
-
-
-def _slices(table: pa.Table, blocks: int) -> list[pa.Table]:
-    step = max(1, math.ceil(table.num_rows / blocks))
-    return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]

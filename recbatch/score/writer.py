@@ -75,6 +75,31 @@ def write_recommendations(
     return manifest
 
 
+def write_parts(rows: pa.Table, folder: str | Path, id_type: IdType, rows_per_file: int) -> pa.Table:
+    """Write finished list rows (with ``partition`` and the provenance columns) as parts of `folder`.
+
+    The worker-side half of the scoring stage's output: the same columns and
+    checks as `write_recommendations`, and one record row per part written
+    (``file, rows, bytes, sha256, users``) plus which nodes and kernels scored
+    them, for the driver to commit (``recbatch.parts.commit_parts``).
+    """
+    from recbatch.parts import PARTITION, write_partitioned
+    from recbatch.score.actors import SCORED_ON, SCORED_WITH
+
+    schema = recommendations_schema(id_type, with_because="because_item_ids" in rows.column_names)
+    lists = _conform(rows, schema)
+    _check_unique_users([lists.column("user_id").to_numpy(zero_copy_only=False)], folder)
+    records = write_partitioned(lists.append_column(PARTITION, rows.column(PARTITION)), folder, rows_per_file)
+    provenance = {
+        column: ",".join(sorted({v for joined in pc.unique(rows.column(column)).to_pylist() for v in joined.split(",")}))
+        for column in (SCORED_ON, SCORED_WITH)
+    }
+    return pa.table({
+        **{key: [r[key] for r in records] for key in ("file", "rows", "bytes", "sha256")},
+        **{column: [value] * len(records) for column, value in provenance.items()},
+    })
+
+
 class _RollingParquetWriter:
     """Writes ``part-NNNNN.parquet`` files, starting a new one every `rows_per_file` rows."""
 

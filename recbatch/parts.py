@@ -1,0 +1,63 @@
+"""Outputs written by many workers and committed by one driver.
+
+A stage whose output grows with users (user embeddings, recommendation lists)
+has every worker write its own Parquet parts straight into the staging folder
+and send back only a small record per part: its name, rows and checksum. The
+driver gathers those records (a few hundred bytes a part, whatever the number
+of users), checks that the folder holds exactly the recorded files, writes the
+manifest from them and publishes. So the rows never pass through the driver.
+
+Part names are ``part-PPPPP-<random>.parquet``: ``PPPPP`` is the user
+partition of its rows (``data/partition.py``), the random tail keeps two
+writers of the same partition (a retried task, two blocks) from colliding.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recbatch.storage import sha256_file, write_manifest
+
+PARTITION = "partition"  # the int32 column that tells a part writer which partition a row belongs to
+
+
+def part_name(partition: int) -> str:
+    return f"part-{partition:05d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def partition_of_name(name: str) -> int:
+    """``part-00003-....parquet`` -> 3."""
+    return int(Path(name).name.split("-")[1])
+
+
+def write_part(table: pa.Table, folder: str | Path, partition: int) -> dict[str, Any]:
+    """Write `table` as one new part of `folder`; return its record (name, rows, bytes, sha256)."""
+    name = part_name(partition)
+    path = Path(folder) / name
+    pq.write_table(table, path, compression="zstd")
+    return {"file": name, "rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> list[dict[str, Any]]:
+    """Write `table` (with a ``partition`` column, dropped on write) as parts of at most `max_rows`
+    rows, one partition per part; return their records."""
+    records = []
+    partitions = table.column(PARTITION).to_numpy()
+    rows = table.drop_columns([PARTITION])
+    for p in sorted(set(partitions.tolist())):
+        part = rows.filter(pa.array(partitions == p))
+        for start in range(0, part.num_rows, max_rows):
+            records.append(write_part(part.slice(start, max_rows), folder, p))
+    return records
+
+
+def commit_parts(staging: str | Path, records: Iterable[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
+    """Write the manifest of a folder of parts from the workers' records (``rows`` summed in)."""
+    records = list(records)
+    files = {r["file"]: {"bytes": r["bytes"], "sha256": r["sha256"]} for r in records}
+    return write_manifest(staging, {**fields, "rows": sum(r["rows"] for r in records)}, files=files)
