@@ -17,14 +17,16 @@ import pytest
 import torch
 
 from recbatch.config import Config, config_from_dict
-from recbatch.data.snapshot import Snapshot
+from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.layout import RunLayout
 from recbatch.schemas import check_schema, embeddings_schema
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
+from part_helpers import assert_parts_by_partition
 
 N_ITEMS = 200
 N_USERS = 40
 EVENTS_PER_USER = 8
+PARTITIONS = 4
 GENRES = ["Drama", "Comedy", "Action|Thriller", "Sci-Fi", "Romance|Comedy", "Documentary"]
 
 
@@ -76,10 +78,14 @@ def make_snapshot(root: Path, id_type: str, edited: set[int] = frozenset()) -> S
     digest = hashlib.sha256(items.write_json().encode() + interactions.write_json().encode()).hexdigest()[:12]
     final = RunLayout.of(root).snapshot(digest)
     staging = staging_dir_for(final)
-    for name, table in [("items", items), ("users", users), ("interactions", interactions), ("split", split)]:
-        table.write_parquet(staging / f"{name}.parquet")
+    tables = {f"{name}.parquet": table.to_arrow() for name, table in
+              [("items", items), ("users", users), ("interactions", interactions), ("split", split)]}
+    for name, table in partitioned_files(tables, PARTITIONS):  # users embedded a partition per actor call
+        (staging / name).parent.mkdir(exist_ok=True)
+        pq.write_table(table, staging / name)
     counts = {"items": N_ITEMS, "users": users.height, "interactions": interactions.height}
-    write_manifest(staging, {"snapshot_hash": digest, "id_type": id_type, "counts": counts})
+    write_manifest(staging, {"snapshot_hash": digest, "id_type": id_type, "counts": counts,
+                             "partitioning": {"partitions": PARTITIONS}})
     return Snapshot.open(publish_dir(staging, final))
 
 
@@ -182,6 +188,9 @@ def test_stage_matches_in_process_model_and_keeps_int_ids(tmp_path, ray_local, t
     assert (manifest["encoded"], manifest["reused"], manifest["rows"]) == (N_ITEMS, 0, N_ITEMS)
     assert manifest["snapshot_hash"] == snapshot.hash and manifest["model_version"] == result.model_version
     assert manifest["temperature"] == cfg.model.temperature  # the model card's, for the scoring stage's prior
+    users_manifest = verify_manifest(result.users_dir)  # written by the actors, a part per user partition
+    assert users_manifest["partitioning"]["partitions"] == PARTITIONS and len(users_manifest["files"]) == PARTITIONS
+    assert_parts_by_partition(result.users_dir, users_manifest, PARTITIONS)
 
 
 @pytest.mark.ray

@@ -13,15 +13,14 @@ import pytest
 
 from recbatch.cli import main
 from recbatch.config import Config
-from recbatch.data.partition import user_partition
 from recbatch.data.snapshot import Snapshot, partitioned_files
-from recbatch.parts import partition_of_name
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
 from recbatch.score.kernel import kernel_used
 from recbatch.score.stage import score
 from recbatch.storage import SUCCESS, verify_manifest, write_manifest
+from part_helpers import assert_parts_by_partition
 
 RUN_DATE = dt.date(2026, 11, 29)
 K = 8
@@ -34,18 +33,6 @@ EMBEDDING_PARTITIONS = 2
 def partition_tables(table: pa.Table, partitions: int) -> list[pa.Table]:
     """`table`'s rows cut by user partition."""
     return [table for _, table in partitioned_files({"users.parquet": table}, partitions)]
-
-
-def _assert_parts_by_partition(staged: Path, manifest: dict, rows_per_file: int) -> None:
-    """Workers wrote the parts: each holds one user partition's rows, at most `rows_per_file` of them."""
-    per_partition: dict[int, int] = {}
-    for name in manifest["files"]:
-        users = pq.read_table(staged / name, columns=["user_id"]).column("user_id")
-        partition = partition_of_name(name)
-        assert (user_partition(users, SNAPSHOT_PARTITIONS) == partition).all(), name
-        assert 0 < len(users) <= rows_per_file
-        per_partition[partition] = per_partition.get(partition, 0) + len(users)
-    assert sum(per_partition.values()) == manifest["users"]
 
 
 def make_world(root: Path, id_type: str = "int", n_users: int = 40, n_items: int = 60, dim: int = 8, seed: int = 0):
@@ -164,7 +151,8 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
     assert "score_and_write" in manifest["timings"]
-    _assert_parts_by_partition(staged, manifest, rows_per_file=15)
+    assert_parts_by_partition(staged, manifest, SNAPSHOT_PARTITIONS, max_rows=15)
+    assert all(0 < info["bytes"] for info in manifest["files"].values())
     # kernel="auto": the fused C kernel wherever it must build (CI); a fallback would show here
     assert manifest["scoring_kernels"] == ["native" if native.expected_here() else kernel_used("auto")]
     rows = read_rows(staged)

@@ -2,11 +2,12 @@
 
     items.parquet ─read_parquet─▶ rows to encode ─▶ ItemEncoder pool (render, bucket, encode) ─┐
                   previous rows of this model version with the same input_hash ──────────────┴▶ items/
-    users + histories (polars) ─▶ rows to encode ─▶ UserEncoder pool (item matrix: one Ray object) ─┐
-                  previous rows of this model version with the same input_hash ────────────────────┴▶ users/
+    user partition p ─▶ PartitionEncoder pool (item matrix: one Ray object): histories of p, reuse of the
+                        previous rows of p with the same input_hash, user tower on the rest ─▶ users/part-p-*
 
-Which rows to encode is decided on the driver from ids and input hashes only
-(incremental.py); the vectors stay in Ray Data. Each output is
+Which items to encode is decided on the driver from ids and input hashes only
+(incremental.py), the vectors stay in Ray Data; users are decided, encoded and
+written by the actor that holds their partition. Each output is
 ``embeddings/<model_version>/{items,users}``, published atomically with a
 manifest that counts what was encoded and what was reused.
 """
@@ -16,26 +17,30 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recbatch.config import Config, EmbedConfig
+from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.incremental import ReusePlan, plan_reuse
 from recbatch.embed.items import ItemEncoder, item_hashes
 from recbatch.embed.store import publish_embeddings, read_hashes, read_matrix
-from recbatch.embed.users import UserEncoder, serving_events, user_inputs
+from recbatch.embed.users import PartitionEncoder
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
 from recbatch.runtime import ensure_ray, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
-from recbatch.storage import verify_manifest
+from recbatch.parts import PARTITION, commit_parts
+from recbatch.storage import is_complete, publish_dir, staging_dir_for, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +99,56 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     )
 
     item_ids, item_matrix = read_matrix(items_dir, "item_id")  # [N], [N, D]
-    feature_columns = UserFeatureSpec(**card["user_features"]).columns
-    users = user_inputs(
-        snapshot, serving_events(snapshot), item_ids, current_items,
-        history_length=int(card["model"]["history_length"]),
-        feature_columns=feature_columns,
-    )
     users_dir = layout.embeddings(version, "users")
-    users_plan = _encode_incrementally(
-        _from_table(users, cfg.embed), users.select(["user_id", "input_hash"]), "user_id", UserEncoder,
-        {**actor, "item_matrix": _put(item_matrix), "feature_columns": feature_columns},
-        users_dir, cfg.embed, {**common, "kind": "user_embeddings"},
-    )
+    encoder = {**actor, "item_matrix": _put(item_matrix), "item_hashes": _put(_in_matrix_order(current_items, item_ids)),
+               "feature_columns": UserFeatureSpec(**card["user_features"]).columns}
+    encoded, reused = _embed_users(snapshot, encoder, users_dir, cfg.embed, {**common, "kind": "user_embeddings"})
     seconds = time.perf_counter() - started
     log.info("embedded items (%d encoded, %d reused) and users (%d encoded, %d reused) in %.1f s",
-             items_plan.encoded, items_plan.reused, users_plan.encoded, users_plan.reused, seconds)
-    return EmbedResult(items_dir, users_dir, version, items_plan.encoded, items_plan.reused,
-                       users_plan.encoded, users_plan.reused, seconds)
+             items_plan.encoded, items_plan.reused, encoded, reused, seconds)
+    return EmbedResult(items_dir, users_dir, version, items_plan.encoded, items_plan.reused, encoded, reused, seconds)
+
+
+def _in_matrix_order(hashes: pa.Table, item_ids: pa.Array) -> pa.Table:
+    """``(item_id, input_hash)`` with row i the item of matrix row i (items without a vector dropped)."""
+    frame = pl.DataFrame({"item_id": pl.Series(item_ids)}).join(
+        pl.from_arrow(hashes), on="item_id", how="left", maintain_order="left")
+    return frame.to_arrow()
+
+
+def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: EmbedConfig,
+                 fields: dict[str, Any]) -> tuple[int, int]:
+    """Embed every user partition with a pool of ``PartitionEncoder`` actors; publish the parts.
+
+    Returns (users encoded, users whose previous vector was reused)."""
+    import ray
+
+    started = time.perf_counter()
+    previous = None
+    if cfg.incremental and is_complete(final):
+        previous = (str(final), verify_manifest(final, checksums=False))
+    staging = staging_dir_for(final)
+    try:
+        partitions = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
+                                         override_num_blocks=snapshot.partitions)
+        records = partitions.map_batches(
+            PartitionEncoder,
+            fn_constructor_kwargs={**encoder, "snapshot": snapshot, "previous": previous, "write_to": str(staging)},
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.num_actors, snapshot.partitions)),
+            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor, batch_size=1, batch_format="pyarrow",
+        ).take_all()  # one small record per partition
+        encoded, reused = sum(r["encoded"] for r in records), sum(r["reused"] for r in records)
+        commit_parts(staging, records, {
+            **fields, "encoded": encoded, "reused": reused,
+            "partitioning": {"by": "user_id", "scheme": PARTITION_SCHEME, "partitions": snapshot.partitions},
+            "seconds": round(time.perf_counter() - started, 3),
+        })
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, final)
+    log.info("%s: %d encoded, %d reused", final, encoded, reused)
+    return encoded, reused
 
 
 # --------------------------------------------------------------------------- pieces
@@ -160,14 +198,6 @@ def _model_columns(snapshot: Snapshot) -> list[str]:
 def _current_item_hashes(snapshot: Snapshot) -> pa.Table:
     """``(item_id, input_hash)`` of every snapshot item."""
     return item_hashes(snapshot.items().select(_model_columns(snapshot)).collect())
-
-
-def _from_table(table: pa.Table, cfg: EmbedConfig):
-    """A driver-side table as a Ray dataset, already cut into blocks (no shuffle needed)."""
-    import ray
-
-    step = max(1, math.ceil(table.num_rows / _num_blocks(table.num_rows, cfg)))
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
 
 
 def _put(value: Any) -> Any:

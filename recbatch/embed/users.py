@@ -5,10 +5,11 @@ user's recent history (plus the user's features), so users need no BERT pass:
 the actors receive the item matrix of the same model version once, as a Ray
 object, and look history rows up by index.
 
-User inputs are prepared on the driver with polars because they come from a
-group-by over all interactions (the history) joined to the user features; the
-result is compact (ids, a short list of row indices, features, a hash) and
-the expensive part, the tower itself, runs in the actor pool.
+Users are embedded a user partition at a time (``PartitionEncoder``): a
+partition's interactions and user rows are all in partition ``p`` of the
+snapshot, so one actor builds their histories (a polars group-by), decides
+what to reuse, runs the tower and writes the part, and the driver only sees
+one record per partition.
 """
 
 from __future__ import annotations
@@ -19,27 +20,30 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.actor import EncoderActor
 from recbatch.model.features import user_histories, user_input_hash
 from recbatch.runtime import Precision
+from recbatch.schemas import embeddings_schema
 
 HISTORY_INDEX = "history_index"
 
 
-def serving_events(snapshot: Snapshot) -> pl.LazyFrame:
-    """The interactions published lists are built from: all of them, whatever the split.
+def serving_events(snapshot: Snapshot, partition: int | None = None) -> pl.LazyFrame:
+    """The interactions published lists are built from: all of them, whatever the split
+    (of one user partition, or of every user).
 
     The split exists for evaluation; a nightly job serves what each user did up
     to last night, so the user vectors, the seen filter and the popularity
     prior of the scoring stage all read every row of the snapshot.
     """
-    return snapshot.interactions()
+    return snapshot.interactions() if partition is None else snapshot.scan_partition("interactions", partition)
 
 
 def user_inputs(
-    snapshot: Snapshot,
+    users: pl.LazyFrame,
     events: pl.LazyFrame,
     item_ids: pa.Array,
     item_hashes: pa.Table,
@@ -47,21 +51,22 @@ def user_inputs(
     history_length: int,
     feature_columns: Sequence[str],
 ) -> pa.Table:
-    """One row per snapshot user: ``user_id, history_index, <features>, input_hash``.
+    """One row per user of `users`: ``user_id, history_index, <features>, input_hash``.
 
-    Histories come from `events` (``user_id, item_id, ts`` rows): every
-    interaction of the snapshot when serving (`serving_events`), only the rows
-    before the held-out ones when evaluating (``eval/holdout.py``).
-    ``history_index`` holds rows of the item matrix (row i = `item_ids`[i]),
-    oldest first and most recent last; history items without an embedding are
-    dropped. The hash covers the history ids, each history item's own input
-    hash (an edited item re-encodes the users who saw it) and the features.
+    `users` are snapshot user rows (one partition of them, when a worker
+    embeds its partition). Histories come from `events` (``user_id, item_id,
+    ts`` rows of the same users): every interaction when serving
+    (`serving_events`), only the rows before the held-out ones when
+    evaluating (``eval/holdout.py``). ``history_index`` holds rows of the item
+    matrix (row i = `item_ids`[i]), oldest first and most recent last;
+    history items without an embedding are dropped. The hash covers the
+    history ids, each history item's own input hash (an edited item re-encodes
+    the users who saw it) and the features.
     """
     histories = user_histories(events.select("user_id", "item_id", "ts"), history_length).collect()
-    features = [c for c in feature_columns if c in snapshot.users().collect_schema().names()]
+    features = [c for c in feature_columns if c in users.collect_schema().names()]
     users = (
-        snapshot.users()
-        .select("user_id", *features)
+        users.select("user_id", *features)
         .collect()
         .join(histories, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("history").fill_null(pl.lit([], dtype=histories.schema["history"])))
@@ -120,6 +125,7 @@ class UserEncoder(EncoderActor):
         self.feature_columns = list(feature_columns)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Vectors for a batch of user inputs (``user_id, history_index, <features>, input_hash``)."""
         import torch
 
         history = batch.column(HISTORY_INDEX).combine_chunks()
@@ -138,3 +144,60 @@ class UserEncoder(EncoderActor):
                 ).numpy()
         return self.rows("user_id", batch.column("user_id").combine_chunks(), vectors,
                          batch.column("input_hash").combine_chunks())
+
+
+class PartitionEncoder(UserEncoder):
+    """Embeds whole user partitions: builds their inputs, reuses what it can, writes the parts.
+
+    One call per partition of the snapshot (a one-row batch naming it): the
+    actor reads that partition's users and interactions, builds histories and
+    input hashes, copies the vectors of the previous embeddings of this model
+    version whose hash is unchanged, encodes the rest, and writes them all as
+    one part of the staging folder. It returns the part's record with the
+    counts, so the driver never holds a user row.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        item_hashes: Any,  # pa.Table (item_id, input_hash) of every snapshot item, or a ref
+        previous: tuple[str, dict[str, Any]] | None,  # (folder, manifest) of the last embeddings to reuse
+        write_to: str,
+        **encoder: Any,
+    ) -> None:
+        import ray
+
+        super().__init__(**encoder)
+        self.snapshot = snapshot
+        self.item_hashes = ray.get(item_hashes) if isinstance(item_hashes, ray.ObjectRef) else item_hashes
+        self.item_ids = self.item_hashes.column("item_id")
+        self.previous = previous
+        self.write_to = write_to
+
+    def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
+        from recbatch.embed.incremental import plan_reuse
+        from recbatch.embed.store import read_user_partition
+        from recbatch.parts import PARTITION, write_part
+
+        (partition,) = batch.column(PARTITION).to_pylist()
+        inputs = user_inputs(
+            self.snapshot.scan_partition("users", partition),
+            serving_events(self.snapshot, partition),
+            self.item_ids, self.item_hashes,
+            history_length=self.artifact.history_length, feature_columns=self.feature_columns,
+        )
+        before = None
+        if self.previous is not None:
+            folder, manifest = self.previous
+            before = read_user_partition(folder, manifest, partition, self.snapshot.partitions,
+                                         ["user_id", "embedding", "input_hash", "model_version"])
+        plan = plan_reuse(inputs.select(["user_id", "input_hash"]), before, "user_id")
+        todo = inputs.filter(pc.is_in(inputs.column("user_id"), value_set=plan.encode_ids))
+        parts = [super().__call__(todo)] if todo.num_rows else []
+        if plan.reused:
+            assert before is not None
+            parts.append(before.filter(pc.is_in(before.column("user_id"), value_set=plan.reuse_ids)))
+        schema = embeddings_schema(self.snapshot.id_type, "user_id")
+        rows = pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
+        record = write_part(rows, self.write_to, partition)
+        return pa.table({**{k: [v] for k, v in record.items()}, "encoded": [plan.encoded], "reused": [plan.reused]})

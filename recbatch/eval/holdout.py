@@ -93,9 +93,12 @@ def holdout_lists(
     hashes = pa.table({"item_id": catalog["item_id"].to_arrow(), "input_hash": item_input_hash(catalog).to_arrow()})
     features = artifact.user_features.categorical + artifact.user_features.numeric
     before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
+    in_slice = pl.DataFrame({"user_id": users}).lazy()  # eval.holdout_users of them: bounded by config
     inputs = pl.from_arrow(user_inputs(
-        snapshot, before, item_ids, hashes, history_length=artifact.history_length, feature_columns=features,
-    )).join(pl.DataFrame({"user_id": users}), on="user_id", how="semi")
+        snapshot.users().join(in_slice, on="user_id", how="semi"),
+        before.join(in_slice, on="user_id", how="semi"),
+        item_ids, hashes, history_length=artifact.history_length, feature_columns=features,
+    ))
 
     vectors = []  # [U, D] in blocks
     with torch.inference_mode():
@@ -112,7 +115,7 @@ def holdout_lists(
     prior = prior_column(cfg.score, before, item_ids)
     temperature = trained_temperature(artifact.card) or cfg.model.temperature
     user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
-    seen = _seen_matrix(before, inputs["user_id"], pl.Series(item_ids))  # [U, N]
+    seen = _seen_matrix(before.join(in_slice, on="user_id", how="semi"), inputs["user_id"], pl.Series(item_ids))  # [U, N]
     available = _available(catalog, item_ids)
     idx, scores = topk(
         user_matrix, items, k, exclude=seen, item_mask=available,
