@@ -14,6 +14,7 @@ writers of the same partition (a retried task, two blocks) from colliding.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,7 +22,9 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recbatch.storage import sha256_file, write_manifest
+from recbatch.storage import data_files, sha256_file, write_manifest
+
+log = logging.getLogger(__name__)
 
 PARTITION = "partition"  # the int32 column that tells a part writer which partition a row belongs to
 
@@ -57,7 +60,18 @@ def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> lis
 
 
 def commit_parts(staging: str | Path, records: Iterable[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest of a folder of parts from the workers' records (``rows`` summed in)."""
+    """Write the manifest of a folder of parts from the workers' records (``rows`` summed in).
+
+    The records are the truth: a part without one was written by an attempt
+    that died before reporting it (a killed worker whose task Ray retried), and
+    its rows were written again by the retry, so it is deleted, not published.
+    """
     records = list(records)
     files = {r["file"]: {"bytes": r["bytes"], "sha256": r["sha256"]} for r in records}
+    orphans = [p for p in data_files(staging) if str(p.relative_to(staging)) not in files]
+    for orphan in orphans:
+        orphan.unlink()
+    if orphans:
+        log.warning("%s: deleted %d parts of failed attempts (their rows were written again): %s",
+                    staging, len(orphans), [p.name for p in orphans[:5]])
     return write_manifest(staging, {**fields, "rows": sum(r["rows"] for r in records)}, files=files)

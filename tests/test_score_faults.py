@@ -1,5 +1,7 @@
-"""A scoring actor killed mid-run: Ray restarts it, retries its block, and the
-run still has exactly one row per user, equal to an undisturbed run."""
+"""Scoring actors killed mid-run: Ray restarts them and retries their blocks, and
+the run still has exactly one row per user, equal to an undisturbed run. A
+finisher killed after writing a part it never reported leaves an orphan part:
+the commit deletes it (its rows were written again by the retry)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from recbatch.layout import RunLayout
 from recbatch.score.stage import score
 
 
-def _live_scorers(ray) -> dict[str, dict]:
-    """This Ray job's live ShardScorer actors by actor id, from the GCS actor table.
+def _live_actors(ray, callable_name: str) -> dict[str, dict]:
+    """This Ray job's live actors running `callable_name` by actor id, from the GCS actor table.
 
     Scoped by job id, so another Ray session or process on the machine is never touched.
     (``ray.util.state`` serves the same table through the dashboard, which the local test
@@ -34,7 +36,7 @@ def _live_scorers(ray) -> dict[str, dict]:
             title = " ".join(psutil.Process(info["Pid"]).cmdline())
         except psutil.NoSuchProcess:  # it ended since the table was read
             continue
-        if "ShardScorer" in title:
+        if callable_name in title:
             scorers[actor_id] = info
     return scorers
 
@@ -45,7 +47,7 @@ def test_killed_scoring_actor_is_retried_without_losing_or_duplicating_users(
 ):
     cfg = tiny_pipeline_config(**{
         "generate.users": 3000, "generate.items": 400,
-        "score.user_block": 2, "score.rows_per_file": 100, "score.num_actors": 1,
+        "score.user_block": 1, "score.rows_per_file": 100, "score.num_actors": 1,
     })
     demo_source(cfg)
     snapshot = ingest(cfg)
@@ -56,24 +58,30 @@ def test_killed_scoring_actor_is_retried_without_losing_or_duplicating_users(
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(staged=score(cfg, snapshot, items_dir, users_dir, RUN_DATE)))
     runner.start()
-    killed = None
+    killed: dict[str, str] = {}
     deadline = time.monotonic() + 120
-    while killed is None and time.monotonic() < deadline and runner.is_alive():
-        written = list(staged_parent.glob(".staging-*/*.parquet"))
-        alive = _live_scorers(ray_local)
-        if written and alive:  # mid-run: some output written, the actor still working
-            killed, info = next(iter(alive.items()))
-            os.kill(info["Pid"], signal.SIGKILL)
-        time.sleep(0.05)  # polling a file listing and the actor table: nothing to wait on
+    while len(killed) < 2 and time.monotonic() < deadline and runner.is_alive():
+        if "ShardScorer" not in killed:  # mid-run: the scorer is up while the run goes on
+            alive = _live_actors(ray_local, "ShardScorer")
+            if alive:
+                killed["ShardScorer"], info = next(iter(alive.items()))
+                os.kill(info["Pid"], signal.SIGKILL)
+        elif list(staged_parent.glob(".staging-*/*.parquet")):  # a finisher has written parts
+            alive = _live_actors(ray_local, "Finisher")
+            if alive:
+                killed["Finisher"], info = next(iter(alive.items()))
+                os.kill(info["Pid"], signal.SIGKILL)
+        time.sleep(0.02)  # polling a file listing and the actor table: nothing to wait on
     runner.join(timeout=300)
-    assert killed is not None, "the scoring run ended before an actor could be killed"
+    assert set(killed) == {"ShardScorer", "Finisher"}, f"the run ended before both were killed: {killed}"
     assert not runner.is_alive()
 
-    # Ray restarted the killed actor and retried its block (Ray Data's actors restart without limit).
+    # Ray restarted the killed actors and retried their blocks (Ray Data's actors restart without limit).
     from ray._private import state
 
-    restarted = state.actors(actor_id=killed)
-    assert restarted["NumRestarts"] >= 1, restarted
+    for actor_id in killed.values():
+        restarted = state.actors(actor_id=actor_id)
+        assert restarted["NumRestarts"] >= 1, restarted
     recs, manifest = read_staged(result["staged"])
     assert recs.height == reference.height == manifest["users"]
     assert recs["user_id"].n_unique() == recs.height

@@ -78,7 +78,7 @@ def read_user_partition(
     table = pads.dataset(files, format="parquet").to_table(columns=columns) if files else None
     if table is None:
         return pa.schema([pads.dataset(folder, format="parquet").schema.field(c) for c in columns]).empty_table()
-    if written is None or written < partitions:
+    if partitions > 1 and (written is None or written < partitions):
         table = table.filter(pa.array(user_partition(table.column("user_id"), partitions) == partition))
     return table
 
