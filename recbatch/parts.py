@@ -34,8 +34,8 @@ def part_name(partition: int) -> str:
 
 
 def partition_of_name(name: str) -> int:
-    """``part-00003-....parquet`` -> 3."""
-    return int(Path(name).name.split("-")[1])
+    """``part-00003-<random>.parquet`` (or ``part-00003.parquet``) -> 3."""
+    return int(Path(name).stem.split("-")[1])
 
 
 def write_part(table: pa.Table, folder: str | Path, partition: int) -> dict[str, Any]:

@@ -67,14 +67,16 @@ def read_user_partition(
     filtered (slow at scale: the next embed run rewrites it partitioned).
     """
     from recbatch.data.partition import matching_partitions, user_partition
+    from recbatch.parts import partition_of_name
 
     folder = Path(folder)
     written = manifest.get("partitioning", {}).get("partitions")
     if written is None:
         files = sorted(str(folder / name) for name in manifest["files"] if name.endswith(".parquet"))
     else:
-        wanted = {f"part-{q:05d}-" for q in matching_partitions(partition, partitions, written)}
-        files = sorted(str(folder / name) for name in manifest["files"] if name[:11] in wanted)
+        wanted = set(matching_partitions(partition, partitions, written))
+        files = sorted(str(folder / name) for name in manifest["files"]
+                       if name.endswith(".parquet") and partition_of_name(name) in wanted)
     table = pads.dataset(files, format="parquet").to_table(columns=columns) if files else None
     if table is None:
         return pa.schema([pads.dataset(folder, format="parquet").schema.field(c) for c in columns]).empty_table()
