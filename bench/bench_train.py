@@ -54,6 +54,7 @@ def main() -> None:
     from recbatch.data.generate import generate_demo
     from recbatch.data.ingest import ingest
     from recbatch.model.artifact import tower_config
+    from recbatch.runtime import ensure_ray
     from recbatch.train.examples import prepare_inputs
     from recbatch.train.plain import train_plain
     from recbatch.train.trainer import make_loop_config, train
@@ -72,6 +73,7 @@ def main() -> None:
     generate_demo(cfg.generate, cfg.ingest.source)
     snapshot = ingest(cfg)
 
+    ensure_ray(cfg.ray)  # prepare_inputs runs Ray tasks: start the configured runtime, not a default one
     prepared = prepare_inputs(snapshot, work / "plain", history_length=cfg.model.history_length,
                               use_item_ids=True, validate_users=200)
     tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))

@@ -292,7 +292,7 @@ def test_example_age_edges_must_increase():
     assert load_config(None, {"model.example_age_days": [30, 365]}).model.example_age_days == [30.0, 365.0]
 
 
-def test_training_examples_carry_their_age_in_days(small_snapshot, tmp_path):
+def test_training_examples_carry_their_age_in_days(ray_local, small_snapshot, tmp_path):
     from recbatch.train.examples import prepare_inputs
 
     prepared = prepare_inputs(small_snapshot, tmp_path, history_length=4, use_item_ids=True, validate_users=10)

@@ -70,7 +70,7 @@ def test_presets_exist():
 
 @pytest.fixture(scope="module")
 def demo_snapshot(tmp_path_factory, tiny_bert_dir):
-    """Generated data where item text carries the taste signal, ingested into a snapshot."""
+    """Generated data where item text carries the taste signal, ingested into a partitioned snapshot."""
     from recbatch.data.generate import generate_demo
     from recbatch.data.ingest import ingest
 
@@ -78,6 +78,7 @@ def demo_snapshot(tmp_path_factory, tiny_bert_dir):
     cfg = load_config(None, {
         "root": str(base / "root"), "ingest.source": str(base / "source"),
         "generate.users": 400, "generate.items": 150, "generate.interactions_per_user": 16,
+        "ingest.users_per_partition": 128,  # 4 partitions: the workers stream several examples parts
     })
     generate_demo(cfg.generate, cfg.ingest.source)
     return base / "root", ingest(cfg)
@@ -207,7 +208,7 @@ def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local
 def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local, demo_snapshot, tiny_bert_dir):
     from recbatch.data.snapshot import Snapshot
     from recbatch.model.features import UserFeatureSpec
-    from recbatch.train.examples import load_catalog, load_validation
+    from recbatch.train.examples import EXAMPLES_DIR, VALIDATION_DIR, load_catalog, load_validation
     from recbatch.train.trainer import INPUTS_DIR, train
     from recbatch.train.validation import full_ranking_metrics, item_vectors, pooled_catalog
 
@@ -223,8 +224,9 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
     # the exported, DeepSpeed-free artifact ranks the validation users exactly as the engine did
     art = load_artifact(artifact)
     inputs = Path(card["train_run"]) / INPUTS_DIR
+    assert len(list((inputs / EXAMPLES_DIR).glob("part-*.parquet"))) == snapshot.partitions == 4
     catalog = load_catalog(inputs / "catalog.parquet", art.tokenizer, art.card["max_text_tokens"])
-    validation = load_validation(inputs / "validation.parquet", art.history_length, UserFeatureSpec(**card["user_features"]))
+    validation = load_validation(inputs / VALIDATION_DIR, art.history_length, UserFeatureSpec(**card["user_features"]))
     pooled = pooled_catalog(art.model, catalog, torch.arange(catalog.size), torch.device("cpu"))
     metrics = full_ranking_metrics(art.model, item_vectors(art.model, pooled, catalog), validation, cfg.train.validate_k)
     assert metrics == pytest.approx(card["metrics"], abs=1e-9)

@@ -63,17 +63,29 @@ def _fnv1a64(strings: pa.Array) -> np.ndarray:
     return h
 
 
-def user_partition(user_ids: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
-    """The partition ``[n]`` int32 of each id (int64 or string ids; never null: ingest rejects those)."""
+def user_hash(user_ids: pa.Array | pa.ChunkedArray, salt: int | None = None) -> np.ndarray:
+    """The stable 64-bit hash ``[n]`` uint64 of each id (int64 or string ids; never null).
+
+    With a `salt` (e.g. a seed) it is another, equally stable hash: a seeded
+    sample of users ("the users with the smallest salted hash") is then the
+    same whichever partition or worker looks at a user.
+    """
     if isinstance(user_ids, pa.ChunkedArray):
         user_ids = user_ids.combine_chunks()
-    if partitions & (partitions - 1) or partitions < 1:
-        raise ValueError(f"partitions must be a power of two, got {partitions}")
     if pa.types.is_integer(user_ids.type):
         keys = user_ids.cast(pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
     else:
         keys = _fnv1a64(pc.cast(user_ids, pa.string()))
-    return (_splitmix64(keys) & np.uint64(partitions - 1)).astype(np.int32)
+    if salt is not None:
+        keys = keys ^ _splitmix64(np.array([salt], dtype=np.int64).view(np.uint64))
+    return _splitmix64(keys)
+
+
+def user_partition(user_ids: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
+    """The partition ``[n]`` int32 of each id (int64 or string ids; never null: ingest rejects those)."""
+    if partitions & (partitions - 1) or partitions < 1:
+        raise ValueError(f"partitions must be a power of two, got {partitions}")
+    return (user_hash(user_ids) & np.uint64(partitions - 1)).astype(np.int32)
 
 
 def matching_partitions(partition: int, partitions: int, other_partitions: int) -> list[int]:

@@ -54,15 +54,17 @@ def global_cutoff(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.Expr | Non
     return None
 
 
-def days_before_newest(ts: str = "ts") -> pl.Expr:
+def days_before_newest(ts: str = "ts", newest: dt.datetime | None = None) -> pl.Expr:
     """Each row's age in days (float): the time from its `ts` to the newest `ts` of the frame.
 
     Used for every "how old is this interaction" question: example age in
     training, time-decayed popularity in the prior and the recent_popular baseline.
     Evaluate it over the whole frame (select / with_columns), not inside a group_by,
-    where the newest row would be the group's.
+    where the newest row would be the group's. A frame holding only part of the
+    table (one user partition on a worker) passes the whole table's `newest`.
     """
-    return (pl.col(ts).max() - pl.col(ts)).dt.total_microseconds() / 86_400e6
+    reference = pl.col(ts).max() if newest is None else pl.lit(newest)
+    return (reference - pl.col(ts)).dt.total_microseconds() / 86_400e6
 
 
 def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:

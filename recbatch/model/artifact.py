@@ -235,7 +235,7 @@ def init_artifact(cfg: "Config", encoder: str, snapshot: "Snapshot | None", out_
         id_type, snapshot_hash = snapshot.id_type, snapshot.hash
         if cfg.model.use_item_id_embedding:
             item_ids = warm_item_ids(snapshot)
-        users = snapshot.users().collect()
+        users = snapshot.users()  # the spec needs only column statistics: streamed, not loaded
     torch.manual_seed(cfg.train.seed)
     spec = UserFeatureSpec.from_users(users)
     model, tokenizer = build_two_tower(encoder, tower_config(cfg.model, spec, len(item_ids)))

@@ -121,20 +121,26 @@ class UserFeatureSpec:
     buckets: int = 1024
 
     @classmethod
-    def from_users(cls, users: pl.DataFrame | None, buckets: int = 1024) -> "UserFeatureSpec":
+    def from_users(cls, users: pl.DataFrame | pl.LazyFrame | None, buckets: int = 1024) -> "UserFeatureSpec":
+        """The spec of a users table. A LazyFrame (a snapshot's table) is reduced to
+        each numeric column's mean and std in one streaming pass, never loaded whole."""
         if users is None:
             return cls(buckets=buckets)
-        categorical, numeric, mean, std = [], [], [], []
-        for name, dtype in users.schema.items():
+        categorical, numeric = [], []
+        for name, dtype in users.collect_schema().items():
             if name == "user_id":
                 continue
             if dtype.is_float():
-                col = users[name].cast(pl.Float64)
                 numeric.append(name)
-                mean.append(float(col.mean() or 0.0))
-                std.append(float(col.std() or 1.0) or 1.0)
             elif dtype == pl.String or dtype == pl.Boolean or dtype.is_integer() or dtype == pl.Categorical:
                 categorical.append(name)
+        columns = [pl.col(name).cast(pl.Float64) for name in numeric]
+        stats = users.lazy().select(
+            *(c.mean().alias(f"mean{j}") for j, c in enumerate(columns)),
+            *(c.std().alias(f"std{j}") for j, c in enumerate(columns)),
+        ).collect(engine="streaming").row(0, named=True) if numeric else {}
+        mean = [float(stats[f"mean{j}"] or 0.0) for j in range(len(numeric))]
+        std = [float(stats[f"std{j}"] or 1.0) or 1.0 for j in range(len(numeric))]
         return cls(categorical, numeric, mean, std, buckets)
 
     @property

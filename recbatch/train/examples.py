@@ -1,63 +1,109 @@
-"""Training inputs prepared once by the driver from a snapshot.
+"""Training inputs, prepared from a snapshot: one Ray task per user partition.
 
-Three Parquet files in the training run's folder, all keyed by *catalog row*
-(items sorted by id, row 0..M-1) so workers index tensors directly:
+Everything is keyed by *catalog row* (items sorted by id, row 0..M-1) so
+workers index tensors directly. In the training run's inputs folder:
 
 - ``catalog.parquet``: item_id, text (rendered), id_index (row of the learned
   id embedding, 0 = cold), probability (share of training interactions: the
-  logQ correction's sampling probability).
-- ``examples.parquet``: one row per training interaction: target (catalog
-  row), history (the user's previous L catalog rows, oldest first, -1 =
-  padding), user features, age_days (days before the latest training
-  interaction: the example-age input). Shuffled once here; workers stream it through Ray
-  Data and add a local shuffle per epoch.
-- ``validation.parquet``: one row per sampled validation user: history (last
-  L train rows), targets (validation rows), seen (train rows, excluded from
-  ranking), user features.
+  logQ correction's sampling probability). Built on the driver: it grows with
+  items, not users; the per-item counts come from one streaming group-by.
+- ``examples/part-PPPPP.parquet``: one row per training interaction of the
+  users of snapshot partition P: target (catalog row), history (the user's
+  previous L catalog rows, oldest first, -1 = padding), user features,
+  age_days (days before the newest training interaction of the whole
+  snapshot: the example-age input).
+- ``validation/part-PPPPP.parquet``: one row per sampled validation user of
+  partition P: history (last L train rows), targets (validation rows), seen
+  (train rows, excluded from ranking), user features.
 
-Histories are built with per-user ``shift`` expressions (O(n * L)), not by
-slicing each user's whole sequence per row (O(sum of squared lengths)).
+A user's rows all lie in one partition of the snapshot (``data/partition.py``),
+so each task reads only its partition and writes its own parts; the driver
+sees only (file, rows) records and the validation sample's keys. Histories
+are built with per-user ``shift`` expressions (O(n * L)), not by slicing each
+user's whole sequence per row (O(sum of squared lengths)).
+
+No global shuffle: each part is shuffled once by its task, and the training
+loop reads the parts in a new file order every epoch with a local shuffle
+buffer on top. That is enough because the partitions are a hash of user_id:
+every part is already a random sample of users, so mixing rows *across*
+parts would not make a batch any more representative; the within-part
+shuffle only has to break up each user's consecutive rows.
+
+The validation sample is the `validate_users` eligible users with the smallest
+seeded hash of user_id (``partition.user_hash``): each task keeps its own
+smallest keys, the driver merges them into a threshold, and a second round of
+tasks keeps the users under it. Same seed, same users, whatever the partition
+count or the order in which tasks finish.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import torch
 
+from recbatch.data.partition import user_hash
 from recbatch.data.snapshot import Snapshot
 from recbatch.data.split import days_before_newest
 from recbatch.errors import DataValidationError
 from recbatch.model.features import UserFeatureSpec, render_item_text
 
 PAD = -1
+EXAMPLES_DIR = "examples"
+VALIDATION_DIR = "validation"
+_CANDIDATES_DIR = "validation-candidates"  # each partition's smallest sample keys, before the global cut
+# Rows per Parquet row group of an examples part: Ray Data's unit of reading and of block shuffling.
+EXAMPLES_ROW_GROUP = 8192
 
 
 @dataclass
 class PreparedInputs:
     catalog: Path
-    examples: Path
-    validation: Path
+    examples: Path  # folder of part-PPPPP.parquet
+    validation: Path  # folder of part-PPPPP.parquet
     warm_item_ids: list
     user_features: UserFeatureSpec
     num_examples: int
     num_validation_users: int
 
 
-def _positives(snapshot: Snapshot, split: str, min_rating: float | None) -> pl.LazyFrame:
-    lf = snapshot.split(split)
+def part_file(folder: Path, partition: int) -> Path:
+    return folder / f"part-{partition:05d}.parquet"
+
+
+def _positives(lf: pl.LazyFrame, min_rating: float | None) -> pl.LazyFrame:
+    """The rows of `lf` that count as positives (all of them without a `min_rating`)."""
     if min_rating is not None and "rating" in lf.collect_schema().names():
         lf = lf.filter(pl.col("rating").is_null() | (pl.col("rating") >= min_rating))
     return lf
 
 
-def build_catalog(snapshot: Snapshot, use_item_ids: bool, min_rating: float | None = None) -> tuple[pl.DataFrame, list]:
-    """(catalog frame, warm item ids in id-embedding order)."""
+def _train(split: pl.LazyFrame, min_rating: float | None) -> pl.LazyFrame:
+    return _positives(split.filter(pl.col("split") == "train"), min_rating)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    frame: pl.DataFrame  # item_id, text, id_index, probability: one row per item
+    warm_item_ids: list  # items with a train positive, in id-embedding order
+    newest_train_ts: dt.datetime  # the reference time of every example's age
+
+
+def build_catalog(snapshot: Snapshot, use_item_ids: bool, min_rating: float | None = None) -> Catalog:
+    """The catalog and what the driver needs to know of the train split, from one
+    streaming pass over it that keeps one row per item."""
     items = snapshot.items().collect().sort("item_id")
-    counts = _positives(snapshot, "train", min_rating).group_by("item_id").agg(n=pl.len()).collect()
+    counts = (
+        _train(snapshot.split(), min_rating)
+        .group_by("item_id")
+        .agg(n=pl.len(), newest=pl.col("ts").max())
+        .collect(engine="streaming")
+    )
     if counts.height == 0:
         raise DataValidationError(f"{snapshot.table_path('split')}: the train split has no interactions")
     warm = counts["item_id"].sort().to_list() if use_item_ids else []
@@ -65,23 +111,23 @@ def build_catalog(snapshot: Snapshot, use_item_ids: bool, min_rating: float | No
         {"item_id": warm, "id_index": list(range(1, len(warm) + 1))},
         schema={"item_id": items.schema["item_id"], "id_index": pl.Int64},
     )
-    catalog = (
+    frame = (
         items.select("item_id")
         .with_columns(text=render_item_text(items))
         .join(warm_index, on="item_id", how="left", maintain_order="left")
-        .join(counts, on="item_id", how="left", maintain_order="left")
+        .join(counts.select("item_id", "n"), on="item_id", how="left", maintain_order="left")
         .with_columns(
             pl.col("id_index").fill_null(0),
             probability=(pl.col("n").fill_null(0) / pl.col("n").sum()).cast(pl.Float64),
         )
         .drop("n")
     )
-    return catalog, warm
+    return Catalog(frame, warm, counts["newest"].max())
 
 
-def _with_rows(lf: pl.LazyFrame, catalog: pl.DataFrame) -> pl.LazyFrame:
-    rows = catalog.select("item_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    return lf.join(rows.lazy(), on="item_id", how="inner")
+def _with_rows(lf: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
+    """`lf` with each item's catalog ``row`` (items outside the catalog dropped), in `lf`'s order."""
+    return lf.join(rows.lazy(), on="item_id", how="inner", maintain_order="left")
 
 
 def _feature_columns(users: pl.DataFrame, spec: UserFeatureSpec) -> pl.DataFrame:
@@ -103,6 +149,95 @@ def _history(history_length: int) -> pl.Expr:
     return pl.concat_list(lags).alias("history")
 
 
+@dataclass(frozen=True)
+class PartitionTask:
+    """Everything one partition's task needs: small and the same for every partition."""
+
+    snapshot: Snapshot
+    rows: pl.DataFrame  # item_id -> catalog row
+    spec: UserFeatureSpec
+    newest_train_ts: dt.datetime
+    history_length: int
+    min_rating: float | None
+    validate_users: int
+    seed: int
+    out: Path
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    """What the driver learns of one partition: its examples' count and its smallest sample keys."""
+
+    examples_rows: int
+    sample_keys: list[int]  # the partition's smallest validation sample keys (at most validate_users)
+
+
+def _part_seed(seed: int, partition: int) -> int:
+    """The shuffle seed of one part: distinct per partition, fixed by the run's seed."""
+    return seed * 1_000_003 + partition  # a prime stride: no two (seed, partition) pairs below it collide
+
+
+def prepare_partition(task: PartitionTask, partition: int) -> PartitionRecord:
+    """Write one partition's examples part and validation candidates (runs in a Ray task)."""
+    snapshot, L = task.snapshot, task.history_length
+    users = snapshot.scan_partition("users", partition).collect()
+    features = _feature_columns(users, task.spec).lazy()
+    train = _with_rows(_train(snapshot.scan_partition("split", partition), task.min_rating), task.rows).sort(
+        ["user_id", "ts"], maintain_order=True
+    )
+    no_cat = pl.lit([0] * len(task.spec.categorical), dtype=pl.List(pl.Int64))
+    no_num = pl.lit([0.0] * len(task.spec.numeric), dtype=pl.List(pl.Float32))
+    examples = (
+        train.with_columns(
+            _history(L), days_before_newest(newest=task.newest_train_ts).cast(pl.Float32).alias("age_days")
+        )
+        .select("user_id", pl.col("row").alias("target"), "history", "age_days")
+        .join(features, on="user_id", how="left", maintain_order="left")
+        .with_columns(pl.col("user_cat").fill_null(no_cat), pl.col("user_num").fill_null(no_num))
+        .drop("user_id")
+        .collect()
+        .sample(fraction=1.0, shuffle=True, seed=_part_seed(task.seed, partition))
+    )
+    examples_dir = task.out / EXAMPLES_DIR
+    examples.write_parquet(part_file(examples_dir, partition), row_group_size=EXAMPLES_ROW_GROUP)
+
+    per_user = train.group_by("user_id").agg(
+        seen=pl.col("row").unique(maintain_order=True),
+        history=pl.col("row").tail(L),
+    )
+    candidates = (
+        _with_rows(snapshot.scan_partition("split", partition).filter(pl.col("split") == "validation"), task.rows)
+        .group_by("user_id")
+        .agg(targets=pl.col("row").unique(maintain_order=True))
+        .join(per_user, on="user_id", how="inner")
+        .join(features, on="user_id", how="left")
+        .collect()
+    )
+    keys = user_hash(candidates["user_id"].to_arrow(), salt=task.seed)
+    candidates = candidates.with_columns(sample_key=pl.Series(keys, dtype=pl.UInt64)).sort("sample_key").head(
+        task.validate_users
+    )
+    candidates.write_parquet(part_file(task.out / _CANDIDATES_DIR, partition))
+    return PartitionRecord(examples.height, candidates["sample_key"].to_list())
+
+
+def keep_sampled(task: PartitionTask, partition: int, threshold: int | None) -> int:
+    """Cut one partition's candidates to the sampled users (key <= `threshold`; all when None)."""
+    candidates = part_file(task.out / _CANDIDATES_DIR, partition)
+    frame = pl.read_parquet(candidates)
+    if threshold is not None:
+        frame = frame.filter(pl.col("sample_key") <= threshold)
+    frame = frame.drop("sample_key").sort("user_id")
+    frame.write_parquet(part_file(task.out / VALIDATION_DIR, partition))
+    candidates.unlink()
+    return frame.height
+
+
+def _merge_smallest(smallest: list[int], keys: list[int], validate_users: int) -> list[int]:
+    """The `validate_users` + 1 smallest of both: enough to tell whether, and where, to cut."""
+    return heapq.nsmallest(validate_users + 1, smallest + keys)
+
+
 def prepare_inputs(
     snapshot: Snapshot,
     out_dir: str | Path,
@@ -113,55 +248,51 @@ def prepare_inputs(
     min_rating: float | None = None,
     seed: int = 0,
 ) -> PreparedInputs:
-    """Write catalog/examples/validation Parquet files into `out_dir`."""
+    """Write the catalog (driver) and the examples and validation parts (Ray tasks) into `out_dir`.
+
+    Runs on the connected Ray runtime (``runtime.ensure_ray``); without one, Ray starts a default local one.
+    """
+    import ray
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    catalog, warm = build_catalog(snapshot, use_item_ids, min_rating)
-    catalog.write_parquet(out / "catalog.parquet")
-
-    users = snapshot.users().collect()
-    spec = UserFeatureSpec.from_users(users)
-    features = _feature_columns(users, spec).lazy()
-
-    train = _with_rows(_positives(snapshot, "train", min_rating), catalog).sort(["user_id", "ts"], maintain_order=True)
-    examples = (
-        train.with_columns(_history(history_length), days_before_newest().cast(pl.Float32).alias("age_days"))
-        .select("user_id", pl.col("row").alias("target"), "history", "age_days")
-        .join(features, on="user_id", how="left")
-        .with_columns(
-            pl.col("user_cat").fill_null(pl.lit([0] * len(spec.categorical), dtype=pl.List(pl.Int64))),
-            pl.col("user_num").fill_null(pl.lit([0.0] * len(spec.numeric), dtype=pl.List(pl.Float32))),
-        )
-        .drop("user_id")
-        .collect()
-        .sample(fraction=1.0, shuffle=True, seed=seed)
-    )
-    examples.write_parquet(out / "examples.parquet", row_group_size=max(1024, examples.height // 16 + 1))
-
-    per_user = train.group_by("user_id").agg(
-        seen=pl.col("row").unique(),
-        history=pl.col("row").tail(history_length),
-    )
-    validation = (
-        _with_rows(snapshot.split("validation"), catalog)
-        .group_by("user_id")
-        .agg(targets=pl.col("row").unique())
-        .join(per_user, on="user_id", how="inner")
-        .join(features, on="user_id", how="left")
-        .sort("user_id")
-        .collect()
-    )
-    if validation.height > validate_users:
-        validation = validation.sample(n=validate_users, seed=seed).sort("user_id")
-    validation.write_parquet(out / "validation.parquet")
+    for folder in (out, out / EXAMPLES_DIR, out / VALIDATION_DIR, out / _CANDIDATES_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+    catalog = build_catalog(snapshot, use_item_ids, min_rating)
+    catalog.frame.write_parquet(out / "catalog.parquet")
+    rows = catalog.frame.select("item_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    spec = UserFeatureSpec.from_users(snapshot.users())
+    task = ray.put(PartitionTask(
+        snapshot=snapshot,
+        rows=rows,
+        spec=spec,
+        newest_train_ts=catalog.newest_train_ts,
+        history_length=history_length,
+        min_rating=min_rating,
+        validate_users=validate_users,
+        seed=seed,
+        out=out,
+    ))
+    partitions = range(snapshot.partitions)
+    prepare = ray.remote(num_cpus=1)(prepare_partition)
+    pending = [prepare.remote(task, p) for p in partitions]
+    num_examples, smallest = 0, []
+    while pending:  # merged as they finish: the driver holds O(validate_users) keys, not O(partitions x)
+        done, pending = ray.wait(pending)
+        for record in ray.get(done):
+            num_examples += record.examples_rows
+            smallest = _merge_smallest(smallest, record.sample_keys, validate_users)
+    threshold = smallest[validate_users - 1] if len(smallest) > validate_users else None
+    keep = ray.remote(num_cpus=1)(keep_sampled)
+    validation_users = sum(ray.get([keep.remote(task, p, threshold) for p in partitions]))
+    (out / _CANDIDATES_DIR).rmdir()
     return PreparedInputs(
         catalog=out / "catalog.parquet",
-        examples=out / "examples.parquet",
-        validation=out / "validation.parquet",
-        warm_item_ids=warm,
+        examples=out / EXAMPLES_DIR,
+        validation=out / VALIDATION_DIR,
+        warm_item_ids=catalog.warm_item_ids,
         user_features=spec,
-        num_examples=examples.height,
-        num_validation_users=validation.height,
+        num_examples=num_examples,
+        num_validation_users=validation_users,
     )
 
 

@@ -1,15 +1,16 @@
 """The training stage: snapshot in, published model artifact out.
 
-    train(cfg, snapshot) ─▶ prepare inputs (driver, polars)
+    train(cfg, snapshot) ─▶ prepare inputs (catalog on the driver; examples and validation
+                            users by one Ray task per snapshot partition)
                          ─▶ TorchTrainer: N workers × train_loop_per_worker (DeepSpeed)
                          ─▶ latest Ray checkpoint (every rank's shards)
                          ─▶ export: consolidated fp32 weights ─▶ models/<model_version>/
 
 Runs live under ``<root>/checkpoints/<snapshot hash[:12]>-<UTC time>/``: Ray
 Train's storage for that run (checkpoints, kept per ``train.keep_checkpoints``)
-plus ``inputs/`` (the prepared Parquet files). ``resume=True`` reopens the most
-recent run of the same snapshot; Ray Train then hands every worker its latest
-checkpoint, exactly as after a worker failure.
+plus ``inputs/`` (the prepared catalog and Parquet parts, train/examples.py).
+``resume=True`` reopens the most recent run of the same snapshot; Ray Train then
+hands every worker its latest checkpoint, exactly as after a worker failure.
 """
 
 from __future__ import annotations
@@ -121,7 +122,12 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
-    dataset = ray.data.read_parquet(str(prepared.examples), override_num_blocks=max(4, 2 * cfg.train.num_workers))
+    # The parts are read in a new seeded order every epoch (see train/examples.py: why no global shuffle).
+    dataset = ray.data.read_parquet(
+        str(prepared.examples),
+        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed, reseed_after_execution=True),
+        override_num_blocks=max(4, 2 * cfg.train.num_workers),
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(loop_config),
