@@ -183,7 +183,7 @@ def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
 
     users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "test")
     tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation")
-    fitted = fit_baseline(name, snapshot, cfg, tune_users)
+    fitted = fit_baseline(name, snapshot, cfg, tune_users, users)
     recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), users)])
     return _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", name, f"{fitted.model_version} holdout lists")
 
