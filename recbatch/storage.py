@@ -34,7 +34,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -180,10 +180,10 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
 
 def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        return _sha256(f)
+        return sha256_stream(f)
 
 
-def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
+def sha256_stream(f: BinaryIO, chunk: int = 1 << 20) -> str:
     """The sha256 of an open file from its start; leaves the position at 0 for the next reader."""
     f.seek(0)
     h = hashlib.sha256()
@@ -196,10 +196,11 @@ def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
 def data_files(folder: str | Path) -> list[Path]:
     """Data files of an output folder: everything except hidden and ``_`` files."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_data(p.relative_to(folder).parts))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_data_path(p.relative_to(folder).parts))
 
 
-def _is_data(parts: tuple[str, ...]) -> bool:
+def is_data_path(parts: tuple[str, ...]) -> bool:
+    """A path (its parts, relative to the output folder) is data unless a part is hidden or ``_``-named."""
     return not any(part.startswith((".", "_")) for part in parts)
 
 
@@ -263,12 +264,7 @@ class OpenFolder:
 
     def verify(self, checksums: bool = True) -> None:
         """Raise IntegrityError unless the files present, their sizes and sha256 match the manifest."""
-        listed = (
-            os.path.normpath(os.path.join(top, name))
-            for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
-            for name in names
-        )
-        present = {name for name in listed if _is_data(Path(name).parts)}
+        present = self._present()
         missing = sorted(set(self.files) - present)
         extra = sorted(present - set(self.files))
         if missing or extra:
@@ -276,11 +272,25 @@ class OpenFolder:
                 f"{self.folder}: files do not match {MANIFEST}: missing {missing[:3]} extra {extra[:3]}"
             )
         for name, info in self.manifest["files"].items():
-            size = os.fstat(self.files[name].fileno()).st_size
+            size = self._size(self.files[name])
             if size != info["bytes"]:
                 raise IntegrityError(f"{self.folder}/{name}: size {size} != manifest {info['bytes']}")
-            if checksums and _sha256(self.files[name]) != info["sha256"]:
+            if checksums and sha256_stream(self.files[name]) != info["sha256"]:
                 raise IntegrityError(f"{self.folder}/{name}: sha256 does not match {MANIFEST}")
+
+    def _present(self) -> set[str]:
+        """The data files in the pinned folder now (names relative to it)."""
+        listed = (
+            os.path.normpath(os.path.join(top, name))
+            for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
+            for name in names
+        )
+        return {name for name in listed if is_data_path(Path(name).parts)}
+
+    @staticmethod
+    def _size(f: Any) -> int:
+        """The size of one pinned, open file."""
+        return os.fstat(f.fileno()).st_size
 
     def close(self) -> None:
         for f in self.files.values():
@@ -336,26 +346,43 @@ def _pin(folder: Path, dir_fd: int) -> OpenFolder:
             exc.filename = name
             raise
 
+    def read_at(name: str) -> bytes:
+        with open_at(name) as f:
+            return f.read()
+
     try:
         open_at(SUCCESS).close()
     except FileNotFoundError:
         raise IntegrityError(f"{folder}: no {SUCCESS} marker, the output is incomplete") from None
+    manifest, files = pin_manifest_files(str(folder), read_at, open_at)
+    return OpenFolder(folder, dir_fd, manifest, files)
+
+
+def pin_manifest_files(
+    label: str, read: Callable[[str], bytes], open_file: Callable[[str], Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest (through `read`) and every file it names, open (through `open_file`).
+
+    The half of the reader contract both kinds of root share (``open_folder`` here,
+    ``objectstore.open_folder``). A missing manifest or bad JSON raises IntegrityError
+    naming `label`; a missing file raises FileNotFoundError, with every file opened so
+    far closed, for the caller to retry or report.
+    """
     try:
-        with open_at(MANIFEST) as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(read(MANIFEST))
     except FileNotFoundError:
-        raise IntegrityError(f"{folder}: {MANIFEST} is missing") from None
+        raise IntegrityError(f"{label}: {MANIFEST} is missing") from None
     except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{folder}: {MANIFEST} is not valid JSON ({exc})") from None
-    files: dict[str, BinaryIO] = {}
+        raise IntegrityError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+    files: dict[str, Any] = {}
     try:
         for name in manifest.get("files", {}):
-            files[name] = open_at(name)
+            files[name] = open_file(name)
     except BaseException:
         for f in files.values():
             f.close()
         raise
-    return OpenFolder(folder, dir_fd, manifest, files)
+    return manifest, files
 
 
 def read_parquet_folder(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
