@@ -120,13 +120,15 @@ def object_store(scheme: str, storage: StorageConfig) -> pafs.FileSystem:
 def s3_client(storage: StorageConfig) -> Any:
     """A boto3 S3 client for the same endpoint, for what pyarrow cannot do (conditional writes).
 
-    boto3 resolves credentials through the same default chain as pyarrow.
+    boto3 resolves credentials through the same default chain as pyarrow, in a
+    session of its own: boto3's shared default session would keep the
+    credentials it found first for the life of the process.
     """
     import boto3
     from botocore.config import Config as BotoConfig
 
     endpoint = f"{storage.scheme}://{storage.endpoint}" if storage.endpoint else None
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name=storage.region,
