@@ -189,11 +189,21 @@ class ObjectStoreLease:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        if self._lost is None and self._etag is not None:
-            self._delete()
+        # Release only if it is still ours (If-Match): never delete a successor's lease.
+        if self._etag is not None and self._call("delete_object", IfMatch=self._etag) is None:
+            self._lose("before this run released it")
         self._etag = None
         if exc_type is None:
             self.check()
+
+    def _lose(self, when: str) -> None:
+        if self._lost is None:
+            self._lost = (
+                f"root {self.location.parent.uri}: this run's lease ({self.location.uri}) was taken over by "
+                f"another run {when} (it went unrenewed past its {self.ttl_seconds:.0f} s); stopped so the two "
+                "do not interleave"
+            )
+            log.error("%s", self._lost)
 
     def _renew(self, body: bytes) -> None:
         every = self.ttl_seconds / RENEWALS_PER_TTL
@@ -204,11 +214,7 @@ class ObjectStoreLease:
                 log.warning("could not renew the lease %s: %s", self.location.uri, exc)
                 continue
             if etag is None:
-                self._lost = (
-                    f"root {self.location.parent.uri}: this run's lease ({self.location.uri}) was taken over by "
-                    "another run after it went unrenewed; stopped so the two do not interleave"
-                )
-                log.error("%s", self._lost)
+                self._lose("while it ran")
                 return
             self._etag = etag
             self.renewals += 1
@@ -252,6 +258,3 @@ class ObjectStoreLease:
             ttl = LEASE_TTL_SECONDS  # unreadable: assume the default rather than steal a live lease early
         return holder, reply["ETag"], idle, ttl
 
-    def _delete(self) -> None:
-        """Release: delete the lease only if it is still ours (If-Match), never a successor's."""
-        self._call("delete_object", IfMatch=self._etag)

@@ -160,6 +160,17 @@ def test_s3_lease_is_renewed_while_held_and_a_lost_lease_stops_its_holder(s3_roo
     assert "nightly 2026-11-29" in _lease_body(s3_root)  # released without deleting the successor's lease
 
 
+def test_an_s3_lease_taken_over_just_before_release_is_left_to_its_new_holder(s3_root):
+    lease = ObjectStoreLease(s3_root.locate(), s3_root.storage, "nightly 2026-11-28", ttl_seconds=600)
+    successor = b'{"what": "nightly 2026-11-29", "ttl_seconds": 120}'
+    with pytest.raises(RootBusy, match="taken over by another run before this run released it"):
+        with lease:  # no renewal runs in this test (600 s ttl): only the release meets the successor
+            fs = s3_root.server.admin_filesystem()
+            with fs.open_output_stream(f"{s3_root.bucket}/{s3_root.prefix}/{LEASE_FILE}") as out:
+                out.write(successor)
+    assert _lease_body(s3_root) == successor.decode()  # the successor's lease was not deleted
+
+
 def test_s3_lease_with_wrong_credentials_names_the_bucket(s3_root, monkeypatch):
     from s3_helpers import credentials_env
 
