@@ -8,22 +8,24 @@ promise: a reader sees the whole previous output or the whole new one.
 
     final = locate(layout_path, cfg.storage)
     staging = staging_for(final)
-    pq.write_table(table, staging.join("part-00000.parquet").path, filesystem=staging.filesystem)
-    write_manifest(staging, {"rows": n})
+    record = write_parquet_part(table, staging.join("part-00000.parquet"))  # on any worker
+    write_manifest(staging, {"rows": n}, files={"part-00000.parquet": record})
     publish(staging, final)
     table = read_parquet_folder(final)
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recbatch import objectstore, storage
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, local
+from recbatch.fs import Location, access, local
 
 
 def staging_for(final: Location) -> Location:
@@ -33,11 +35,36 @@ def staging_for(final: Location) -> Location:
     return local(storage.staging_dir_for(final.path))
 
 
-def write_manifest(staging: Location, fields: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of everything written to `staging` (per-file size and sha256) plus `fields`."""
+def write_parquet_part(table: pa.Table, part: Location) -> dict[str, Any]:
+    """Write one Parquet part and return its manifest record (``{"bytes", "sha256"}``).
+
+    The record comes from the bytes written, so a worker that writes a part
+    reports it and ``write_manifest(..., files=records)`` need not read the
+    part back. The encoded part is held in memory once: keep parts bounded
+    (``score.rows_per_file``).
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
+    if not part.is_object_store:  # object stores have no folders to make
+        part.filesystem.create_dir(part.parent.path, recursive=True)
+    with access(part, f"write {part.key}"):
+        with part.filesystem.open_output_stream(part.path) as out:
+            out.write(data)
+    return {"bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_manifest(
+    staging: Location, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The manifest of everything written to `staging` (per-file size and sha256) plus `fields`.
+
+    `files`: the writers' own records (``write_parquet_part``), checked against
+    what is there rather than read back; without it every file is hashed here.
+    """
     if staging.is_object_store:
-        return objectstore.write_manifest(staging, fields)
-    return storage.write_manifest(staging.path, fields)
+        return objectstore.write_manifest(staging, fields, files)
+    return storage.write_manifest(staging.path, fields, files)
 
 
 def publish(staging: Location, final: Location) -> Location:

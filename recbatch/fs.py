@@ -165,4 +165,6 @@ def check_access(location: Location) -> None:
     with access(location, "look up the bucket"):
         info = location.filesystem.get_file_info(location.bucket)
     if info.type == pafs.FileType.NotFound:
-        raise StorageAccessError(f"{location.uri}: bucket '{location.bucket}' does not exist (recbatch never creates one)")
+        raise StorageAccessError(
+            f"{location.uri}: bucket '{location.bucket}' does not exist (recbatch never creates one)"
+        )

@@ -45,6 +45,7 @@ from recbatch.storage import (
     RETIRED_GRACE_SECONDS,
     SUCCESS,
     OpenFolder,
+    check_records,
     is_data_path,
     pin_manifest_files,
     sha256_stream,
@@ -90,13 +91,23 @@ def data_files(folder: Location) -> dict[str, int]:
     return files
 
 
-def write_manifest(staging: Location, fields: dict[str, Any]) -> dict[str, Any]:
-    """Write the attempt's ``_manifest.json`` (with per-file size and sha256); it commits nothing yet."""
-    files = {}
-    for name, size in sorted(data_files(staging).items()):
-        part = staging.join(name)
-        with access(part, f"read {part.key}"), part.filesystem.open_input_file(part.path) as f:
-            files[name] = {"bytes": size, "sha256": sha256_stream(f)}
+def write_manifest(
+    staging: Location, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write the attempt's ``_manifest.json`` (with per-file size and sha256); it commits nothing yet.
+
+    `files`: the records the writers reported, checked against a listing
+    (names and sizes) instead of reading every object back through this process.
+    """
+    present = data_files(staging)
+    if files is not None:
+        check_records(staging.uri, present, files)
+    else:
+        files = {}
+        for name, size in sorted(present.items()):
+            part = staging.join(name)
+            with access(part, f"read {part.key}"), part.filesystem.open_input_file(part.path) as f:
+                files[name] = {"bytes": size, "sha256": sha256_stream(f)}
     manifest = {**fields, "files": files}
     _put(staging.join(MANIFEST), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest
@@ -130,7 +141,9 @@ def publish(staging: Location, final: Location) -> Location:
             raise IntegrityError(f"{staging.uri}: no {MANIFEST}; write_manifest before publish")
     now_ns = time.time_ns()
     previous = read_marker(final)
-    retired = previous.get("retired", []) + [{"attempt": previous["attempt"], "retired_at_ns": now_ns}] if previous else []
+    retired = list(previous.get("retired", [])) if previous else []
+    if previous:
+        retired.append({"attempt": previous["attempt"], "retired_at_ns": now_ns})
     kept = [r for r in retired if not _expired(r, now_ns)]
     marker = {
         "attempt": staging.name,

@@ -204,17 +204,39 @@ def is_data_path(parts: tuple[str, ...]) -> bool:
     return not any(part.startswith((".", "_")) for part in parts)
 
 
-def write_manifest(folder: str | Path, fields: dict[str, Any]) -> dict[str, Any]:
-    """Write ``_manifest.json`` (with per-file size and sha256) then ``_SUCCESS``."""
+def write_manifest(
+    folder: str | Path, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write ``_manifest.json`` (with per-file size and sha256) then ``_SUCCESS``.
+
+    `files`: the records the writers reported (``{name: {"bytes", "sha256"}}``,
+    e.g. from ``folders.write_parquet_part``); checked against the folder's data
+    files and sizes, not read back. Without it every file is read and hashed here.
+    """
     folder = Path(folder)
-    files = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in data_files(folder)
-    }
+    if files is None:
+        files = {
+            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in data_files(folder)
+        }
+    else:
+        check_records(str(folder), {str(p.relative_to(folder)): p.stat().st_size for p in data_files(folder)}, files)
     manifest = {**fields, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     (folder / SUCCESS).write_text("")
     return manifest
+
+
+def check_records(label: str, present: dict[str, int], files: dict[str, dict[str, Any]]) -> None:
+    """Raise IntegrityError unless the data files `present` (name -> size) are exactly the reported `files`."""
+    missing = sorted(set(files) - set(present))
+    extra = sorted(set(present) - set(files))
+    wrong = sorted(name for name in set(files) & set(present) if present[name] != files[name]["bytes"])
+    if missing or extra or wrong:
+        raise IntegrityError(
+            f"{label}: the reported files do not match what was written: missing {missing[:3]} "
+            f"extra {extra[:3]} wrong size {wrong[:3]}"
+        )
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -118,6 +118,26 @@ def test_a_rerun_replaces_the_folder_whole_and_a_pinned_reader_keeps_its_run(run
         assert objectstore.read_marker(final)["attempt"] == objectstore.attempts(final)[-1].name
 
 
+def test_parts_reported_by_their_writers_are_not_read_back_but_checked(runs):
+    final = runs.join("dt=2026-11-28")
+    staging = folders.staging_for(final)
+    names = ["part-00000.parquet", "part-00001.parquet"]
+    records = {name: folders.write_parquet_part(_users(10 * i, 3), staging.join(name)) for i, name in enumerate(names)}
+    stray = staging.join("part-00002.parquet")  # written, but its writer's record never arrived
+    folders.write_parquet_part(_users(99, 1), stray)
+    with pytest.raises(IntegrityError, match="extra \\['part-00002.parquet'\\]"):
+        folders.write_manifest(staging, {"run": "a"}, files=records)
+    stray.filesystem.delete_file(stray.path)
+    wrong = {**records, "part-00001.parquet": {**records["part-00001.parquet"], "bytes": 1}}
+    with pytest.raises(IntegrityError, match="wrong size \\['part-00001.parquet'\\]"):
+        folders.write_manifest(staging, {"run": "a"}, files=wrong)
+    assert not folders.is_complete(final)  # nothing published by the refusals
+    manifest = folders.write_manifest(staging, {"run": "a"}, files=records)
+    folders.publish(staging, final)
+    assert folders.verify_manifest(final, checksums=True)["files"] == manifest["files"] == records
+    assert folders.read_parquet_folder(final)["user_id"].to_pylist() == [0, 1, 2, 10, 11, 12]
+
+
 WRITER_KILLED_BEFORE_ITS_MARKER = textwrap.dedent(
     """
     import sys
