@@ -85,8 +85,7 @@ def open_folder(folder: Location) -> storage.OpenFolder:
 def read_manifest(folder: Location) -> dict[str, Any]:
     """A complete folder's manifest; IntegrityError when the folder is absent or incomplete."""
     if folder.is_object_store:
-        with objectstore.open_folder(folder) as pinned:
-            return pinned.manifest
+        return objectstore.read_manifest(folder)
     return storage.read_manifest(folder.path)
 
 

@@ -47,6 +47,7 @@ from recbatch.storage import (
     OpenFolder,
     check_records,
     is_data_path,
+    load_manifest,
     pin_manifest_files,
     sha256_stream,
 )
@@ -210,6 +211,19 @@ def remove_stale_staging(parent: Location, now_ns: int | None = None) -> list[Lo
     return removed
 
 
+def read_manifest(folder: Location) -> dict[str, Any]:
+    """The committed manifest (marker -> manifest), without opening the files it names."""
+    attempt = _committed_attempt(folder)
+    return load_manifest(f"{folder.uri} (attempt {attempt.name})", lambda name: _get(attempt.join(name)))
+
+
+def _committed_attempt(folder: Location) -> Location:
+    marker = read_marker(folder)
+    if marker is None:
+        raise IntegrityError(f"{folder.uri}: no {SUCCESS} marker, the output is incomplete")
+    return folder.join(marker["attempt"])
+
+
 class ObjectFolder(OpenFolder):
     """A committed object-store folder pinned at one commit: its manifest and every file it names, open.
 
@@ -238,10 +252,7 @@ class ObjectFolder(OpenFolder):
 
 def open_folder(folder: Location) -> ObjectFolder:
     """Pin a committed folder: marker -> manifest -> exactly the files it names (the reader contract)."""
-    marker = read_marker(folder)
-    if marker is None:
-        raise IntegrityError(f"{folder.uri}: no {SUCCESS} marker, the output is incomplete")
-    attempt = folder.join(marker["attempt"])
+    attempt = _committed_attempt(folder)
 
     def open_file(name: str) -> Any:
         part = attempt.join(name)

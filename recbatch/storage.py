@@ -380,6 +380,16 @@ def _pin(folder: Path, dir_fd: int) -> OpenFolder:
     return OpenFolder(folder, dir_fd, manifest, files)
 
 
+def load_manifest(label: str, read: Callable[[str], bytes]) -> dict[str, Any]:
+    """``_manifest.json`` read through `read`; IntegrityError naming `label` when missing or not JSON."""
+    try:
+        return json.loads(read(MANIFEST))
+    except FileNotFoundError:
+        raise IntegrityError(f"{label}: {MANIFEST} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+
+
 def pin_manifest_files(
     label: str, read: Callable[[str], bytes], open_file: Callable[[str], Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -390,12 +400,7 @@ def pin_manifest_files(
     naming `label`; a missing file raises FileNotFoundError, with every file opened so
     far closed, for the caller to retry or report.
     """
-    try:
-        manifest = json.loads(read(MANIFEST))
-    except FileNotFoundError:
-        raise IntegrityError(f"{label}: {MANIFEST} is missing") from None
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+    manifest = load_manifest(label, read)
     files: dict[str, Any] = {}
     try:
         for name in manifest.get("files", {}):

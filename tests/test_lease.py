@@ -53,8 +53,7 @@ def test_second_nightly_on_a_root_is_refused_and_a_killed_holder_frees_it(tmp_pa
             with RootLease(root, "nightly 2026-11-30"):
                 pass
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+        _kill(holder)
     # The kernel released the dead holder's lease: the next run takes it at once.
     with RootLease(root, "nightly 2026-11-29") as lease:
         assert f'"pid": {os.getpid()}' in lease.path.read_text()
@@ -94,6 +93,14 @@ def _hold(root_uri: str, endpoint: str) -> subprocess.Popen:
     return holder
 
 
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL, as a crash would; then reap it and close our ends of its pipes."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stdin.close()
+    process.stdout.close()
+
+
 def _until(condition, seconds: float, what: str) -> float:
     """Poll `condition` (a lease's expiry has no event to wait on); the seconds it took."""
     start = time.monotonic()
@@ -113,8 +120,7 @@ def test_s3_lease_refuses_a_second_run_and_takes_over_a_dead_holders(s3_root, ca
         assert f"pid {holder.pid}" in message and "nightly 2026-11-28" in message and s3_root.uri in message
         assert f"{s3_root.uri}/{LEASE_FILE}" in message and busy.value.exit_code == 8
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+        _kill(holder)
     taker = ObjectStoreLease(s3_root.locate(), s3_root.storage, "nightly 2026-11-29", ttl_seconds=2)
     with pytest.raises(RootBusy):  # just killed: its lease has not lapsed yet
         taker.__enter__()
@@ -197,8 +203,7 @@ def test_the_cli_on_an_s3_root_exits_8_while_leased_and_9_with_wrong_credentials
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "nightly 2026-11-28" in err and s3_root.uri in err
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+        _kill(holder)
     wrong = "wr0ng-Cli-Secret-31"
     credentials_env(monkeypatch, secret=wrong)
     lease_before = _lease_body(s3_root)

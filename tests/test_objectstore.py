@@ -168,8 +168,10 @@ def test_a_publish_killed_before_its_marker_leaves_the_previous_run(runs, reques
     try:
         staging_path = writer.stdout.readline().strip()
     finally:
-        os.kill(writer.pid, signal.SIGKILL)
+        os.kill(writer.pid, signal.SIGKILL)  # as a crash would, before the marker
         writer.wait()
+        writer.stdin.close()
+        writer.stdout.close()
     staging = Location(final.filesystem, staging_path, final.scheme)
     assert len(objectstore.data_files(staging)) == 3  # its parts were written ...
     assert folders.read_manifest(final)["run"] == "ok"  # ... and no reader sees them
