@@ -145,6 +145,33 @@ def test_s3_lease_refuses_a_second_run_and_takes_over_a_dead_holders(s3_root, ca
         pass
 
 
+def test_of_runs_racing_for_a_free_s3_lease_exactly_one_wins(s3_root):
+    import threading
+
+    racers = 8
+    start = threading.Barrier(racers)
+    leases = [ObjectStoreLease(s3_root.locate(), s3_root.storage, f"run {i}", ttl_seconds=60) for i in range(racers)]
+    outcomes: list[str] = [""] * racers
+
+    def race(i: int) -> None:
+        start.wait()
+        try:
+            leases[i].__enter__()
+            outcomes[i] = "held"
+        except RootBusy:
+            outcomes[i] = "refused"
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["held"] + ["refused"] * (racers - 1)
+    winner = outcomes.index("held")
+    assert f'"what": "run {winner}"' in _lease_body(s3_root)
+    leases[winner].__exit__(None, None, None)
+
+
 def test_s3_lease_is_renewed_while_held_and_a_lost_lease_stops_its_holder(s3_root):
     lease = ObjectStoreLease(s3_root.locate(), s3_root.storage, "nightly 2026-11-28", ttl_seconds=1)
     # Leaving the block with a lost lease raises: the run cannot end as if nothing had happened.
