@@ -190,8 +190,12 @@ class ObjectStoreLease:
         if self._renewer is not None:
             self._renewer.join()
         # Release only if it is still ours (If-Match): never delete a successor's lease.
-        if self._etag is not None and self._call("delete_object", IfMatch=self._etag) is None:
-            self._lose("before this run released it")
+        try:
+            if self._etag is not None and self._call("delete_object", IfMatch=self._etag) is None:
+                self._lose("before this run released it")
+        except StorageAccessError as exc:  # the run's work is done; an unreleased lease lapses on its own
+            log.warning("could not release the lease %s (it lapses %.0f s after its last renewal): %s",
+                        self.location.uri, self.ttl_seconds, exc)
         self._etag = None
         if exc_type is None:
             self.check()

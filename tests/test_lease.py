@@ -204,6 +204,20 @@ def test_an_s3_lease_taken_over_just_before_release_is_left_to_its_new_holder(s3
     assert _lease_body(s3_root) == successor.decode()  # the successor's lease was not deleted
 
 
+def test_a_release_the_store_refuses_is_logged_not_raised(s3_root, monkeypatch, caplog):
+    """The run's work is done by then: failing it would be wrong, and the lease lapses by itself."""
+    from s3_helpers import credentials_env
+
+    from recbatch.fs import s3_client
+
+    with caplog.at_level(logging.WARNING, logger="recbatch.lease"):
+        with ObjectStoreLease(s3_root.locate(), s3_root.storage, "nightly 2026-11-28", ttl_seconds=600) as lease:
+            credentials_env(monkeypatch, secret="revoked-in-the-meantime")
+            lease._client = s3_client(s3_root.storage)  # as if its credentials were revoked mid-run
+    assert "could not release the lease" in caplog.text and s3_root.bucket in caplog.text
+    assert "nightly 2026-11-28" in _lease_body(s3_root)  # still there: it lapses after its ttl
+
+
 def test_s3_lease_with_wrong_credentials_names_the_bucket(s3_root, monkeypatch):
     from s3_helpers import credentials_env
 
