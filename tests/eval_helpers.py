@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recbatch.data.snapshot import partitioned_files
 from recbatch.schemas import recommendations_schema
 from recbatch.storage import write_manifest
 
@@ -22,9 +23,13 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def write_snapshot(
-    folder: Path, rows: list[tuple[Any, Any, str]], items: list[dict[str, Any]], id_type: str = "int"
+    folder: Path, rows: list[tuple[Any, Any, str]], items: list[dict[str, Any]], id_type: str = "int",
+    partitions: int | None = None,
 ) -> Path:
-    """rows: (user_id, item_id, split) in time order; items: dicts with item_id, title, is_cold..."""
+    """rows: (user_id, item_id, split) in time order; items: dicts with item_id, title, is_cold...
+
+    `partitions`: write the per-user tables cut into that many user partitions, as ingest does
+    (None: one file per table, the layout from before partitioning)."""
     folder.mkdir(parents=True, exist_ok=True)
     split = pl.DataFrame(
         {
@@ -34,14 +39,21 @@ def write_snapshot(
             "split": [r[2] for r in rows],
         }
     ).with_columns(pl.col("ts").dt.cast_time_unit("us"))
-    split.write_parquet(folder / "split.parquet")
-    split.drop("split").write_parquet(folder / "interactions.parquet")
     pl.DataFrame(items).write_parquet(folder / "items.parquet")
-    split.select("user_id").unique().sort("user_id").write_parquet(folder / "users.parquet")
+    tables = {"split.parquet": split, "interactions.parquet": split.drop("split"),
+              "users.parquet": split.select("user_id").unique().sort("user_id")}
+    if partitions is None:
+        for name, table in tables.items():
+            table.write_parquet(folder / name)
+    else:
+        for name, table in partitioned_files({k: v.to_arrow() for k, v in tables.items()}, partitions):
+            (folder / name).parent.mkdir(exist_ok=True)
+            pq.write_table(table, folder / name)
     counts = {s: int((split["split"] == s).sum()) for s in ("train", "validation", "test")}
     write_manifest(
         folder,
-        {"snapshot_hash": folder.name, "id_type": id_type, "counts": {**counts, "items": len(items)}},
+        {"snapshot_hash": folder.name, "id_type": id_type, "counts": {**counts, "items": len(items)},
+         "partitioning": {"partitions": partitions or 1}},
     )
     return folder
 
@@ -67,7 +79,8 @@ def write_run(folder: Path, lists: dict[Any, list[Any]], id_type: str = "int") -
 TOPIC_WORDS = ["space rocket alien", "love wedding romance", "murder detective crime", "dragon magic quest"]
 
 
-def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: int = 0, newcomers: int = 0) -> Path:
+def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: int = 0, newcomers: int = 0,
+                       partitions: int | None = None) -> Path:
     """Users prefer one topic; item titles name their topic; popularity is global and skewed.
 
     Per user, in random time order: 12 train, 2 validation, 2 test interactions
@@ -106,4 +119,4 @@ def synthetic_snapshot(folder: Path, users: int = 200, items: int = 200, seed: i
          "is_cold": bool(is_cold[i]), "available": True}
         for i in range(items)
     ]
-    return write_snapshot(folder, rows, item_rows)
+    return write_snapshot(folder, rows, item_rows, partitions=partitions)

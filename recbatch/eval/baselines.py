@@ -72,8 +72,9 @@ class TrainingData:
     sequences: list[np.ndarray]  # per matrix row: the user's item columns in time order, repeats kept
     users_per_item: np.ndarray  # [N] float32: users with a row for the item, counted over every user
     # When the matrix holds only some users (``training_data(users=...)``): every user's
-    # (col, age_days) pairs, lazily, so popularity still counts everyone, streamed.
-    everyone: pl.LazyFrame | None = None
+    # (col, age_days) pairs, lazily, one frame per user partition, so popularity still
+    # counts everyone while holding one partition at a time.
+    everyone: list[pl.LazyFrame] | None = None
 
     @property
     def warm(self) -> np.ndarray:
@@ -91,8 +92,8 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
 
     With `users`, only their rows: what ranking them needs when the model is
     popularity (``Baseline.needs_every_user`` false), so the nightly's gate floor
-    holds its slice of users, not every interaction; `everyone` then keeps the
-    popularity counts of all users, streamed when a model fits.
+    holds its slice of users, not every interaction; `everyone` then keeps every
+    user's pairs, one lazy frame per user partition, counted when a model fits.
     """
     from recbatch.model.features import render_item_text
 
@@ -100,15 +101,19 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
     catalog = items.select("item_id").with_row_index("col")
     before = snapshot.split().filter(pl.col("split").is_in(splits))
     newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
-    pairs = (
-        before.group_by("user_id", "item_id")
-        .agg(pl.col("ts").max())
-        .with_columns(age_days=days_before_newest(newest=newest))
-    )
-    everyone = None
+
+    def latest_pairs(rows: pl.LazyFrame) -> pl.LazyFrame:  # each (user, item) once, with its latest ts
+        return rows.group_by("user_id", "item_id").agg(pl.col("ts").max()).with_columns(
+            age_days=days_before_newest(newest=newest))
+
+    pairs, everyone = latest_pairs(before), None
     if users is not None:
         slice_ = pl.DataFrame({"user_id": users}).lazy()
-        everyone = pairs.join(catalog.lazy(), on="item_id", how="inner").select("col", "age_days")
+        everyone = [  # a user's rows are all in one partition: pairs are deduplicated partition by partition
+            latest_pairs(snapshot.scan_partition("split", p).filter(pl.col("split").is_in(splits)))
+            .join(catalog.lazy(), on="item_id", how="inner").select("col", "age_days")
+            for p in range(snapshot.partitions)
+        ]
         pairs, before = (f.join(slice_, on="user_id", how="semi") for f in (pairs, before))
     rows = pairs.collect().join(catalog, on="item_id", how="inner")
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
@@ -259,12 +264,14 @@ class RecentPopular(MostPopular):
         return np.bincount(data.matrix.indices, weights=weights, minlength=data.matrix.shape[1]).astype(np.float32)
 
 
-def _per_item(pairs: pl.LazyFrame, count: pl.Expr, items: int) -> np.ndarray:
-    """[N] float32: `count` per item column over (col, age_days) pairs, streamed."""
-    counts = pairs.group_by("col").agg(count.alias("n")).collect(engine="streaming")
-    out = np.zeros(items, dtype=np.float32)
-    out[counts["col"].to_numpy()] = counts["n"].to_numpy()
-    return out
+def _per_item(partitions: list[pl.LazyFrame], count: pl.Expr, items: int) -> np.ndarray:
+    """[N] float32: `count` (a sum over rows) per item column over (col, age_days) pairs, summed over
+    the user partitions, one partition in memory at a time."""
+    out = np.zeros(items, dtype=np.float64)
+    for pairs in partitions:
+        counts = pairs.group_by("col").agg(count.cast(pl.Float64).alias("n")).collect()
+        np.add.at(out, counts["col"].to_numpy(), counts["n"].to_numpy())
+    return out.astype(np.float32)
 
 
 class ALS(Baseline):
