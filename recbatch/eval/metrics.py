@@ -225,10 +225,13 @@ def evaluate(
         .group_by("item_id")
         .agg([(pl.col("rank") <= k).sum().alias(f"n@{k}") for k in ks])
     )
+    # Only the evaluated users' history can hold a seen item: a slice of users (the gate's) then
+    # hashes its own pairs, not every interaction of the snapshot.
+    evaluated_history = history.select("user_id", "item_id").join(
+        truth.select("user_id").unique(), on="user_id", how="semi", build_side=_SMALL)
     seen = (
         ranked.filter(pl.col("rank") <= ks[-1])
-        .join(history.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="semi",
-              build_side=_SMALL)
+        .join(evaluated_history.unique(), on=["user_id", "item_id"], how="semi", build_side=_SMALL)
         .select([(pl.col("rank") <= k).sum().alias(f"seen@{k}") for k in ks])
     )
     # No common-subplan elimination: it would cache the exploded run (users x K rows)
