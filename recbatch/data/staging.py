@@ -1,9 +1,13 @@
 """Ingest's scratch files: a table streamed into one Parquet file per user partition.
 
-Ingest never holds a whole per-user table. It streams each source table in
-batches (polars' streaming engine), cuts every batch by ``user_partition`` and
-appends the pieces to that partition's file; afterwards one partition at a
-time is read back, which holds every row of its users and no other user's.
+Ingest never holds a whole per-user table. Polars' streaming engine writes
+the parsed table to one scratch Parquet file in row groups of ``BATCH_ROWS``
+(a sink: the engine holds back when the disk is slower, so nothing piles up),
+then each row group is read in turn (pull-based: nothing is read ahead), cut
+by ``user_partition`` and appended to that partition's file. (Handing the
+engine's batches straight to Python is not bounded: the engine runs ahead of
+a slower consumer and queues the rest.) Afterwards one partition at a time is
+read back, which holds every row of its users and no other user's.
 Rows keep their source order inside a partition file, so "the first bad rows"
 of a partition are its first rows that fail.
 
@@ -45,14 +49,15 @@ def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
     """Stream `frame` into ``folder/part-PPPPP.parquet``, one file per user partition (every one written,
     perhaps empty), rows in the frame's order within each."""
     folder.mkdir(parents=True, exist_ok=True)
-    schema = frame.collect_schema()
+    whole = folder / "_whole.parquet"
+    frame.sink_parquet(whole, row_group_size=BATCH_ROWS, engine="streaming")
+    source = pq.ParquetFile(whole)
     writers: dict[int, pq.ParquetWriter] = {}
-    arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
     try:
         for p in range(partitions):
-            writers[p] = pq.ParquetWriter(part_path(folder, p), arrow_schema)
-        for batch in frame.collect_batches(chunk_size=BATCH_ROWS, engine="streaming"):
-            table = batch.to_arrow().cast(arrow_schema)
+            writers[p] = pq.ParquetWriter(part_path(folder, p), source.schema_arrow)
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group)
             of_row = _partition_of(table.column("user_id"), partitions)
             order = np.argsort(of_row, kind="stable")
             ends = np.cumsum(np.bincount(of_row, minlength=partitions))
@@ -64,6 +69,8 @@ def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
     finally:
         for writer in writers.values():
             writer.close()
+        source.close()
+        whole.unlink()
 
 
 def read_partition(folder: Path, partition: int, partitions: int, staged_partitions: int) -> pl.DataFrame:
