@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 
 from recbatch.config import SplitConfig
-from recbatch.data.split import mark_cold_items, split_counts, split_interactions, train_items
+from recbatch.data.split import lower_quantile, mark_cold_items, split_counts, split_interactions, train_items
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -116,3 +117,15 @@ def test_recent_days_holds_out_the_last_days_for_everyone():
     assert test.height > 0 and result.filter(pl.col("split") != "test")["ts"].max() <= cutoff
     assert set(test["user_id"]) < set(frame["user_id"])  # the window, not a per-user share: some users have none
     assert mark_cold_items(pl.DataFrame({"item_id": [1, 99]}), train_items(result))["is_cold"].to_list() == [False, True]
+
+
+def test_the_bounded_quantile_is_polars_exact_lower_quantile():
+    """Narrowing bins until few values are left gives the same observed value as sorting them all."""
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 9, 5_000):
+        values = rng.integers(-(10**12), 10**15, n)
+        values[: n // 3] = values[0]  # many ties
+        frame = pl.LazyFrame({"v": values})
+        for fraction in (0.0, 0.3, 0.8, 1.0):
+            expected = pl.Series(values).quantile(fraction, interpolation="lower")
+            assert lower_quantile(frame, "v", fraction, collect_rows=10) == expected, (n, fraction)
