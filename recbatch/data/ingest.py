@@ -1,15 +1,22 @@
-"""Ingest: source files -> a validated, split, content-addressed snapshot.
+"""Ingest: source files -> a validated, split, content-addressed snapshot, one user partition at a time.
 
-    read (readers / movielens) -> validate -> split -> hash -> write staging -> publish
+    pass 1  streaming aggregates over each whole table: sizes, structure, id types (validate.table_facts);
+            items validated whole (they grow with items, not users)
+    stage   interactions and users parsed and cut by user partition into scratch files (data/staging.py)
+    check   per staged partition: validate (exact counts + earliest examples, added up across partitions),
+            erase (recbatch forget's list), burst evidence for injected profiles
+    write   per snapshot partition: set suspected profiles aside, split (a time cut's cutoff is a global,
+            bounded streaming quantile), write the partition files and their digests; then items, quarantine
+    publish hash of the digests + settings names the folder; manifest, rename
 
-The per-user tables are written one file per user partition (``data/partition.py``),
-which is how every later stage reaches a user's rows without the driver.
-
-Everything that can fail on bad input fails before the staging folder is
-created, so a rejected source leaves nothing under ``snapshots/``. The folder
-name is a hash of the normalised tables and the split settings: the same data
-ingested again (even from CSV instead of Parquet) maps to the same snapshot,
-and re-ingesting is a no-op that returns it.
+No step holds a whole per-user table: the driver's memory follows
+``ingest.users_per_partition``, not the size of the input (what is still
+whole: items, quarantine tables, burst evidence; see docs/ARCHITECTURE.md).
+The scratch files live in a staging folder under ``snapshots/`` that is
+removed however ingest ends, so a rejected source leaves nothing there. The
+folder name is a hash of the written tables and the split settings: the same
+data ingested again (even from CSV instead of Parquet) maps to the same
+snapshot, and re-ingesting is a no-op that returns it.
 """
 
 from __future__ import annotations
