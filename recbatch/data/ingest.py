@@ -219,9 +219,7 @@ def _validated_partitions(
 
     if source.users is not None:
         raise_first_problem(source.users, facts["users"].rows, user_checks(), user_tallies)
-    checks = context.interaction_checks(pl.DataFrame(schema=dict.fromkeys(facts["interactions"].schema.names())),
-                                        pl.DataFrame({"user_id": []}) if source.users is not None else None)
-    raise_first_problem(source.interactions, facts["interactions"].rows, checks, interaction_tallies)
+    raise_first_problem(source.interactions, facts["interactions"].rows, part.interaction_checks, interaction_tallies)
     if counts.pop("valid_interactions") == 0:
         raise nothing_left(source.interactions, facts["interactions"].rows, reasons.most_common())
     return staged, counts, evidence

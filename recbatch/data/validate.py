@@ -531,8 +531,9 @@ class Partition:
     interactions: pl.DataFrame  # canonical columns + __row, in source order
     users: pl.DataFrame  # user_id + features (from the interactions when the source has no users table)
     quarantine: dict[str, pl.DataFrame]
-    interaction_tallies: list[Tally]
-    user_tallies: list[Tally]
+    interaction_checks: list[RowCheck]  # the same rules, in the same order, in every partition
+    interaction_tallies: list[Tally]  # one per check (fail mode; empty in quarantine mode)
+    user_tallies: list[Tally]  # one per ``user_checks()``
 
 
 @dataclass
@@ -575,7 +576,7 @@ def validate_partition(
         good_users = good.select("user_id").unique().sort("user_id")
     else:
         good_users = good_users.drop(ROW)
-    return Partition(good, good_users, quarantine, tallies, user_tallies)
+    return Partition(good, good_users, quarantine, checks, tallies, user_tallies)
 
 
 def validate_items(
