@@ -276,6 +276,27 @@ class ErasureConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Where object-store roots (``s3://bucket/prefix``, ``gs://bucket/prefix``) are reached (recbatch/fs.py).
+
+    Credentials are never set here: pyarrow and boto3 take them from their default chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and
+    ~/.aws/credentials, an instance or pod role), so no manifest or log can carry a secret.
+    """
+
+    endpoint: str | None = None  # host[:port] of an S3-compatible service (MinIO, SeaweedFS); None: the cloud's own
+    region: str | None = None  # e.g. eu-west-1; None: the default chain's (AWS_DEFAULT_REGION, profile)
+    scheme: Literal["https", "http"] = "https"  # http only for a local or test endpoint
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and "://" in self.endpoint:
+            raise ConfigError(
+                f"config key 'storage.endpoint' = {self.endpoint!r} must be host[:port]; "
+                "put http/https in 'storage.scheme'"
+            )
+
+
+@dataclass
 class RayConfig:
     """How the job reaches Ray."""
 
@@ -302,6 +323,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

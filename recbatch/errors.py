@@ -60,6 +60,12 @@ class RootBusy(RecbatchError):
     exit_code = 8
 
 
+class StorageAccessError(RecbatchError):
+    """The storage behind a root (an object-store bucket) refused access or could not be reached; nothing was published."""
+
+    exit_code = 9
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug or an unhandled failure: see the traceback)",
@@ -70,4 +76,5 @@ EXIT_CODES = {
     6: ServingStoreError.__doc__,
     7: StageFailed.__doc__,
     8: RootBusy.__doc__,
+    9: StorageAccessError.__doc__,
 }

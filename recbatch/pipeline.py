@@ -27,7 +27,7 @@ from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.eval.gate import FLOOR_BASELINE
 from recbatch.layout import RunLayout
-from recbatch.lease import RootLease
+from recbatch.lease import root_lease
 from recbatch.metrics import nightly_metrics, push
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 
@@ -217,7 +217,7 @@ def run_nightly(
     summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root), stop_after=stop_after)
     summary.stages = [StageRecord(name) for name in STAGES]
     preflight(cfg)  # before the try: a refused config writes nothing, not even a summary
-    with RootLease(layout.root, f"nightly {run_date.isoformat()}"):  # a second run on the root: refused likewise
+    with root_lease(cfg.root, cfg.storage, f"nightly {run_date.isoformat()}"):  # a second run on the root: refused likewise
         try:
             ensure_ray(cfg.ray)
             _run_stages(cfg, run_date, layout, summary, force_train, force_publish, stop_after)

@@ -34,7 +34,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -180,10 +180,10 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
 
 def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        return _sha256(f)
+        return sha256_stream(f)
 
 
-def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
+def sha256_stream(f: BinaryIO, chunk: int = 1 << 20) -> str:
     """The sha256 of an open file from its start; leaves the position at 0 for the next reader."""
     f.seek(0)
     h = hashlib.sha256()
@@ -196,10 +196,11 @@ def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
 def data_files(folder: str | Path) -> list[Path]:
     """Data files of an output folder: everything except hidden and ``_`` files."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_data(p.relative_to(folder).parts))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_data_path(p.relative_to(folder).parts))
 
 
-def _is_data(parts: tuple[str, ...]) -> bool:
+def is_data_path(parts: tuple[str, ...]) -> bool:
+    """A path (its parts, relative to the output folder) is data unless a part is hidden or ``_``-named."""
     return not any(part.startswith((".", "_")) for part in parts)
 
 
@@ -208,21 +209,34 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Write ``_manifest.json`` (with per-file size and sha256) then ``_SUCCESS``.
 
-    `files` (name -> ``{"bytes", "sha256"}``) are records the workers that wrote
-    the files sent back (``recbatch.parts``): the driver then neither reads nor
-    hashes the data, it only checks that the folder holds exactly those files.
+    `files`: the records the writers reported (``{name: {"bytes", "sha256"}}``,
+    e.g. from ``folders.write_parquet_part``); checked against the folder's data
+    files and sizes, not read back. Without it every file is read and hashed here.
     """
     folder = Path(folder)
-    listed = {str(p.relative_to(folder)): p for p in data_files(folder)}
     if files is None:
-        files = {name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for name, p in listed.items()}
-    elif set(files) != set(listed):
-        unknown, missing = sorted(set(listed) - set(files)), sorted(set(files) - set(listed))
-        raise IntegrityError(f"{folder}: files without a record {unknown[:5]}, records without a file {missing[:5]}")
+        files = {
+            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in data_files(folder)
+        }
+    else:
+        check_records(str(folder), {str(p.relative_to(folder)): p.stat().st_size for p in data_files(folder)}, files)
     manifest = {**fields, "files": dict(sorted(files.items()))}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     (folder / SUCCESS).write_text("")
     return manifest
+
+
+def check_records(label: str, present: dict[str, int], files: dict[str, dict[str, Any]]) -> None:
+    """Raise IntegrityError unless the data files `present` (name -> size) are exactly the reported `files`."""
+    missing = sorted(set(files) - set(present))
+    extra = sorted(set(present) - set(files))
+    wrong = sorted(name for name in set(files) & set(present) if present[name] != files[name]["bytes"])
+    if missing or extra or wrong:
+        raise IntegrityError(
+            f"{label}: the reported files do not match what was written: missing {missing[:3]} "
+            f"extra {extra[:3]} wrong size {wrong[:3]}"
+        )
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -272,12 +286,7 @@ class OpenFolder:
 
     def verify(self, checksums: bool = True) -> None:
         """Raise IntegrityError unless the files present, their sizes and sha256 match the manifest."""
-        listed = (
-            os.path.normpath(os.path.join(top, name))
-            for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
-            for name in names
-        )
-        present = {name for name in listed if _is_data(Path(name).parts)}
+        present = self._present()
         missing = sorted(set(self.files) - present)
         extra = sorted(present - set(self.files))
         if missing or extra:
@@ -285,11 +294,25 @@ class OpenFolder:
                 f"{self.folder}: files do not match {MANIFEST}: missing {missing[:3]} extra {extra[:3]}"
             )
         for name, info in self.manifest["files"].items():
-            size = os.fstat(self.files[name].fileno()).st_size
+            size = self._size(self.files[name])
             if size != info["bytes"]:
                 raise IntegrityError(f"{self.folder}/{name}: size {size} != manifest {info['bytes']}")
-            if checksums and _sha256(self.files[name]) != info["sha256"]:
+            if checksums and sha256_stream(self.files[name]) != info["sha256"]:
                 raise IntegrityError(f"{self.folder}/{name}: sha256 does not match {MANIFEST}")
+
+    def _present(self) -> set[str]:
+        """The data files in the pinned folder now (names relative to it)."""
+        listed = (
+            os.path.normpath(os.path.join(top, name))
+            for top, _, names, _ in os.fwalk(".", dir_fd=self._dir_fd)
+            for name in names
+        )
+        return {name for name in listed if is_data_path(Path(name).parts)}
+
+    @staticmethod
+    def _size(f: Any) -> int:
+        """The size of one pinned, open file."""
+        return os.fstat(f.fileno()).st_size
 
     def close(self) -> None:
         for f in self.files.values():
@@ -345,26 +368,48 @@ def _pin(folder: Path, dir_fd: int) -> OpenFolder:
             exc.filename = name
             raise
 
+    def read_at(name: str) -> bytes:
+        with open_at(name) as f:
+            return f.read()
+
     try:
         open_at(SUCCESS).close()
     except FileNotFoundError:
         raise IntegrityError(f"{folder}: no {SUCCESS} marker, the output is incomplete") from None
+    manifest, files = pin_manifest_files(str(folder), read_at, open_at)
+    return OpenFolder(folder, dir_fd, manifest, files)
+
+
+def load_manifest(label: str, read: Callable[[str], bytes]) -> dict[str, Any]:
+    """``_manifest.json`` read through `read`; IntegrityError naming `label` when missing or not JSON."""
     try:
-        with open_at(MANIFEST) as f:
-            manifest = json.loads(f.read())
+        return json.loads(read(MANIFEST))
     except FileNotFoundError:
-        raise IntegrityError(f"{folder}: {MANIFEST} is missing") from None
+        raise IntegrityError(f"{label}: {MANIFEST} is missing") from None
     except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{folder}: {MANIFEST} is not valid JSON ({exc})") from None
-    files: dict[str, BinaryIO] = {}
+        raise IntegrityError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+
+
+def pin_manifest_files(
+    label: str, read: Callable[[str], bytes], open_file: Callable[[str], Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest (through `read`) and every file it names, open (through `open_file`).
+
+    The half of the reader contract both kinds of root share (``open_folder`` here,
+    ``objectstore.open_folder``). A missing manifest or bad JSON raises IntegrityError
+    naming `label`; a missing file raises FileNotFoundError, with every file opened so
+    far closed, for the caller to retry or report.
+    """
+    manifest = load_manifest(label, read)
+    files: dict[str, Any] = {}
     try:
         for name in manifest.get("files", {}):
-            files[name] = open_at(name)
+            files[name] = open_file(name)
     except BaseException:
         for f in files.values():
             f.close()
         raise
-    return OpenFolder(folder, dir_fd, manifest, files)
+    return manifest, files
 
 
 def read_parquet_folder(folder: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -472,3 +472,29 @@ def redis_cluster_with_replicas(tmp_path):
 def redis_cluster_tls(tmp_path):
     """A 3-master Redis Cluster with a password, reachable only over TLS (``rediss://`` URL)."""
     yield from _cluster_for_one_test(tmp_path, "redis-cluster-tls", password="clu5ter-Tls-pa55", tls=True)
+
+
+# --------------------------------------------------------------------------- S3 (SeaweedFS)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the whole session; stopped at its end. See tests/s3_helpers.py."""
+    from s3_helpers import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.bucket = server.new_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_root(s3_server, monkeypatch):
+    """A fresh root ``s3://<bucket>/<unique prefix>`` on the session's server; the AWS variables hold
+    the right keys (as a deployment's default credential chain would)."""
+    import uuid
+
+    from s3_helpers import S3Root, credentials_env
+
+    credentials_env(monkeypatch)
+    return S3Root(s3_server, s3_server.bucket, f"root-{uuid.uuid4().hex[:8]}")

@@ -119,3 +119,26 @@ def test_recent_popular_decays_each_interaction_by_its_age(tmp_path):
     idx, _ = model.rank_newcomers(data, n_users=1, k=3)
     assert data.item_ids.gather(idx[0]).to_list() == [2, 3, 1]  # now, item 2 is what people pick
     assert np.isclose(RecentPopular(half_life_days=1e6).popularity(data), [3, 2, 1], rtol=1e-3).all()  # a long half-life is plain popularity
+
+
+@pytest.mark.parametrize("name", ["most_popular", "recent_popular"])
+def test_popularity_for_a_slice_of_users_holds_only_their_rows_and_ranks_as_the_full_fit(snapshot, name):
+    """The nightly gate's floor ranks a slice of users: fitting popularity on the slice's rows
+    (counts over everyone, streamed) gives exactly the lists of a fit on every user."""
+    import polars as pl
+
+    from recbatch.eval.baselines import fit_baseline
+
+    cfg = Config().with_overrides({"eval.gate_metric": "ndcg@10"})
+    users = snapshot.split("test").select("user_id").unique().sort("user_id").collect()["user_id"]
+    tune_users = snapshot.split("validation").select("user_id").unique().sort("user_id").collect()["user_id"]
+    users, tune_users = users.gather(range(0, len(users), 3)), tune_users.gather(range(0, len(tune_users), 3))
+    users = pl.concat([users, pl.Series("user_id", [-1], dtype=users.dtype)])  # and a newcomer
+    full = fit_baseline(name, snapshot, cfg, tune_users)
+    sliced = fit_baseline(name, snapshot, cfg, tune_users, users)
+
+    assert sliced.data.matrix.shape[0] < full.data.matrix.shape[0] / 2  # the slice's rows only
+    assert sliced.params == full.params
+    rows = [pl.concat([pl.from_arrow(t) for t in f.lists(snapshot, 20, users)]).sort("user_id") for f in (full, sliced)]
+    assert rows[0].height == len(users)
+    assert rows[0].select("user_id", "item_ids").equals(rows[1].select("user_id", "item_ids"))

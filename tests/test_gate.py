@@ -212,6 +212,8 @@ def test_holdout_slice_is_the_same_in_every_process(tmp_path):
     here = holdout_user_ids(snapshot, 10).to_list()
     test_users = set(snapshot.split("test").select("user_id").collect()["user_id"].to_list())
     assert len(here) == 10 and set(here) < test_users and all(isinstance(u, str) for u in here)
+    cut = ingest(cfg.with_overrides({"root": str(tmp_path / "cut"), "ingest.users_per_partition": 20}))
+    assert cut.partitions == 8 and holdout_user_ids(cut, 10).to_list() == here  # found partition by partition
 
     code = (
         "import json, sys\n"

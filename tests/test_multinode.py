@@ -29,10 +29,11 @@ def test_scoring_spreads_over_nodes_and_matches_single_node(tmp_path, tiny_pipel
     from ray.cluster_utils import Cluster
 
     cfg = tiny_pipeline_config(**{"score.num_actors": 2, "score.cpus_per_actor": 0.5, "score.user_block": 4,
-                                  "generate.users": 600})
+                                  "generate.users": 4000, "ingest.users_per_partition": 1000})
     demo_source(cfg)
     snapshot = ingest(cfg)
-    users = pl.read_parquet(snapshot.table_path("users"))
+    assert snapshot.partitions == 4  # read by tasks on any node, scored by the actors on the worker nodes
+    users = snapshot.users().collect()
     items_dir, users_dir = write_random_embeddings(snapshot, tmp_path / "emb", dim=16)
 
     if ray.is_initialized():

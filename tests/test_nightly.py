@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from recbatch.cli import main
+from recbatch.data.snapshot import Snapshot
 from recbatch.layout import RunLayout
 from recbatch.pipeline import run_nightly
 from recbatch.storage import read_manifest, read_parquet_folder, verify_manifest
@@ -65,7 +66,7 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
     final = layout.recommendations_for(RUN_DATE)
     manifest = verify_manifest(final)
     recs = _published_rows(final)
-    users = pl.read_parquet(layout.latest_snapshot() / "users.parquet")
+    users = Snapshot.open(layout.latest_snapshot()).users().collect()
     assert recs.height == users.height == manifest["users"]
     assert recs["user_id"].n_unique() == recs.height
     assert manifest["gate"]["passed"] is True

@@ -25,9 +25,9 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.erasure.forget import forget
     from recbatch.layout import RunLayout
-    from recbatch.lease import RootLease
+    from recbatch.lease import root_lease
 
-    with RootLease(cfg.root, "forget"):  # never while a nightly is writing or loading this root
+    with root_lease(cfg.root, cfg.storage, "forget"):  # never while a nightly is writing or loading this root
         record = forget(cfg, args.users)
     summary = {
         "request_id": record["request_id"],

@@ -22,10 +22,10 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.lease import RootLease
+    from recbatch.lease import root_lease
     from recbatch.retention import apply_plan, plan_for
 
-    with RootLease(cfg.root, "gc"):  # never while a nightly is writing this root
+    with root_lease(cfg.root, cfg.storage, "gc"):  # never while a nightly is writing this root
         plan = plan_for(cfg)
         print(plan.render())
         if args.dry_run:

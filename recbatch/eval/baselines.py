@@ -70,6 +70,10 @@ class TrainingData:
     item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
     age_days: np.ndarray  # [nnz] float64, aligned with matrix.indices: days from the pair's latest ts to the newest row
     sequences: list[np.ndarray]  # per matrix row: the user's item columns in time order, repeats kept
+    users_per_item: np.ndarray  # [N] float32: users with a row for the item, counted over every user
+    # When the matrix holds only some users (``training_data(users=...)``): every user's
+    # (col, age_days) pairs, lazily, so popularity still counts everyone, streamed.
+    everyone: pl.LazyFrame | None = None
 
     @property
     def warm(self) -> np.ndarray:
@@ -79,29 +83,38 @@ class TrainingData:
         definition, so collaborative baselines leave it out like the
         two-tower's id embedding does, and cold-slice numbers stay comparable.
         """
-        return np.asarray(self.matrix.getnnz(axis=0) > 0) & ~self.cold
+        return (self.users_per_item > 0) & ~self.cold
 
 
-def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
-    """The matrix of `splits` rows over the snapshot's whole catalog."""
+def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = None) -> TrainingData:
+    """The matrix of `splits` rows over the snapshot's whole catalog.
+
+    With `users`, only their rows: what ranking them needs when the model is
+    popularity (``Baseline.needs_every_user`` false), so the nightly's gate floor
+    holds its slice of users, not every interaction; `everyone` then keeps the
+    popularity counts of all users, streamed when a model fits.
+    """
     from recbatch.model.features import render_item_text
 
     items = snapshot.items().sort("item_id").collect()
     catalog = items.select("item_id").with_row_index("col")
-    rows = (
-        snapshot.split()
-        .filter(pl.col("split").is_in(splits))
-        .group_by("user_id", "item_id")
+    before = snapshot.split().filter(pl.col("split").is_in(splits))
+    newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
+    pairs = (
+        before.group_by("user_id", "item_id")
         .agg(pl.col("ts").max())
-        .with_columns(age_days=days_before_newest())
-        .collect()
-        .join(catalog, on="item_id", how="inner")
+        .with_columns(age_days=days_before_newest(newest=newest))
     )
+    everyone = None
+    if users is not None:
+        slice_ = pl.DataFrame({"user_id": users}).lazy()
+        everyone = pairs.join(catalog.lazy(), on="item_id", how="inner").select("col", "age_days")
+        pairs, before = (f.join(slice_, on="user_id", how="semi") for f in (pairs, before))
+    rows = pairs.collect().join(catalog, on="item_id", how="inner")
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
     rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
     in_order = (
-        snapshot.split()
-        .filter(pl.col("split").is_in(splits))
+        before
         .select("user_id", "item_id", "ts")
         .collect()
         .join(catalog, on="item_id")
@@ -132,6 +145,11 @@ def training_data(snapshot: Any, splits: list[str]) -> TrainingData:
         item_text=render_item_text(items).to_list(),
         age_days=rows["age_days"].to_numpy().astype(np.float64),
         sequences=sequences,
+        users_per_item=(
+            np.asarray(matrix.sum(axis=0), dtype=np.float32).reshape(-1) if everyone is None
+            else _per_item(everyone, pl.len(), items.height)
+        ),
+        everyone=everyone,
     )
 
 
@@ -149,6 +167,9 @@ class Baseline:
     name: ClassVar[str]
     grid: ClassVar[list[dict[str, Any]]] = [{}]
     collaborative: ClassVar[bool] = True  # masks items without a training interaction
+    # False: ranking a user needs only that user's rows and per-item counts over everyone
+    # (popularity), so an evaluation of a slice of users fits on the slice's matrix.
+    needs_every_user: ClassVar[bool] = True
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = seed
@@ -177,8 +198,8 @@ class Baseline:
         )
 
     def popularity(self, data: TrainingData) -> np.ndarray:
-        """[N] float32: how popular each item is, what newcomers are ranked by."""
-        return np.asarray(data.matrix.sum(axis=0), dtype=np.float32).reshape(-1)
+        """[N] float32: how popular each item is (users per item), what newcomers are ranked by."""
+        return data.users_per_item
 
     def rank_newcomers(self, data: TrainingData, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Lists for users with no interaction before the test rows: the most popular eligible items.
@@ -214,6 +235,7 @@ class MostPopular(Baseline):
     """Every user gets the items with the most training interactions."""
 
     name = "most_popular"
+    needs_every_user = False
 
     def vectors(self, data):
         return np.ones((data.matrix.shape[0], 1)), self.popularity(data).reshape(-1, 1)  # [U, 1], [N, 1]
@@ -230,8 +252,19 @@ class RecentPopular(MostPopular):
     grid = [{"half_life_days": h} for h in (30, 90, 365, 1095)]
 
     def popularity(self, data):
-        weights = 0.5 ** (data.age_days / self.params["half_life_days"])  # [nnz]
+        half_life = self.params["half_life_days"]
+        if data.everyone is not None:
+            return _per_item(data.everyone, (0.5 ** (pl.col("age_days") / half_life)).sum(), data.matrix.shape[1])
+        weights = 0.5 ** (data.age_days / half_life)  # [nnz]
         return np.bincount(data.matrix.indices, weights=weights, minlength=data.matrix.shape[1]).astype(np.float32)
+
+
+def _per_item(pairs: pl.LazyFrame, count: pl.Expr, items: int) -> np.ndarray:
+    """[N] float32: `count` per item column over (col, age_days) pairs, streamed."""
+    counts = pairs.group_by("col").agg(count.alias("n")).collect(engine="streaming")
+    out = np.zeros(items, dtype=np.float32)
+    out[counts["col"].to_numpy()] = counts["n"].to_numpy()
+    return out
 
 
 class ALS(Baseline):
@@ -433,7 +466,7 @@ def tune(
         validation = validation.filter(pl.col("user_id").is_in(users.implode()))
     if len(cls.grid) == 1 or validation.select(pl.len()).collect().item() == 0:
         return cls.grid[0], []
-    data = training_data(snapshot, ["train"])
+    data = training_data(snapshot, ["train"], None if cls.needs_every_user else users)
     val_users = validation.select("user_id").unique().collect()
     rows = (
         pl.DataFrame({"user_id": data.user_ids}).with_row_index("row")
@@ -468,27 +501,33 @@ class FittedBaseline:
 
     def lists(self, snapshot: Any, k: int, users: pl.Series | None = None) -> Iterator[pa.Table]:
         """Lists for `users` (None = every snapshot user); users with no history get the newcomers' list."""
-        newcomers = users_without_history(snapshot, self.data)
         rows = np.arange(self.data.matrix.shape[0])
-        if users is not None:
+        if users is None:
+            newcomers = users_without_history(snapshot, self.data)
+        else:
             wanted = pl.DataFrame({"user_id": users})
             rows = (
                 pl.DataFrame({"user_id": self.data.user_ids}).with_row_index("row")
                 .join(wanted, on="user_id", how="semi")["row"].to_numpy()
             )
-            newcomers = newcomers.filter(newcomers.is_in(users.implode()))
+            newcomers = users.filter(~users.is_in(self.data.user_ids.implode())).sort()
         return itertools.chain(
             recommendation_tables(self.model, self.data, rows, k, self.model_version),
             newcomer_tables(self.model, self.data, newcomers, k, self.model_version),
         )
 
 
-def fit_baseline(name: str, snapshot: Any, cfg: Config, tune_users: pl.Series | None = None) -> FittedBaseline:
-    """Tune `name` on validation (over `tune_users`, None = all), then refit on train + validation."""
+def fit_baseline(
+    name: str, snapshot: Any, cfg: Config, tune_users: pl.Series | None = None, users: pl.Series | None = None
+) -> FittedBaseline:
+    """Tune `name` on validation (over `tune_users`, None = all), then refit on train + validation.
+
+    `users` (None = all) are the users its lists will be for: a popularity model
+    then holds only their rows (``Baseline.needs_every_user``)."""
     started = time.perf_counter()
     params, trials = tune(name, snapshot, cfg, tune_users)
     tuned = time.perf_counter()
-    data = training_data(snapshot, ["train", "validation"])
+    data = training_data(snapshot, ["train", "validation"], None if baseline_class(name).needs_every_user else users)
     model = baseline_class(name)(seed=cfg.train.seed, **params)
     model.fit(data)
     model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))

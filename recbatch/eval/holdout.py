@@ -4,7 +4,7 @@ The gate needs the *model's* quality, measured the same way every night, so
 this does not read the staged lists (those are built from every interaction,
 test rows included: ``embed.users.serving_events``). Instead, for a fixed
 slice of test users (``eval.holdout_users``, picked by a stable hash of the
-user id), it
+user id, ``holdout_user_ids``), it
 
 1. takes the item vectors of this model version (the embed stage's output, or
    encodes the catalog here when none is given),
@@ -21,7 +21,6 @@ published lists and the baselines.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,28 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recbatch.config import Config
+from recbatch.data.partition import user_hash
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
 
+HOLDOUT_SALT = 0x601D  # the holdout slice's own hash (not the partition hash): any fixed number
 HISTORY_SPLITS = {"test": ("train", "validation"), "validation": ("train",)}  # what came before each split
 
 
 def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Series:
-    """Up to `limit` users of `split`, chosen by a CRC32 of the id (stable across runs and versions)."""
-    users = snapshot.split(split).select("user_id").unique().collect()["user_id"]
-    keys = np.array([zlib.crc32(str(u).encode()) for u in users.to_list()], dtype=np.int64)
-    order = np.lexsort((np.arange(len(keys)), keys))[:limit]
-    return users.gather(np.sort(order))
+    """Up to `limit` users of `split`: those with the smallest salted ``user_hash``, sorted by id.
+
+    Stable across runs, versions and partition counts (the hash is defined in
+    ``data/partition.py``), and found one user partition at a time, keeping only
+    the best `limit` so far: the driver holds a partition and the slice, never
+    every user.
+    """
+    best = pl.DataFrame(schema={"user_id": snapshot.split(split).collect_schema()["user_id"], "key": pl.UInt64})
+    for p in range(snapshot.partitions):
+        users = snapshot.scan_partition("split", p).filter(pl.col("split") == split).select("user_id").unique().collect()
+        keys = pl.Series("key", user_hash(users["user_id"].to_arrow(), salt=HOLDOUT_SALT), dtype=pl.UInt64)
+        best = pl.concat([best, users.with_columns(keys)]).sort("key", "user_id").head(limit)
+    return best.sort("user_id")["user_id"]
 
 
 def catalog_vectors(
@@ -174,7 +183,7 @@ def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
 
     users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "test")
     tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation")
-    fitted = fit_baseline(name, snapshot, cfg, tune_users)
+    fitted = fit_baseline(name, snapshot, cfg, tune_users, users)
     recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), users)])
     return _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", name, f"{fitted.model_version} holdout lists")
 

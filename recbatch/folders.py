@@ -1,0 +1,124 @@
+"""One API for complete-or-absent output folders, whichever kind of root holds them.
+
+A stage writes and reads its folders through these functions with a
+``fs.Location``; each call goes to ``storage`` (a local root: staging folder,
+atomic ``renameat2`` swap, ``_SUCCESS``) or to ``objectstore`` (an ``s3://`` or
+``gs://`` root: attempt prefix, manifest, commit marker). Both keep the same
+promise: a reader sees the whole previous output or the whole new one.
+
+    final = locate(layout_path, cfg.storage)
+    staging = staging_for(final)
+    record = write_parquet_part(table, staging.join("part-00000.parquet"))  # on any worker
+    write_manifest(staging, {"rows": n}, files={"part-00000.parquet": record})
+    publish(staging, final)
+    table = read_parquet_folder(final)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recbatch import objectstore, storage
+from recbatch.errors import IntegrityError
+from recbatch.fs import Location, access, local
+
+
+def staging_for(final: Location) -> Location:
+    """Where to write `final`'s next content before it is published."""
+    if final.is_object_store:
+        return objectstore.staging_for(final)
+    return local(storage.staging_dir_for(final.path))
+
+
+def write_parquet_part(table: pa.Table, part: Location) -> dict[str, Any]:
+    """Write one Parquet part and return its manifest record (``{"bytes", "sha256"}``).
+
+    The record comes from the bytes written, so a worker that writes a part
+    reports it and ``write_manifest(..., files=records)`` need not read the
+    part back. The encoded part is held in memory once: keep parts bounded
+    (``score.rows_per_file``).
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
+    if not part.is_object_store:  # object stores have no folders to make
+        part.filesystem.create_dir(part.parent.path, recursive=True)
+    with access(part, f"write {part.key}"):
+        with part.filesystem.open_output_stream(part.path) as out:
+            out.write(data)
+    return {"bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_manifest(
+    staging: Location, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The manifest of everything written to `staging` (per-file size and sha256) plus `fields`.
+
+    `files`: the writers' own records (``write_parquet_part``), checked against
+    what is there rather than read back; without it every file is hashed here.
+    """
+    if staging.is_object_store:
+        return objectstore.write_manifest(staging, fields, files)
+    return storage.write_manifest(staging.path, fields, files)
+
+
+def publish(staging: Location, final: Location) -> Location:
+    """Make `staging` the content of `final`, replacing any previous content whole."""
+    if final.is_object_store:
+        return objectstore.publish(staging, final)
+    storage.publish_dir(staging.path, final.path)
+    return final
+
+
+def open_folder(folder: Location) -> storage.OpenFolder:
+    """Pin a complete folder: its manifest and exactly the files it names, open (the reader contract)."""
+    if folder.is_object_store:
+        return objectstore.open_folder(folder)
+    return storage.open_folder(folder.path)
+
+
+def read_manifest(folder: Location) -> dict[str, Any]:
+    """A complete folder's manifest; IntegrityError when the folder is absent or incomplete."""
+    if folder.is_object_store:
+        return objectstore.read_manifest(folder)
+    return storage.read_manifest(folder.path)
+
+
+def verify_manifest(folder: Location, checksums: bool = True) -> dict[str, Any]:
+    """Check the files, sizes and (optionally) sha256 against the manifest; return the manifest."""
+    with open_folder(folder) as pinned:
+        pinned.verify(checksums)
+        return pinned.manifest
+
+
+def is_complete(folder: Location) -> bool:
+    """True when `folder` was published with a manifest that still matches (sizes only)."""
+    if not folder.is_object_store:
+        return storage.is_complete(folder.path)
+    try:
+        verify_manifest(folder, checksums=False)
+        return True
+    except IntegrityError:
+        return False
+
+
+def read_parquet_folder(folder: Location, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet files of a complete folder, read through `open_folder` (one whole output)."""
+    with open_folder(folder) as pinned:
+        return pinned.read_table(columns)
+
+
+def remove_stale_staging(parent: Location) -> list[Location]:
+    """Delete what killed writers left under `parent` and retired copies past their grace period.
+
+    Only under the root's lease (recbatch/lease.py): a writer at work right now
+    also looks like a killed one.
+    """
+    if parent.is_object_store:
+        return objectstore.remove_stale_staging(parent)
+    return [local(p) for p in storage.remove_stale_staging(Path(parent.path))]

@@ -1,0 +1,170 @@
+"""Where a root lives: a local folder or an object-store prefix, as one pyarrow filesystem and a path.
+
+A root (and any path under it) is spelled either as a local path or as
+``s3://bucket/prefix`` / ``gs://bucket/prefix``. ``locate`` turns that text into a
+``Location``: a ``pyarrow.fs`` filesystem plus the path inside it, the same layer
+Ray Data's readers and writers and Ray Train's ``storage_path`` use, so a stage
+hands one value to all of them.
+
+Endpoint, region and scheme come from ``cfg.storage`` (``StorageConfig``).
+Credentials never do: pyarrow and boto3 find them in their default chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
+``AWS_PROFILE`` and ``~/.aws``, an instance or pod role). Nothing here is given a
+key, so no filesystem pickled to a Ray worker, no manifest and no log line can
+carry one; each process resolves its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+
+from recbatch.config import StorageConfig
+from recbatch.errors import StorageAccessError, UsageError
+
+OBJECT_STORE_SCHEMES = ("s3", "gs")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder or file: the filesystem that holds it and its path inside that filesystem.
+
+    `path` is absolute on the local filesystem and ``bucket/key...`` on an
+    object store (pyarrow's own convention), never with a trailing slash.
+    """
+
+    filesystem: pafs.FileSystem
+    path: str
+    scheme: str  # "file", "s3" or "gs"
+
+    @property
+    def uri(self) -> str:
+        """The text a person writes for it: a local path or ``s3://bucket/key``."""
+        return self.path if self.scheme == "file" else f"{self.scheme}://{self.path}"
+
+    @property
+    def is_object_store(self) -> bool:
+        return self.scheme in OBJECT_STORE_SCHEMES
+
+    @property
+    def bucket(self) -> str:
+        """The bucket of an object-store location (what an access error names)."""
+        if not self.is_object_store:
+            raise ValueError(f"{self.uri} is a local path: it has no bucket")
+        return self.path.split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        """The object key inside the bucket ("" for the bucket itself)."""
+        return self.path.split("/", 1)[1] if "/" in self.path else ""
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def parent(self) -> "Location":
+        return Location(self.filesystem, posixpath.dirname(self.path), self.scheme)
+
+    def join(self, *names: str) -> "Location":
+        return Location(self.filesystem, posixpath.join(self.path, *names), self.scheme)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def is_object_store_uri(path: str | os.PathLike[str]) -> bool:
+    """True for ``s3://...`` and ``gs://...``: a root that `locate` puts on an object store."""
+    scheme, sep, _ = os.fspath(path).partition("://")
+    return bool(sep) and scheme in OBJECT_STORE_SCHEMES
+
+
+def locate(path: str | os.PathLike[str], storage: StorageConfig) -> Location:
+    """Resolve a local path or an ``s3://``/``gs://`` URI; raises UsageError for any other scheme."""
+    text = os.fspath(path)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme == "file":
+        return local(rest if sep else text)
+    if scheme not in OBJECT_STORE_SCHEMES:
+        raise UsageError(f"{text}: unsupported storage scheme '{scheme}://'; use a local path, s3:// or gs://")
+    rest = rest.strip("/")
+    if not rest:
+        raise UsageError(f"{text}: names no bucket")
+    return Location(object_store(scheme, storage), rest, scheme)
+
+
+def local(path: str | os.PathLike[str]) -> Location:
+    """A local path as a Location (made absolute: Ray workers run in other directories)."""
+    return Location(pafs.LocalFileSystem(), str(Path(path).expanduser().absolute()), "file")
+
+
+def object_store(scheme: str, storage: StorageConfig) -> pafs.FileSystem:
+    """The pyarrow filesystem for `scheme` as `storage` configures it; credentials from the default chain.
+
+    Buckets are never created here (``allow_bucket_creation`` stays off): a bucket
+    is infrastructure, and a typo in a root must fail, naming the bucket, not make one.
+    """
+    if scheme == "s3":
+        return pafs.S3FileSystem(region=storage.region, scheme=storage.scheme, endpoint_override=storage.endpoint)
+    if scheme == "gs":
+        return pafs.GcsFileSystem(scheme=storage.scheme, endpoint_override=storage.endpoint)
+    raise UsageError(f"unsupported storage scheme '{scheme}://'")
+
+
+def s3_client(storage: StorageConfig) -> Any:
+    """A boto3 S3 client for the same endpoint, for what pyarrow cannot do (conditional writes).
+
+    boto3 resolves credentials through the same default chain as pyarrow, in a
+    session of its own: boto3's shared default session would keep the
+    credentials it found first for the life of the process.
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = f"{storage.scheme}://{storage.endpoint}" if storage.endpoint else None
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=storage.region,
+        # A few quick retries: a lease call that hangs for minutes is worse than a clear failure.
+        config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30),
+    )
+
+
+@contextlib.contextmanager
+def access(location: Location, doing: str) -> Iterator[None]:
+    """Turn an object store's refusal (credentials, permissions, unreachable) into StorageAccessError.
+
+    The message names the bucket and what was being done; it is built from the
+    store's own error text, which never contains the secret key. A missing object
+    (FileNotFoundError) passes through: callers decide what absence means.
+    Local paths are left alone: their OSErrors already name the path.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if not location.is_object_store:
+            raise
+        raise StorageAccessError(
+            f"{location.uri}: could not {doing} in bucket '{location.bucket}': {str(exc).strip()}"
+        ) from exc
+
+
+def check_access(location: Location) -> None:
+    """Fail early, naming the bucket, when an object-store root's bucket is missing or refuses us."""
+    if not location.is_object_store:
+        return
+    with access(location, "look up the bucket"):
+        info = location.filesystem.get_file_info(location.bucket)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageAccessError(
+            f"{location.uri}: bucket '{location.bucket}' does not exist (recbatch never creates one)"
+        )
