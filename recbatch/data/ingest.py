@@ -43,7 +43,7 @@ from recbatch.data.profiles import BurstEvidence, burst_evidence, combine, find_
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.snapshot import Snapshot, partition_file_name
 from recbatch.data.split import global_cutoff, mark_cold_items, split_counts, split_interactions, train_items
-from recbatch.data.staging import part_path, read_partition, scan_parts, stage_by_user
+from recbatch.data.staging import part_path, read_partition, scan_parts, stage_by_user, write_part
 from recbatch.data.validate import (
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
@@ -160,11 +160,6 @@ class Written:
         self.digests[name] = table_digest(table)
 
 
-def _write_part(folder: Path, partition: int, frame: pl.DataFrame) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(part_path(folder, partition))
-
-
 def _validated_partitions(
     source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path, cfg: Config
 ) -> tuple[int, Counter, list[BurstEvidence]]:
@@ -208,10 +203,10 @@ def _validated_partitions(
         if suppressed is not None:
             part, erased = without_erased_users(part, suppressed)
             counts.update(erased)
-        _write_part(work / "clean" / "interactions", q, part.interactions)
-        _write_part(work / "clean" / "users", q, part.users)
+        write_part(work / "clean" / "interactions", q, part.interactions)
+        write_part(work / "clean" / "users", q, part.users)
         for name, bad in part.quarantine.items():
-            _write_part(work / "bad" / name, q, bad)
+            write_part(work / "bad" / name, q, bad)
             counts[f"quarantined_{name}"] += bad.height
         counts["users"] += part.users.height
         if cfg.ingest.detect_injected_profiles:
@@ -267,7 +262,7 @@ def _write_snapshot(
             interactions, users, moved = set_aside(interactions, users, suspects)
             counts["quarantined_profile_interactions"] += moved.height
             if moved.height:
-                _write_part(work / "bad" / "profiles", p, moved)
+                write_part(work / "bad" / "profiles", p, moved)
         split = split_interactions(interactions.drop(ROW), cfg.split, cutoff)
         out.write(partition_file_name("interactions", p), split.drop("split"))
         out.write(partition_file_name("users", p), users.sort("user_id"))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from recbatch.data.partition import matching_partitions, user_partition
 
 BATCH_ROWS = 1 << 18  # rows per streamed batch: ~tens of MB of parsed rows, whatever the table's size
+SCRATCH_COMPRESSION = "lz4"  # scratch files are read once, soon: cheap compression beats small files
 
 
 def part_path(folder: Path, partition: int) -> Path:
@@ -50,12 +51,12 @@ def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
     perhaps empty), rows in the frame's order within each."""
     folder.mkdir(parents=True, exist_ok=True)
     whole = folder / "_whole.parquet"
-    frame.sink_parquet(whole, row_group_size=BATCH_ROWS, engine="streaming")
+    frame.sink_parquet(whole, row_group_size=BATCH_ROWS, compression=SCRATCH_COMPRESSION, engine="streaming")
     source = pq.ParquetFile(whole)
     writers: dict[int, pq.ParquetWriter] = {}
     try:
         for p in range(partitions):
-            writers[p] = pq.ParquetWriter(part_path(folder, p), source.schema_arrow)
+            writers[p] = pq.ParquetWriter(part_path(folder, p), source.schema_arrow, compression=SCRATCH_COMPRESSION)
         for group in range(source.num_row_groups):
             table = source.read_row_group(group)
             of_row = _partition_of(table.column("user_id"), partitions)
@@ -71,6 +72,12 @@ def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
             writer.close()
         source.close()
         whole.unlink()
+
+
+def write_part(folder: Path, partition: int, frame: pl.DataFrame) -> None:
+    """One partition's scratch file of a table (``read_partition`` reads it back)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(part_path(folder, partition), compression=SCRATCH_COMPRESSION)
 
 
 def read_partition(folder: Path, partition: int, partitions: int, staged_partitions: int) -> pl.DataFrame:
