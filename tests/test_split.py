@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 
 from recbatch.config import SplitConfig
-from recbatch.data.split import mark_cold_items, split_counts, split_interactions
+from recbatch.data.split import lower_quantile, mark_cold_items, split_counts, split_interactions, train_items
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -84,12 +85,11 @@ def test_temporal_cutoff_puts_every_later_event_in_test_and_marks_cold_items():
         assert group["split"].to_list() == ["train"] * (group.height - 1) + ["validation"]
 
     items = pl.DataFrame({"item_id": [1, 2, 3, 4, 99, 500], "title": ["a", "b", "c", "d", "late", "never"]})
-    marked = mark_cold_items(items, result)
+    marked = mark_cold_items(items, train_items(result))
     assert dict(marked.select("item_id", "is_cold").iter_rows()) == {
         1: False, 2: False, 3: False, 4: False, 99: True, 500: True,
     }  # fmt: skip
-    counts = split_counts(result, marked)
-    assert counts["cold_items"] == 2
+    counts = split_counts(result)
     assert counts["train"] + counts["validation"] + counts["test"] == frame.height
 
 
@@ -116,4 +116,16 @@ def test_recent_days_holds_out_the_last_days_for_everyone():
     assert sorted(test["ts"].to_list()) == sorted(t for t in frame["ts"].to_list() if t > cutoff)
     assert test.height > 0 and result.filter(pl.col("split") != "test")["ts"].max() <= cutoff
     assert set(test["user_id"]) < set(frame["user_id"])  # the window, not a per-user share: some users have none
-    assert mark_cold_items(pl.DataFrame({"item_id": [1, 99]}), result)["is_cold"].to_list() == [False, True]
+    assert mark_cold_items(pl.DataFrame({"item_id": [1, 99]}), train_items(result))["is_cold"].to_list() == [False, True]
+
+
+def test_the_bounded_quantile_is_polars_exact_lower_quantile():
+    """Narrowing bins until few values are left gives the same observed value as sorting them all."""
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 9, 5_000):
+        values = rng.integers(-(10**12), 10**15, n)
+        values[: n // 3] = values[0]  # many ties
+        frame = pl.LazyFrame({"v": values})
+        for fraction in (0.0, 0.3, 0.8, 1.0):
+            expected = pl.Series(values).quantile(fraction, interpolation="lower")
+            assert lower_quantile(frame, "v", fraction, collect_rows=10) == expected, (n, fraction)

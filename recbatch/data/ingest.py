@@ -1,24 +1,34 @@
-"""Ingest: source files -> a validated, split, content-addressed snapshot.
+"""Ingest: source files -> a validated, split, content-addressed snapshot, one user partition at a time.
 
-    read (readers / movielens) -> validate -> split -> hash -> write staging -> publish
+    pass 1  streaming aggregates over each whole table: sizes, structure, id types (validate.table_facts);
+            items validated whole (they grow with items, not users)
+    stage   interactions and users parsed and cut by user partition into scratch files (data/staging.py)
+    check   per staged partition: validate (exact counts + earliest examples, added up across partitions),
+            erase (recbatch forget's list), burst evidence for injected profiles
+    write   per snapshot partition: set suspected profiles aside, split (a time cut's cutoff is a global,
+            bounded streaming quantile), write the partition files and their digests; then items, quarantine
+    publish hash of the digests + settings names the folder; manifest, rename
 
-The per-user tables are written one file per user partition (``data/partition.py``),
-which is how every later stage reaches a user's rows without the driver.
-
-Everything that can fail on bad input fails before the staging folder is
-created, so a rejected source leaves nothing under ``snapshots/``. The folder
-name is a hash of the normalised tables and the split settings: the same data
-ingested again (even from CSV instead of Parquet) maps to the same snapshot,
-and re-ingesting is a no-op that returns it.
+No step holds a whole per-user table: the driver's memory follows
+``ingest.users_per_partition``, not the size of the input (what is still
+whole: items, quarantine tables, burst evidence; see docs/ARCHITECTURE.md).
+The scratch files live in a staging folder under ``snapshots/`` that is
+removed however ingest ends, so a rejected source leaves nothing there. The
+folder name is a hash of the written tables and the split settings: the same
+data ingested again (even from CSV instead of Parquet) maps to the same
+snapshot, and re-ingesting is a no-op that returns it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -27,17 +37,38 @@ import pyarrow.parquet as pq
 
 from recbatch.config import Config, IngestConfig, SplitConfig
 from recbatch.data.movielens import READERS, detect_layout
-from recbatch.data.profiles import quarantine_injected_profiles
-from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.partition import partition_count
-from recbatch.data.snapshot import Snapshot, partitioned_files
-from recbatch.data.split import mark_cold_items, split_counts, split_interactions
-from recbatch.data.validate import CleanTables, validate_source
-from recbatch.erasure.suppression import without_erased_users
+from recbatch.data.profiles import BurstEvidence, burst_evidence, combine, find_injected_profiles, set_aside
+from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
+from recbatch.data.snapshot import Snapshot, partition_file_name
+from recbatch.data.split import global_cutoff, mark_cold_items, split_counts, split_interactions, train_items
+from recbatch.data.staging import part_path, read_partition, scan_parts, stage_by_user, write_part
+from recbatch.data.validate import (
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    ROW,
+    USER_COLUMNS,
+    SourceChecks,
+    TableFacts,
+    Tally,
+    add_tallies,
+    check_id_types,
+    check_structure,
+    ignored_interaction_columns,
+    nothing_left,
+    parse_table,
+    parsed_id_type,
+    raise_first_problem,
+    table_facts,
+    user_checks,
+    validate_items,
+    validate_partition,
+)
+from recbatch.erasure.suppression import SuppressionList, without_erased_users
 from recbatch.errors import UsageError
 from recbatch.layout import RunLayout
-from recbatch.schemas import TIMESTAMP_TYPE
+from recbatch.schemas import TIMESTAMP_TYPE, IdType
 from recbatch.storage import is_complete, publish_dir, sha256_file, staging_dir_for, write_manifest
 
 log = logging.getLogger(__name__)
@@ -99,93 +130,209 @@ def table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def snapshot_digest(tables: dict[str, pa.Table], cfg: Config) -> str:
-    """The snapshot's identity: every table it will hold plus the settings that shaped them."""
+def snapshot_digest(digests: dict[str, str], cfg: Config) -> str:
+    """The snapshot's identity: the digest of every file it will hold (``table_digest``, one per
+    user partition of the per-user tables) plus the settings that shaped them."""
     h = hashlib.sha256()
     settings = {"split": dataclasses.asdict(cfg.split), "min_rating": cfg.ingest.min_rating}
     h.update(json.dumps(settings, sort_keys=True).encode())
-    for name in sorted(tables):
+    for name in sorted(digests):
         h.update(name.encode())
-        h.update(table_digest(tables[name]).encode())
+        h.update(digests[name].encode())
     return h.hexdigest()[:HASH_LENGTH]
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def build_tables(clean: CleanTables, cfg: Config) -> tuple[dict[str, pa.Table], dict[str, int]]:
-    """The snapshot's tables (Arrow, file-relative names) and their counts."""
-    split = split_interactions(clean.interactions, cfg.split)
-    items = mark_cold_items(clean.items, split).sort("item_id")
-    interactions = split.drop("split")
-    tables = {
-        "interactions.parquet": _arrow(interactions),
-        "items.parquet": _arrow(items),
-        "users.parquet": _arrow(clean.users.sort("user_id")),
-        "split.parquet": _arrow(split),
-    }
-    for name, bad in sorted(clean.quarantine.items()):
-        tables[f"quarantine/{name}.parquet"] = _arrow(bad)
-    counts = {
-        "interactions": interactions.height,
-        "items": items.height,
-        "users": clean.users.height,
-        "unavailable_items": int((~items["available"]).sum()),
-        **split_counts(split, items),
-    }
-    for name in ("interactions", "items", "users"):
-        counts[f"quarantined_{name}"] = clean.quarantine[name].height if name in clean.quarantine else 0
-    if cfg.ingest.min_rating is not None and "rating" in interactions.columns:
-        # kept in the snapshot (training skips them as positives); counted so it is never silent
-        counts["below_min_rating"] = int((interactions["rating"] < cfg.ingest.min_rating).sum())
-    return tables, counts
+@dataclass
+class Written:
+    """The snapshot files written so far, with their content digests."""
+
+    folder: Path
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def write(self, name: str, frame: pl.DataFrame) -> None:
+        table = _arrow(frame)
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
+        self.digests[name] = table_digest(table)
+
+
+def _validated_partitions(
+    source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path, cfg: Config
+) -> tuple[int, Counter, list[BurstEvidence]]:
+    """Stage the per-user tables by user partition, validate and erase one partition at a time.
+
+    Writes ``clean/<table>/`` and ``bad/<table>/`` parts under `work`; raises
+    (fail mode) with the totals of every partition once all are checked.
+    Returns the staging partition count, counts, and the burst evidence.
+    """
+    users_seen = max(f.distinct_users for f in facts.values())
+    staged = partition_count(users_seen, cfg.ingest.users_per_partition)
+    tables = [(source.interactions, INTERACTION_COLUMNS)]
+    if source.users is not None:
+        tables.append((source.users, USER_COLUMNS))
+    for table, specs in tables:
+        with table.reading():
+            stage_by_user(parse_table(table, specs, facts[table.name], id_type), work / "raw" / table.name, staged)
+
+    context = SourceChecks(
+        items=items,
+        items_path=source.items.path,
+        users_path=source.users.path if source.users is not None else None,
+        rating_scale=source.rating_scale,
+        on_bad_rows=cfg.ingest.on_bad_rows,
+        now=dt.datetime.now(dt.UTC),
+    )
+    suppressed = SuppressionList.load(RunLayout.of(cfg.root))  # recbatch forget's requests
+    counts: Counter = Counter()
+    reasons: Counter = Counter()  # interaction quarantine reasons, for "every row is bad"
+    interaction_tallies: list[Tally] = []
+    user_tallies: list[Tally] = []
+    evidence: list[BurstEvidence] = []
+    for q in range(staged):
+        users = pl.read_parquet(part_path(work / "raw" / "users", q)) if source.users is not None else None
+        part = validate_partition(pl.read_parquet(part_path(work / "raw" / "interactions", q)), users, context)
+        interaction_tallies = add_tallies(interaction_tallies, part.interaction_tallies)
+        user_tallies = add_tallies(user_tallies, part.user_tallies)
+        counts["valid_interactions"] += part.interactions.height
+        if "interactions" in part.quarantine:
+            reasons.update(dict(part.quarantine["interactions"]["reason"].value_counts().iter_rows()))
+        if suppressed is not None:
+            part, erased = without_erased_users(part, suppressed)
+            counts.update(erased)
+        write_part(work / "clean" / "interactions", q, part.interactions)
+        write_part(work / "clean" / "users", q, part.users)
+        for name, bad in part.quarantine.items():
+            write_part(work / "bad" / name, q, bad)
+            counts[f"quarantined_{name}"] += bad.height
+        counts["users"] += part.users.height
+        if cfg.ingest.detect_injected_profiles:
+            evidence.append(burst_evidence(part.interactions))
+
+    if source.users is not None:
+        raise_first_problem(source.users, facts["users"].rows, user_checks(), user_tallies)
+    raise_first_problem(source.interactions, facts["interactions"].rows, part.interaction_checks, interaction_tallies)
+    if counts.pop("valid_interactions") == 0:
+        raise nothing_left(source.interactions, facts["interactions"].rows, reasons.most_common())
+    return staged, counts, evidence
+
+
+def _validated_source(source: RawSource, cfg: Config) -> tuple[dict[str, TableFacts], IdType, pl.DataFrame, pl.DataFrame | None]:
+    """Pass 1 (streaming, whole tables): sizes, structure, id types; then the items, which are few."""
+    specs = {"interactions": INTERACTION_COLUMNS, "items": ITEM_COLUMNS, "users": USER_COLUMNS}
+    tables = [t for t in (source.interactions, source.items, source.users) if t is not None]
+    facts = {t.name: table_facts(t, specs[t.name]) for t in tables}
+    for t in (source.items, source.interactions, source.users):
+        if t is not None:
+            check_structure(t, specs[t.name], facts[t.name])
+    id_columns = [(source.items, "item_id"), (source.interactions, "item_id"), (source.interactions, "user_id")]
+    if source.users is not None:
+        id_columns.append((source.users, "user_id"))
+    id_type = check_id_types(
+        [(t, facts[t.name], c, parsed_id_type(t, specs[t.name], facts[t.name], c)) for t, c in id_columns]
+    )
+    items, bad_items = validate_items(source.items, facts["items"], id_type, cfg.ingest.on_bad_rows)
+    return facts, id_type, items, bad_items
+
+
+def _write_snapshot(
+    work: Path, staged: int, counts: Counter, suspects: pl.DataFrame | None, items: pl.DataFrame,
+    bad_items: pl.DataFrame | None, cfg: Config,
+) -> tuple[Written, int]:
+    """Pass 3, one final user partition at a time: set suspects aside, split, write; then items and quarantine."""
+    if suspects is not None:
+        counts["users"] -= suspects.height
+        counts["quarantined_profiles"] = suspects.height
+        counts["quarantined_profile_interactions"] = 0
+    partitions = partition_count(counts["users"], cfg.ingest.users_per_partition)
+    clean = work / "clean"
+    kept = scan_parts(clean / "interactions")
+    if suspects is not None:
+        kept = kept.filter(~pl.col("user_id").is_in(suspects["user_id"].implode()))
+    cutoff = global_cutoff(kept, cfg.split)
+    out = Written(work / "out")
+    warm: list[pl.Series] = []
+    for p in range(partitions):
+        interactions = read_partition(clean / "interactions", p, partitions, staged)
+        users = read_partition(clean / "users", p, partitions, staged)
+        if suspects is not None:
+            interactions, users, moved = set_aside(interactions, users, suspects)
+            counts["quarantined_profile_interactions"] += moved.height
+            if moved.height:
+                write_part(work / "bad" / "profiles", p, moved)
+        split = split_interactions(interactions.drop(ROW), cfg.split, cutoff)
+        out.write(partition_file_name("interactions", p), split.drop("split"))
+        out.write(partition_file_name("users", p), users.sort("user_id"))
+        out.write(partition_file_name("split", p), split)
+        counts["interactions"] += split.height
+        counts.update(split_counts(split))
+        warm.append(train_items(split))
+        if cfg.ingest.min_rating is not None and "rating" in split.columns:
+            # kept in the snapshot (training skips them as positives); counted so it is never silent
+            counts["below_min_rating"] += int((split["rating"] < cfg.ingest.min_rating).sum())
+    items = mark_cold_items(items, pl.concat(warm).unique()).sort("item_id")
+    out.write("items.parquet", items)
+    counts["items"] = items.height
+    counts["unavailable_items"] = int((~items["available"]).sum())
+    counts["cold_items"] = int(items["is_cold"].sum())
+    counts["quarantined_items"] = bad_items.height if bad_items is not None else 0
+    if bad_items is not None:
+        out.write("quarantine/items.parquet", bad_items)
+    for name in ("interactions", "users", "profiles"):
+        if (work / "bad" / name).is_dir():
+            order = ROW if name == "profiles" else "source_row"  # the source's row order
+            bad = scan_parts(work / "bad" / name).sort(order).collect(engine="streaming")
+            out.write(f"quarantine/{name}.parquet", bad.drop(ROW, strict=False))
+    return out, partitions
 
 
 def ingest(cfg: Config) -> Snapshot:
     """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
     source = read_source(cfg.ingest, cfg.split)
-    clean = validate_source(source, cfg.ingest.on_bad_rows)
-    clean, erased = without_erased_users(clean, RunLayout.of(cfg.root))  # recbatch forget's requests
-    suspected: dict[str, int] = {}
-    if cfg.ingest.detect_injected_profiles:
-        clean, suspected = quarantine_injected_profiles(clean)
-    tables, counts = build_tables(clean, cfg)
-    counts.update(source.counts)
-    counts.update(erased)
-    counts.update(suspected)
-    snapshot_hash = snapshot_digest(tables, cfg)
-    final = RunLayout.of(cfg.root).snapshot(snapshot_hash)
-    if is_complete(final):
-        log.info("snapshot %s already exists: nothing to do", final)
-        return Snapshot.open(final)
-
-    partitions = partition_count(counts["users"], cfg.ingest.users_per_partition)
-    staging = staging_dir_for(final)
+    facts, id_type, items, bad_items = _validated_source(source, cfg)
+    layout = RunLayout.of(cfg.root)
+    work = staging_dir_for(layout.snapshot("ingest"))  # scratch files, gone however ingest ends
     try:
-        for name, table in partitioned_files(tables, partitions):
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
+        staged, counts, evidence = _validated_partitions(source, facts, id_type, items, work, cfg)
+        suspects = None
+        if cfg.ingest.detect_injected_profiles:
+            suspects = find_injected_profiles(combine(evidence))
+        out, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
+        for name in ("interactions", "users"):
+            counts.setdefault(f"quarantined_{name}", 0)
+        counts.update(source.counts)
+        snapshot_hash = snapshot_digest(out.digests, cfg)
+        final = layout.snapshot(snapshot_hash)
+        if is_complete(final):
+            log.info("snapshot %s already exists: nothing to do", final)
+            return Snapshot.open(final)
         write_manifest(
-            staging,
+            out.folder,
             {
                 "snapshot_hash": snapshot_hash,
-                "id_type": clean.id_type,
+                "id_type": id_type,
                 "format": source.format,
-                "counts": counts,
+                "counts": dict(counts),
                 "sources": _describe_sources(Path(cfg.ingest.source), source.files),
                 "split": dataclasses.asdict(cfg.split),
                 "ingest": {"on_bad_rows": cfg.ingest.on_bad_rows, "min_rating": cfg.ingest.min_rating},
-                "ignored_columns": clean.ignored_columns,
+                "ignored_columns": _ignored(facts),
                 "partitioning": {"by": "user_id", "scheme": PARTITION_SCHEME, "partitions": partitions},
             },
         )
-        publish_dir(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("published snapshot %s (%s)", final, counts)
+        publish_dir(out.folder, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("published snapshot %s (%s)", final, dict(counts))
     return Snapshot.open(final)
+
+
+def _ignored(facts: dict[str, TableFacts]) -> dict[str, list[str]]:
+    ignored = ignored_interaction_columns(facts["interactions"])
+    return {"interactions": ignored} if ignored else {}
 
 
 def _describe_sources(folder: Path, files: list[Path]) -> dict[str, dict[str, object]]:

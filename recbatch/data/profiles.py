@@ -23,13 +23,12 @@ review them (docs/operations.md).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from recbatch.data.validate import CleanTables
 
 BURST_HOURS = 2.0  # a profile made in one sitting
 WINDOW_HOURS = 2.0  # sittings that started together
@@ -38,8 +37,23 @@ MIN_GROUP = 5  # fewer accounts than this are not a campaign worth the risk of a
 MIN_LIFT = 10.0  # how much more often than chance the group shares the item
 
 
-def find_injected_profiles(interactions: pl.DataFrame) -> pl.DataFrame:
-    """``user_id``, ``reason`` of every profile in a coordinated burst (see the module doc)."""
+@dataclass
+class BurstEvidence:
+    """What detection needs from a set of users: small next to their interactions.
+
+    Built per user partition (``burst_evidence``) and added up (``combine``):
+    users are disjoint across partitions, so the per-item user counts add, and
+    only the burst profiles (not every user) travel to the one place that judges them.
+    """
+
+    users: int  # users seen
+    bursts: pl.DataFrame  # user_id, start: the profiles made in one sitting
+    item_users: pl.DataFrame  # item_id, users: how many users hold each item
+    held: pl.DataFrame  # item_id, user_id, start: the items the burst profiles hold
+
+
+def burst_evidence(interactions: pl.DataFrame) -> BurstEvidence:
+    """The evidence of one user partition (every row of its users)."""
     profiles = interactions.group_by("user_id").agg(
         start=pl.col("ts").min(), end=pl.col("ts").max(), events=pl.len()
     )
@@ -47,15 +61,29 @@ def find_injected_profiles(interactions: pl.DataFrame) -> pl.DataFrame:
         (pl.col("end") - pl.col("start") <= dt.timedelta(hours=BURST_HOURS))
         & (pl.col("events") >= MIN_PROFILE_EVENTS)
     ).select("user_id", "start")
-    schema = {"user_id": interactions.schema["user_id"], "reason": pl.String}
+    item_users = interactions.group_by("item_id").agg(users=pl.col("user_id").n_unique().cast(pl.Int64))
+    held = interactions.join(bursts, on="user_id").select("item_id", "user_id", "start").unique()
+    return BurstEvidence(profiles.height, bursts, item_users, held)
+
+
+def combine(evidence: list[BurstEvidence]) -> BurstEvidence:
+    """The evidence of the union of disjoint sets of users."""
+    return BurstEvidence(
+        users=sum(e.users for e in evidence),
+        bursts=pl.concat([e.bursts for e in evidence]),
+        item_users=pl.concat([e.item_users for e in evidence]).group_by("item_id").agg(pl.col("users").sum()),
+        held=pl.concat([e.held for e in evidence]),
+    )
+
+
+def find_injected_profiles(evidence: BurstEvidence) -> pl.DataFrame:
+    """``user_id``, ``reason`` of every profile in a coordinated burst (see the module doc)."""
+    bursts = evidence.bursts
+    schema = {"user_id": bursts.schema["user_id"], "reason": pl.String}
     if bursts.height < MIN_GROUP:
         return pl.DataFrame(schema=schema)
-    item_share = interactions.group_by("item_id").agg(share=pl.col("user_id").n_unique() / profiles.height)
-    held = (
-        interactions.join(bursts, on="user_id").select("item_id", "user_id", "start").unique()
-        .join(item_share, on="item_id")
-        .sort("item_id", "start")
-    )
+    item_share = evidence.item_users.select("item_id", share=pl.col("users") / evidence.users)
+    held = evidence.held.join(item_share, on="item_id").sort("item_id", "start", "user_id")
     starts = np.sort(bursts["start"].to_numpy())
     window = np.timedelta64(int(WINDOW_HOURS * 3600), "s")
     flagged: dict[object, str] = {}
@@ -78,19 +106,10 @@ def find_injected_profiles(interactions: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"user_id": list(flagged), "reason": list(flagged.values())}, schema=schema)
 
 
-def quarantine_injected_profiles(clean: CleanTables) -> tuple[CleanTables, dict[str, int]]:
-    """`clean` without the profiles of coordinated bursts, which go to ``quarantine["profiles"]``."""
-    suspects = find_injected_profiles(clean.interactions)
-    counts = {"quarantined_profiles": suspects.height, "quarantined_profile_interactions": 0}
-    if suspects.is_empty():
-        return clean, counts
+def set_aside(
+    interactions: pl.DataFrame, users: pl.DataFrame, suspects: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """One partition's interactions and users without the suspects, and the suspects' interactions with their reason."""
     is_suspect = pl.col("user_id").is_in(suspects["user_id"].implode())
-    moved = clean.interactions.filter(is_suspect).join(suspects, on="user_id", how="left")
-    counts["quarantined_profile_interactions"] = moved.height
-    quarantine = {**clean.quarantine, "profiles": moved}
-    return dataclasses.replace(
-        clean,
-        interactions=clean.interactions.filter(~is_suspect),
-        users=clean.users.filter(~is_suspect),
-        quarantine=quarantine,
-    ), counts
+    moved = interactions.filter(is_suspect).join(suspects, on="user_id", how="left")
+    return interactions.filter(~is_suspect), users.filter(~is_suspect), moved

@@ -15,9 +15,11 @@ renames other column names to the canonical ones. MovieLens layouts live in
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
@@ -29,12 +31,34 @@ TABLE_NAMES = ("interactions", "items", "users")
 
 @dataclass
 class RawTable:
-    """One table as read: canonical column names, source values, and where it came from."""
+    """One table as read: canonical column names, source values, and where it came from.
+
+    The canonical layout's tables are lazy scans (ingest streams them, never
+    holding a whole table); MovieLens releases are small and read eagerly.
+    """
 
     name: str  # "interactions" | "items" | "users"
-    frame: pl.DataFrame
+    frame: pl.DataFrame | pl.LazyFrame
     path: Path  # the file (or folder of Parquet parts) named in error messages
     typed: bool = False  # Parquet: keep its types; text: validation parses the values
+
+    def scan(self) -> pl.LazyFrame:
+        return self.frame.lazy()
+
+    def columns(self) -> list[str]:
+        return self.scan().collect_schema().names()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn a failure to read the file (met whenever the lazy scan runs) into a clear error."""
+        try:
+            yield
+        except pl.exceptions.NoDataError:
+            raise empty_file_error(self.path) from None
+        except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, OSError) as exc:
+            if self.typed:
+                raise DataValidationError(f"{self.path}: not readable as Parquet ({_first_line(exc)})") from None
+            raise unparsable_text_error(self.path, ",", exc) from None
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,17 @@ def empty_file_error(path: Path, what: str = "no data rows") -> DataValidationEr
     )
 
 
+def unparsable_text_error(path: Path, separator: str, exc: Exception) -> DataValidationError:
+    return DataValidationError(
+        f"{path}: the file could not be parsed as {separator!r}-separated text ({_first_line(exc)}); "
+        "check the separator, quoting and that every row has the same number of fields."
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 # --------------------------------------------------------------------------- file readers
 
 
@@ -166,11 +201,7 @@ def read_delimited(
     except pl.exceptions.NoDataError:
         raise empty_file_error(path) from None
     except pl.exceptions.PolarsError as exc:
-        first_line = str(exc).splitlines()[0]
-        raise DataValidationError(
-            f"{path}: the file could not be parsed as {separator!r}-separated text ({first_line}); "
-            "check the separator, quoting and that every row has the same number of fields."
-        ) from None
+        raise unparsable_text_error(path, separator, exc) from None
     if frame.height == 0:
         raise empty_file_error(path, "a header but no data rows")
     return frame
@@ -182,18 +213,21 @@ def parquet_parts(path: Path) -> list[Path]:
 
 
 def read_table_file(name: str, path: Path) -> RawTable:
-    """A canonical table from CSV (all text, parsed later) or Parquet (types kept; a file or a folder of parts)."""
+    """A canonical table as a lazy scan of CSV (all text, parsed later) or Parquet (types kept;
+    a file or a folder of parts). Emptiness and unreadable rows are found when it is scanned."""
     if path.suffix.lower() == ".csv":
-        return RawTable(name, read_delimited(path), path)
+        if path.stat().st_size == 0:
+            raise empty_file_error(path, "0 bytes")
+        check_utf8(path)
+        return RawTable(name, pl.scan_csv(path, infer_schema=False, quote_char='"'), path)
     parts = parquet_parts(path)
     if not parts or all(p.stat().st_size == 0 for p in parts):
         raise empty_file_error(path, "no Parquet data")
     try:
-        frame = pl.read_parquet(parts)
-    except pl.exceptions.PolarsError as exc:
-        raise DataValidationError(f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
-    if frame.height == 0:
-        raise empty_file_error(path, "a schema but no rows")
+        frame = pl.scan_parquet(parts)
+        frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataValidationError(f"{path}: not readable as Parquet ({_first_line(exc)})") from None
     return RawTable(name, frame, path, typed=True)
 
 
@@ -205,18 +239,19 @@ def find_table_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def apply_column_map(frame: pl.DataFrame, table: str, column_map: dict[str, str]) -> pl.DataFrame:
+def apply_column_map(frame: pl.LazyFrame, table: str, column_map: dict[str, str]) -> pl.LazyFrame:
     """Rename source columns to canonical names.
 
     Keys are ``canonical`` (applies to every table that has the source column)
     or ``table.canonical`` (only that table), values the source column name.
     """
     renames: dict[str, str] = {}
+    columns = frame.collect_schema().names()
     for key, source_col in column_map.items():
         scope, _, canonical = key.rpartition(".")
         if scope and scope != table:
             continue
-        if source_col in frame.columns and source_col != canonical:
+        if source_col in columns and source_col != canonical:
             renames[source_col] = canonical
     return frame.rename(renames)
 

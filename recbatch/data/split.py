@@ -23,6 +23,7 @@ the same way on every run, whatever order the source rows came in.
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import polars as pl
 
@@ -37,20 +38,52 @@ def chronological(interactions: pl.DataFrame) -> pl.DataFrame:
     return interactions.sort(keys, nulls_last=True)
 
 
-def temporal_cutoff(interactions: pl.DataFrame, train_fraction: float) -> pl.Expr:
-    """The latest ts still in train: the `train_fraction` quantile, taken at an observed value."""
-    micros = interactions["ts"].dt.epoch("us")
-    cutoff = micros.quantile(train_fraction, interpolation="lower")
-    return pl.from_epoch(pl.lit(int(cutoff), pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
+QUANTILE_BUCKETS = 1024  # bins per narrowing pass of the exact quantile: each pass cuts the range 1024-fold
+QUANTILE_COLLECT_ROWS = 1 << 20  # values few enough to sort in memory (8 MB): the last pass
 
 
-def global_cutoff(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.Expr | None:
-    """The latest ts still in train under a time-cut protocol; None for leave_last_n (per user)."""
+def lower_quantile(frame: pl.LazyFrame, column: str, fraction: float, collect_rows: int = QUANTILE_COLLECT_ROWS) -> int:
+    """The exact `fraction` quantile of an int64 column (the observed value at rank
+    ``floor(fraction * (n - 1))``, as polars' ``interpolation="lower"``), in bounded memory.
+
+    Each streaming pass counts the values in ``QUANTILE_BUCKETS`` equal bins of
+    the remaining range and keeps the bin holding the wanted rank, until few
+    enough values are left to sort: a handful of passes over any table, never
+    the whole column in memory.
+    """
+    value = pl.col(column)
+    n, lo, hi = frame.select(pl.len(), value.min().alias("lo"), value.max().alias("hi")).collect(engine="streaming").row(0)
+    rank = math.floor(fraction * (n - 1))  # among the values in [lo, hi]
+    count = n
+    while count > collect_rows and lo < hi:
+        width = -(-(hi - lo + 1) // QUANTILE_BUCKETS)
+        in_range = frame.select(value).filter(value.is_between(lo, hi))
+        bins = (
+            in_range.group_by(((value - lo) // width).alias("bin")).agg(pl.len().alias("n"))
+            .collect(engine="streaming").sort("bin")
+        )
+        before = bins["n"].cum_sum() - bins["n"]  # values in earlier bins
+        b = int((before <= rank).sum()) - 1  # the last bin starting at or before the rank
+        rank -= int(before[b])
+        count = int(bins["n"][b])
+        lo, hi = lo + int(bins["bin"][b]) * width, min(hi, lo + (int(bins["bin"][b]) + 1) * width - 1)
+    values = frame.select(value).filter(value.is_between(lo, hi)).collect(engine="streaming")[column].sort()
+    return int(values[rank])
+
+
+def global_cutoff(interactions: pl.LazyFrame | pl.DataFrame, cfg: SplitConfig) -> dt.datetime | None:
+    """The latest ts still in train under a time-cut protocol; None for leave_last_n (per user).
+
+    A whole-table question, answered in streaming passes so the table may be
+    larger than memory; the per-user split then runs on one partition at a time.
+    """
+    frame = interactions.lazy()
     if cfg.protocol == "temporal":
-        return temporal_cutoff(interactions, cfg.temporal_train_fraction)
+        micros = lower_quantile(frame.select(pl.col("ts").dt.epoch("us")), "ts", cfg.temporal_train_fraction)
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
     if cfg.protocol == "recent_days":
-        newest = interactions["ts"].max()
-        return pl.lit(newest - dt.timedelta(days=cfg.holdout_days)).dt.cast_time_unit("us")
+        newest = frame.select(pl.col("ts").max()).collect(engine="streaming").item()
+        return newest - dt.timedelta(days=cfg.holdout_days)
     return None
 
 
@@ -67,8 +100,14 @@ def days_before_newest(ts: str = "ts", newest: dt.datetime | None = None) -> pl.
     return (reference - pl.col(ts)).dt.total_microseconds() / 86_400e6
 
 
-def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
-    """Interactions plus ``split`` in {train, validation, test}, sorted chronologically per user."""
+def split_interactions(
+    interactions: pl.DataFrame, cfg: SplitConfig, cutoff: dt.datetime | None = None
+) -> pl.DataFrame:
+    """Interactions plus ``split`` in {train, validation, test}, sorted chronologically per user.
+
+    `interactions` may be one user partition of a larger table: then pass the
+    whole table's `cutoff` (``global_cutoff``) for a time-cut protocol.
+    """
     # Per-user counters are materialised once as columns: window expressions are
     # the expensive part, and reusing them by name keeps each computed once.
     ordered = chronological(interactions).with_columns(
@@ -77,12 +116,13 @@ def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataF
     )
     n, pos = pl.col("__n"), pl.col("__pos")
     eligible = n >= cfg.min_user_interactions
-    cutoff = global_cutoff(ordered, cfg)
+    if cutoff is None:
+        cutoff = global_cutoff(interactions, cfg)
     if cutoff is None:
         from_end = n - 1 - pos  # 0 = the user's latest event
         is_test = eligible & (pos > 0) & (from_end < cfg.leave_last_n)
     else:
-        is_test = pl.col("ts") > cutoff
+        is_test = pl.col("ts") > pl.lit(cutoff).dt.cast_time_unit("us")
 
     # In both protocols a user's train events are a prefix of their history
     # (test takes the latest ones), so counting train events is enough to
@@ -97,9 +137,13 @@ def split_interactions(interactions: pl.DataFrame, cfg: SplitConfig) -> pl.DataF
     return flagged.with_columns(split.otherwise(pl.lit("train")).alias("split")).drop(helpers)
 
 
-def mark_cold_items(items: pl.DataFrame, split: pl.DataFrame) -> pl.DataFrame:
-    """``is_cold``: the item has no interaction in the train split (only its text can place it)."""
-    warm = split.filter(pl.col("split") == "train")["item_id"].unique()
+def train_items(split: pl.DataFrame) -> pl.Series:
+    """The distinct items with an interaction in the train split (of one partition, or all)."""
+    return split.filter(pl.col("split") == "train")["item_id"].unique()
+
+
+def mark_cold_items(items: pl.DataFrame, warm: pl.Series) -> pl.DataFrame:
+    """``is_cold``: the item is not among the `warm` ones (``train_items``): only its text can place it."""
     is_cold = ~pl.col("item_id").is_in(warm.implode())
     marked = items.drop("is_cold", strict=False).with_columns(is_cold.alias("is_cold"))
     # beside the other flags, before free-form attribute columns
@@ -107,9 +151,7 @@ def mark_cold_items(items: pl.DataFrame, split: pl.DataFrame) -> pl.DataFrame:
     return marked.select(*before, "is_cold", *[c for c in items.columns if c not in before and c != "is_cold"])
 
 
-def split_counts(split: pl.DataFrame, items: pl.DataFrame) -> dict[str, int]:
-    """Rows per split and the number of cold items, for the manifest."""
+def split_counts(split: pl.DataFrame) -> dict[str, int]:
+    """Rows per split (of one partition, or all), for the manifest."""
     per_split = dict(split.group_by("split").len().iter_rows())
-    counts = {name: int(per_split.get(name, 0)) for name in SPLITS}
-    counts["cold_items"] = int(items["is_cold"].sum())
-    return counts
+    return {name: int(per_split.get(name, 0)) for name in SPLITS}

@@ -15,6 +15,15 @@ Two kinds of problems, treated differently on purpose:
 Nothing is dropped silently: every row read is either in a clean table or in
 a quarantine table.
 
+Validation never needs a whole per-user table at once. One streaming pass
+over each table (:func:`table_facts`) gathers what parsing must decide for the
+whole column (are all text ids plain integers?); the per-row and per-user
+rules then run on one user partition at a time (:func:`validate_partition`),
+each partition reporting how many rows broke each rule and its first few
+(:class:`Tally`); the tallies add up to exactly the counts and examples that
+a check of the whole table would give. Duplicate and unknown user ids are
+per-user questions, so one partition answers them for its users.
+
 Types: Parquet columns keep their types; text files (CSV, MovieLens) are read
 as text and parsed here (ids that are all plain integers become int64,
 anything else stays text, so ``u000123`` and ``000123`` keep their zeros).
@@ -25,15 +34,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import polars as pl
 
-from recbatch.data.readers import RatingScale, RawSource, RawTable
+from recbatch.data.readers import RatingScale, RawTable, empty_file_error
 from recbatch.errors import DataValidationError
 from recbatch.schemas import IdType
 
 ROW = "__row"  # 1-based data row number in the source file, for messages
+EXAMPLES = 3  # bad rows quoted in an error message
 RAW = "__raw_"  # prefix of the source value kept beside each parsed column
 EARLIEST_TS = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 PLAIN_INTEGER = r"^-?(0|[1-9][0-9]*)$"  # no leading zeros: "000123" is a text id
@@ -82,18 +92,6 @@ ITEM_COLUMNS = (
 USER_COLUMNS = (ColumnSpec("user_id", "id", True),)
 
 
-@dataclass
-class CleanTables:
-    """Validated, typed tables plus everything that was set aside."""
-
-    id_type: IdType
-    interactions: pl.DataFrame  # user_id, item_id, ts (datetime[us, UTC]), [rating], [weight]
-    items: pl.DataFrame  # item_id, title, genres, tags, description, available, attributes...
-    users: pl.DataFrame  # user_id, features...
-    quarantine: dict[str, pl.DataFrame] = field(default_factory=dict)  # table -> rows as text + reason
-    ignored_columns: dict[str, list[str]] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class RowCheck:
     """One row-level rule: which column, the quarantine reason, the sentence for errors."""
@@ -102,6 +100,54 @@ class RowCheck:
     reason: str
     explains: str
     bad: pl.Expr
+
+
+# --------------------------------------------------------------------------- pass 1: facts
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """What one streaming pass over a whole table tells parsing and the partitioner."""
+
+    rows: int
+    schema: pl.Schema  # as read (text files: all text)
+    plain_integers: dict[str, bool]  # text column -> it has values and every one is a plain integer
+    numbers: dict[str, bool]  # text column -> every value reads as a number
+    non_null: dict[str, int]  # id column -> rows that have one
+    distinct_users: int  # about how many user ids (HyperLogLog): sizes the staging partitions
+
+
+def table_facts(table: RawTable, specs: tuple[ColumnSpec, ...]) -> TableFacts:
+    """One streaming pass over `table`: row count and the whole-column facts parsing needs."""
+    frame = table.scan()
+    with table.reading():
+        schema = frame.collect_schema()
+    text = [c for c in schema.names() if schema[c] == pl.String]
+    ids = [s.name for s in specs if s.kind == "id" and s.name in schema]
+    aggs = [pl.len().alias("rows")]
+    for c in text:
+        values = pl.col(c).drop_nulls()
+        aggs += [
+            (values.str.contains(PLAIN_INTEGER).all() & (values.len() > 0)).alias(f"int:{c}"),
+            ((values.str.strip_chars().cast(pl.Float64, strict=False).null_count() == 0) & (values.len() > 0)).alias(
+                f"num:{c}"
+            ),
+        ]
+    aggs += [pl.col(c).count().alias(f"nn:{c}") for c in ids]
+    aggs.append(pl.col("user_id").approx_n_unique().alias("users") if "user_id" in schema else pl.lit(0).alias("users"))
+    with table.reading():
+        row = frame.select(aggs).collect(engine="streaming").row(0, named=True)
+    if row["rows"] == 0:
+        what = "a schema but no rows" if table.typed else "a header but no data rows"
+        raise empty_file_error(table.path, what)
+    return TableFacts(
+        rows=int(row["rows"]),
+        schema=schema,
+        plain_integers={c: bool(row[f"int:{c}"]) for c in text},
+        numbers={c: bool(row[f"num:{c}"]) for c in text},
+        non_null={c: int(row[f"nn:{c}"]) for c in ids},
+        distinct_users=int(row["users"]),
+    )
 
 
 # --------------------------------------------------------------------------- structure
@@ -121,24 +167,26 @@ def _accepts(kind: Kind, dtype: pl.DataType) -> bool:
     return dtype == pl.Boolean or dtype.is_integer() or dtype == pl.String  # flag
 
 
-def check_structure(table: RawTable, specs: tuple[ColumnSpec, ...]) -> None:
+def check_structure(table: RawTable, specs: tuple[ColumnSpec, ...], facts: TableFacts) -> None:
     """Fail on a missing required column or a column of the wrong type."""
-    frame = table.frame
+    columns = facts.schema.names()
     for spec in specs:
-        if spec.name not in frame.columns:
+        if spec.name not in columns:
             if spec.required:
                 raise DataValidationError(
                     f"{table.path}: column '{spec.name}' is missing from the {table.name} table, so all "
-                    f"{frame.height} rows lack it (found columns: {', '.join(frame.columns)}). Rename the "
+                    f"{facts.rows} rows lack it (found columns: {', '.join(columns)}). Rename the "
                     f"source column with --map {spec.name}=<source column> (config ingest.column_map)."
                 )
             continue
-        dtype = frame.schema[spec.name]
+        dtype = facts.schema[spec.name]
         if not _accepts(spec.kind, dtype):
-            examples = ", ".join(repr(v) for v in frame[spec.name].drop_nulls().head(3).to_list())
+            with table.reading():
+                head = table.scan().select(pl.col(spec.name).drop_nulls().head(3)).collect(engine="streaming")
+            examples = ", ".join(repr(v) for v in head[spec.name].to_list())
             raise DataValidationError(
                 f"{table.path}: column '{spec.name}' has type {dtype}, but it must hold "
-                f"{KIND_EXPECTED[spec.kind]}; all {frame.height} rows are affected (e.g. {examples}). "
+                f"{KIND_EXPECTED[spec.kind]}; all {facts.rows} rows are affected (e.g. {examples}). "
                 "A wrongly typed column always fails: fix the export or map another column."
             )
 
@@ -146,15 +194,9 @@ def check_structure(table: RawTable, specs: tuple[ColumnSpec, ...]) -> None:
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse_id(frame: pl.DataFrame, name: str, from_text: bool) -> pl.Expr:
+def _parse_id(dtype: pl.DataType, name: str, plain_integers: bool) -> pl.Expr:
     col = pl.col(name)
-    dtype = frame.schema[name]
-    if dtype.is_integer():
-        return col.cast(pl.Int64)
-    if dtype == pl.Null:
-        return col.cast(pl.Int64)
-    values = frame[name].drop_nulls()
-    if from_text and len(values) > 0 and values.str.contains(PLAIN_INTEGER).all():
+    if dtype.is_integer() or dtype == pl.Null or plain_integers:
         return col.cast(pl.Int64)
     return col
 
@@ -215,26 +257,24 @@ def _parse_flag(dtype: pl.DataType, name: str) -> pl.Expr:
     return col.str.strip_chars().str.to_lowercase().replace_strict(words, default=None, return_dtype=pl.Boolean)
 
 
-def _infer_text_type(series: pl.Series) -> pl.Series:
+def _infer_text_type(name: str, facts: TableFacts) -> pl.Expr:
     """A text attribute column from a text file, as int64 or float64 when every value is one."""
-    values = series.drop_nulls()
-    if len(values) == 0:
-        return series
-    if values.str.contains(PLAIN_INTEGER).all():
-        return series.cast(pl.Int64)
-    as_float = values.str.strip_chars().cast(pl.Float64, strict=False)
-    if as_float.null_count() == 0:
-        return series.str.strip_chars().cast(pl.Float64)
-    return series
+    col = pl.col(name)
+    if facts.plain_integers[name]:
+        return col.cast(pl.Int64)
+    if facts.numbers[name]:
+        return col.str.strip_chars().cast(pl.Float64)
+    return col
 
 
-def parse_table(table: RawTable, specs: tuple[ColumnSpec, ...]) -> pl.DataFrame:
+def parse_table(table: RawTable, specs: tuple[ColumnSpec, ...], facts: TableFacts, id_type: IdType) -> pl.LazyFrame:
     """Typed canonical columns, each with its source value beside it (``__raw_<name>``).
 
     Other columns pass through (text-file attributes get int/float types when
-    every value fits) and ``__row`` numbers the rows for messages.
+    every value fits) and ``__row`` numbers the rows for messages. Ids get the
+    source's `id_type` (an all-null id column has no type of its own).
     """
-    frame = table.frame
+    schema = facts.schema
     from_text = not table.typed
     parsers = {
         "timestamp": parse_timestamp,
@@ -242,23 +282,31 @@ def parse_table(table: RawTable, specs: tuple[ColumnSpec, ...]) -> pl.DataFrame:
         "text": _parse_text,
         "flag": _parse_flag,
     }
-    exprs: list[pl.Expr] = [pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW)]
+    id_dtype = pl.Int64 if id_type == "int" else pl.String
+    exprs: list[pl.Expr] = [pl.col(ROW).cast(pl.Int64)]
     for spec in specs:
-        if spec.name not in frame.columns:
+        if spec.name not in schema:
             continue
-        dtype = frame.schema[spec.name]
-        parsed = (
-            _parse_id(frame, spec.name, from_text)
-            if spec.kind == "id"
-            else parsers[spec.kind](dtype, spec.name)
-        )
+        dtype = schema[spec.name]
+        if spec.kind == "id":
+            parsed = _parse_id(dtype, spec.name, from_text and facts.plain_integers.get(spec.name, False))
+            parsed = parsed.cast(id_dtype)
+        else:
+            parsed = parsers[spec.kind](dtype, spec.name)
         exprs += [parsed.alias(spec.name), pl.col(spec.name).alias(RAW + spec.name)]
     known = {s.name for s in specs}
-    passthrough = [c for c in frame.columns if c not in known]
-    out = frame.select(exprs + [pl.col(c) for c in passthrough])
-    if from_text:
-        out = out.with_columns(_infer_text_type(out[c]) for c in passthrough if out.schema[c] == pl.String)
-    return out
+    for c in schema.names():
+        if c in known:
+            continue
+        exprs.append(_infer_text_type(c, facts).alias(c) if from_text and schema[c] == pl.String else pl.col(c))
+    return table.scan().with_row_index(ROW, offset=1).select(exprs)
+
+
+def parsed_id_type(table: RawTable, specs: tuple[ColumnSpec, ...], facts: TableFacts, name: str) -> IdType:
+    """The type column `name` parses to on its own (before the source agrees on one)."""
+    dtype = facts.schema[name]
+    as_int = dtype.is_integer() or dtype == pl.Null or (not table.typed and facts.plain_integers.get(name, False))
+    return "int" if as_int else "string"
 
 
 # --------------------------------------------------------------------------- row checks
@@ -274,6 +322,7 @@ def _unparsable(name: str, what: str) -> RowCheck:
 
 
 def _duplicate(name: str) -> RowCheck:
+    """Every copy of a repeated value (a user's rows are all in one partition, so one partition sees them all)."""
     return RowCheck(
         name,
         f"duplicate {name}",
@@ -314,29 +363,51 @@ def rating_check(scale: RatingScale) -> RowCheck:
     return RowCheck("rating", "rating out of range", f"have a rating outside {scale.describe()}", off)
 
 
-def find_bad_rows(frame: pl.DataFrame, checks: list[RowCheck]) -> pl.Series:
-    """Per row, the reason of the first failing check, or null for a good row."""
-    if not checks:
-        return pl.Series("reason", [None] * frame.height, dtype=pl.String)
-    reason = pl.coalesce([pl.when(c.bad).then(pl.lit(c.reason)) for c in checks]).alias("reason")
-    return frame.select(reason).to_series()
+@dataclass
+class Tally:
+    """How many rows of a table broke one check, and the first few of them (row number, source value)."""
+
+    count: int = 0
+    examples: list[tuple[int, object]] = field(default_factory=list)
+
+    def add(self, other: "Tally") -> None:
+        """Fold in another partition's tally: counts add up, the earliest rows stay examples."""
+        self.count += other.count
+        self.examples = sorted(self.examples + other.examples, key=lambda e: e[0])[:EXAMPLES]
 
 
-def raise_first_problem(table: RawTable, frame: pl.DataFrame, checks: list[RowCheck]) -> None:
-    """Fail mode: one paragraph about the first check that any row fails."""
+def tally(frame: pl.DataFrame, checks: list[RowCheck]) -> list[Tally]:
+    """Per check (each judged on its own, not only the first a row fails), its bad rows in `frame`."""
     if not checks:
-        return
+        return []
     counts = frame.select(c.bad.fill_null(False).sum().alias(str(i)) for i, c in enumerate(checks)).row(0)
+    tallies = []
     for check, count in zip(checks, counts):
-        if count == 0:
+        examples: list[tuple[int, object]] = []
+        if count:
+            raw_column = RAW + check.column if RAW + check.column in frame.columns else check.column
+            sample = frame.filter(check.bad).sort(ROW).head(EXAMPLES)
+            examples = list(zip(sample[ROW].to_list(), sample[raw_column].to_list()))
+        tallies.append(Tally(int(count), examples))
+    return tallies
+
+
+def add_tallies(into: list[Tally], more: list[Tally]) -> list[Tally]:
+    if not into:
+        return more
+    for mine, theirs in zip(into, more):
+        mine.add(theirs)
+    return into
+
+
+def raise_first_problem(table: RawTable, rows: int, checks: list[RowCheck], tallies: list[Tally]) -> None:
+    """Fail mode: one paragraph about the first check that any row fails (`rows`: the table's size)."""
+    for check, counted in zip(checks, tallies):
+        if counted.count == 0:
             continue
-        sample = frame.filter(check.bad).head(3)
-        raw_column = RAW + check.column if RAW + check.column in frame.columns else check.column
-        examples = ", ".join(
-            f"row {row}: {_show(value)}" for row, value in zip(sample[ROW].to_list(), sample[raw_column].to_list())
-        )
+        examples = ", ".join(f"row {row}: {_show(value)}" for row, value in counted.examples)
         raise DataValidationError(
-            f"{table.path}: column '{check.column}': {count} of {frame.height} {table.name} rows "
+            f"{table.path}: column '{check.column}': {counted.count} of {rows} {table.name} rows "
             f"{check.explains} (e.g. {examples}). Fix the source, or ingest with --on-bad-rows quarantine "
             "to set such rows aside (with a reason) and keep the good ones."
         )
@@ -347,24 +418,35 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def find_bad_rows(frame: pl.DataFrame, checks: list[RowCheck]) -> pl.Series:
+    """Per row, the reason of the first failing check, or null for a good row."""
+    if not checks:
+        return pl.Series("reason", [None] * frame.height, dtype=pl.String)
+    reason = pl.coalesce([pl.when(c.bad).then(pl.lit(c.reason)) for c in checks]).alias("reason")
+    return frame.select(reason).to_series()
+
+
 def split_good_bad(
-    table: RawTable, frame: pl.DataFrame, checks: list[RowCheck], on_bad_rows: str
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Good rows (typed, without helper columns) and bad rows (source values as text + reason)."""
+    frame: pl.DataFrame, checks: list[RowCheck], on_bad_rows: str
+) -> tuple[pl.DataFrame, pl.DataFrame | None, list[Tally]]:
+    """Good rows (typed, with ``__row``), bad rows (source values as text + reason) and the tallies.
+
+    With ``fail`` nothing is set aside here: the caller raises once every
+    partition's tallies are in, naming the first check any row failed.
+    """
     if on_bad_rows == "fail":
-        raise_first_problem(table, frame, checks)
-        return _clean_columns(frame), None
+        return _clean_columns(frame), None, tally(frame, checks)
     reasons = find_bad_rows(frame, checks)
     is_bad = reasons.is_not_null()
     good = _clean_columns(frame.filter(~is_bad))
     if not is_bad.any():
-        return good, None
+        return good, None, []
     bad = frame.filter(is_bad).with_columns(reasons.filter(is_bad))
-    return good, _quarantine_rows(bad)
+    return good, _quarantine_rows(bad), []
 
 
 def _clean_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(c for c in frame.columns if not c.startswith(RAW) and c != ROW)
+    return frame.select(c for c in frame.columns if not c.startswith(RAW))
 
 
 def _quarantine_rows(bad: pl.DataFrame) -> pl.DataFrame:
@@ -389,120 +471,141 @@ def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
 # --------------------------------------------------------------------------- whole source
 
 
-def _id_kind(frame: pl.DataFrame, name: str) -> IdType:
-    return "int" if frame.schema[name] == pl.Int64 else "string"
-
-
-def check_id_types(pairs: list[tuple[RawTable, pl.DataFrame, str]]) -> IdType:
-    """All id columns must share one type, since the snapshot has one ``id_type``.
+def check_id_types(columns: list[tuple[RawTable, TableFacts, str, IdType]]) -> IdType:
+    """All id columns (table, facts, column, parsed type) must share one type: the snapshot has one ``id_type``.
 
     A column of only nulls has no type of its own; its rows fail the null-id check instead.
     """
-    typed = [(table, frame, name) for table, frame, name in pairs if frame[name].null_count() < frame.height]
-    kinds = [(table, name, _id_kind(frame, name)) for table, frame, name in typed]
+    kinds = [(table, facts, name, kind) for table, facts, name, kind in columns if facts.non_null[name] > 0]
     if not kinds:
-        table, _, name = pairs[0]
-        raise DataValidationError(f"{table.path}: column '{name}': all {table.frame.height} rows have no id (null)")
-    first_table, first_name, first_kind = kinds[0]
-    for table, name, kind in kinds[1:]:
+        table, facts, name, _ = columns[0]
+        raise DataValidationError(f"{table.path}: column '{name}': all {facts.rows} rows have no id (null)")
+    first_table, _, first_name, first_kind = kinds[0]
+    for table, facts, name, kind in kinds[1:]:
         if kind != first_kind:
             raise DataValidationError(
                 f"{table.path}: column '{name}' holds {_id_words(kind)} ids but {first_table.path} column "
                 f"'{first_name}' holds {_id_words(first_kind)} ids; all "
-                f"{table.frame.height} rows are affected. Ids must have one type across tables (all integers "
+                f"{facts.rows} rows are affected. Ids must have one type across tables (all integers "
                 "or all text) so they survive to the recommendations unchanged."
             )
     return first_kind
-
-
-def _cast_ids(frame: pl.DataFrame, id_type: IdType) -> pl.DataFrame:
-    """Give all-null id columns (which have no type of their own) the source's id type."""
-    dtype = pl.Int64 if id_type == "int" else pl.String
-    return frame.with_columns(pl.col(c).cast(dtype) for c in ("item_id", "user_id") if c in frame.columns)
 
 
 def _id_words(kind: IdType) -> str:
     return "integer" if kind == "int" else "text"
 
 
-def validate_source(
-    source: RawSource, on_bad_rows: Literal["fail", "quarantine"] = "fail", now: dt.datetime | None = None
-) -> CleanTables:
-    """Parse and check a source: items first, then users, then interactions against both."""
-    now = now or dt.datetime.now(dt.UTC)
-    quarantine: dict[str, pl.DataFrame] = {}
-
-    check_structure(source.items, ITEM_COLUMNS)
-    check_structure(source.interactions, INTERACTION_COLUMNS)
-    if source.users is not None:
-        check_structure(source.users, USER_COLUMNS)
-
-    items_frame = parse_table(source.items, ITEM_COLUMNS)
-    interactions_frame = parse_table(source.interactions, INTERACTION_COLUMNS)
-    users_frame = parse_table(source.users, USER_COLUMNS) if source.users is not None else None
-    id_pairs = [(source.items, items_frame, "item_id"), (source.interactions, interactions_frame, "item_id")]
-    id_pairs.append((source.interactions, interactions_frame, "user_id"))
-    if source.users is not None:
-        id_pairs.append((source.users, users_frame, "user_id"))
-    id_type = check_id_types(id_pairs)
-    items_frame = _cast_ids(items_frame, id_type)
-    interactions_frame = _cast_ids(interactions_frame, id_type)
-    users_frame = _cast_ids(users_frame, id_type) if users_frame is not None else None
-
-    item_checks = [
+def item_checks(items: pl.DataFrame) -> list[RowCheck]:
+    checks = [
         _null("item_id"),
         _duplicate("item_id"),
         RowCheck("title", "empty title", "have an empty title", pl.col("title").fill_null("").str.strip_chars() == ""),
     ]
-    if "available" in items_frame.columns:
-        item_checks.append(_unparsable("available", "true/false"))
-    items, bad_items = split_good_bad(source.items, items_frame, item_checks, on_bad_rows)
+    if "available" in items.columns:
+        checks.append(_unparsable("available", "true/false"))
+    return checks
 
-    users = None
-    if source.users is not None:
-        users, bad_users = split_good_bad(
-            source.users, users_frame, [_null("user_id"), _duplicate("user_id")], on_bad_rows
-        )
-        if bad_users is not None:
-            quarantine["users"] = bad_users
 
+def user_checks() -> list[RowCheck]:
+    return [_null("user_id"), _duplicate("user_id")]
+
+
+def interaction_row_checks(
+    interactions: pl.DataFrame, rating_scale: RatingScale | None, now: dt.datetime
+) -> list[RowCheck]:
+    """The interaction rules that need no other table."""
     checks = interaction_checks(now)
     for number in ("rating", "weight"):
-        if number in interactions_frame.columns:
+        if number in interactions.columns:
             checks.append(_unparsable(number, "a number"))
-    if source.rating_scale is not None and "rating" in interactions_frame.columns:
-        checks.append(rating_check(source.rating_scale))
-    checks.append(_unknown("item_id", items["item_id"], source.items.path))
+    if rating_scale is not None and "rating" in interactions.columns:
+        checks.append(rating_check(rating_scale))
+    return checks
+
+
+@dataclass
+class Partition:
+    """One user partition after validation: its clean rows, its bad rows, its tallies."""
+
+    interactions: pl.DataFrame  # canonical columns + __row, in source order
+    users: pl.DataFrame  # user_id + features (from the interactions when the source has no users table)
+    quarantine: dict[str, pl.DataFrame]
+    interaction_checks: list[RowCheck]  # the same rules, in the same order, in every partition
+    interaction_tallies: list[Tally]  # one per check (fail mode; empty in quarantine mode)
+    user_tallies: list[Tally]  # one per ``user_checks()``
+
+
+@dataclass
+class SourceChecks:
+    """The whole-table context a partition's checks need: the good items and the source's settings."""
+
+    items: pl.DataFrame  # the good items
+    items_path: Path
+    users_path: Path | None  # None: the source has no users table
+    rating_scale: RatingScale | None
+    on_bad_rows: Literal["fail", "quarantine"]
+    now: dt.datetime
+
+    def interaction_checks(self, interactions: pl.DataFrame, users: pl.DataFrame | None) -> list[RowCheck]:
+        checks = interaction_row_checks(interactions, self.rating_scale, self.now)
+        checks.append(_unknown("item_id", self.items["item_id"], self.items_path))
+        if users is not None and self.users_path is not None:
+            checks.append(_unknown("user_id", users["user_id"], self.users_path))
+        return checks
+
+
+def validate_partition(
+    interactions: pl.DataFrame, users: pl.DataFrame | None, context: SourceChecks
+) -> Partition:
+    """Check one user partition's interactions (and users rows) against the good items and users."""
+    quarantine: dict[str, pl.DataFrame] = {}
+    user_tallies: list[Tally] = []
+    good_users = None
     if users is not None:
-        checks.append(_unknown("user_id", users["user_id"], source.users.path))
-    interactions, bad_interactions = split_good_bad(source.interactions, interactions_frame, checks, on_bad_rows)
-    if bad_items is not None:
-        quarantine["items"] = bad_items
-    if bad_interactions is not None:
-        quarantine["interactions"] = bad_interactions
+        good_users, bad_users, user_tallies = split_good_bad(users, user_checks(), context.on_bad_rows)
+        if bad_users is not None:
+            quarantine["users"] = bad_users
+    checks = context.interaction_checks(interactions, good_users)
+    good, bad, tallies = split_good_bad(interactions, checks, context.on_bad_rows)
+    if bad is not None:
+        quarantine["interactions"] = bad
+    canonical = [s.name for s in INTERACTION_COLUMNS if s.name in good.columns]
+    good = good.select(*canonical, ROW)
+    if good_users is None:
+        good_users = good.select("user_id").unique().sort("user_id")
+    else:
+        good_users = good_users.drop(ROW)
+    return Partition(good, good_users, quarantine, checks, tallies, user_tallies)
 
-    for table, kept in ((source.items, items), (source.interactions, interactions)):
-        if kept.height == 0:
-            reasons = quarantine[table.name]["reason"].value_counts(sort=True).iter_rows()
-            summary = ", ".join(f"{n} {reason}" for reason, n in reasons)
-            raise DataValidationError(
-                f"{table.path}: every one of the {table.frame.height} {table.name} rows is bad ({summary}), "
-                "so quarantine would leave nothing to publish; fix the source."
-            )
 
-    canonical = [s.name for s in INTERACTION_COLUMNS if s.name in interactions.columns]
-    ignored = {"interactions": [c for c in interactions.columns if c not in canonical]}
-    interactions = interactions.select(canonical)
-    if users is None:
-        users = interactions.select("user_id").unique().sort("user_id")
-    return CleanTables(
-        id_type=id_type,
-        interactions=interactions,
-        items=_with_item_defaults(items),
-        users=users,
-        quarantine=quarantine,
-        ignored_columns={k: v for k, v in ignored.items() if v},
+def validate_items(
+    table: RawTable, facts: TableFacts, id_type: IdType, on_bad_rows: Literal["fail", "quarantine"]
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The good items (with defaults filled in) and the bad ones; items are few enough to check whole."""
+    with table.reading():
+        frame = parse_table(table, ITEM_COLUMNS, facts, id_type).collect(engine="streaming")
+    checks = item_checks(frame)
+    good, bad, tallies = split_good_bad(frame, checks, on_bad_rows)
+    raise_first_problem(table, facts.rows, checks, tallies)
+    if good.height == 0:
+        raise nothing_left(table, facts.rows, bad["reason"].value_counts(sort=True).iter_rows())
+    return _with_item_defaults(good.drop(ROW)), bad
+
+
+def nothing_left(table: RawTable, rows: int, reasons: Iterable[tuple[str, int]]) -> DataValidationError:
+    """Quarantine set every row aside: there is nothing to publish."""
+    summary = ", ".join(f"{n} {reason}" for reason, n in reasons)
+    return DataValidationError(
+        f"{table.path}: every one of the {rows} {table.name} rows is bad ({summary}), "
+        "so quarantine would leave nothing to publish; fix the source."
     )
+
+
+def ignored_interaction_columns(facts: TableFacts) -> list[str]:
+    """Source interaction columns that are not canonical: read, reported, not kept."""
+    known = {s.name for s in INTERACTION_COLUMNS}
+    return [c for c in facts.schema.names() if c not in known]
 
 
 def _with_item_defaults(items: pl.DataFrame) -> pl.DataFrame:

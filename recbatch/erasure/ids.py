@@ -51,7 +51,9 @@ def read_user_ids(path: str | Path, id_type: IdType) -> pa.Array:
 def _read(path: Path) -> pl.DataFrame:
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise UsageError(f"--users {path}: expected a .parquet or .csv file")
-    return read_table_file("users", path).frame  # CSV as text, Parquet with its types
+    table = read_table_file("users", path)  # CSV as text, Parquet with its types
+    with table.reading():
+        return table.scan().collect()
 
 
 def _typed(path: Path, column: pl.Series, id_type: IdType) -> pl.Series:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from recbatch.data.validate import CleanTables
+from recbatch.data.validate import Partition
 from recbatch.layout import RunLayout
 from recbatch.storage import replacing_file
 
@@ -104,21 +104,18 @@ def add_to_suppression_list(layout: RunLayout, ids: pa.Array, request_id: str) -
     return new.height
 
 
-def without_erased_users(clean: CleanTables, layout: RunLayout) -> tuple[CleanTables, dict[str, int]]:
-    """The validated tables minus the erased users' rows (quarantined rows too), and counts of what went.
+def without_erased_users(partition: Partition, suppressed: SuppressionList) -> tuple[Partition, dict[str, int]]:
+    """One validated user partition minus the erased users' rows (quarantined rows too), and counts of what went.
 
-    No counts when the root has no suppression list, so snapshots of a root
-    that never erased anyone are unchanged.
+    Ingest calls it only when the root has a suppression list, so snapshots of
+    a root that never erased anyone carry no erasure counts.
     """
-    suppressed = SuppressionList.load(layout)
-    if suppressed is None:
-        return clean, {}
-    interactions, n_interactions = suppressed.drop_erased(clean.interactions)
-    users, n_users = suppressed.drop_erased(clean.users)
+    interactions, n_interactions = suppressed.drop_erased(partition.interactions)
+    users, n_users = suppressed.drop_erased(partition.users)
     quarantine, n_quarantined = {}, 0
-    for name, frame in clean.quarantine.items():
+    for name, frame in partition.quarantine.items():
         quarantine[name], n = suppressed.drop_erased(frame)
         n_quarantined += n
     counts = {"erased_interactions": n_interactions, "erased_users": n_users,
               "erased_quarantined_rows": n_quarantined}
-    return dataclasses.replace(clean, interactions=interactions, users=users, quarantine=quarantine), counts
+    return dataclasses.replace(partition, interactions=interactions, users=users, quarantine=quarantine), counts
