@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from recbatch.storage import data_files, sha256_file, write_manifest
+from recbatch.folders import write_parquet_part
+from recbatch.fs import Location, local
+from recbatch.storage import data_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,12 @@ def partition_of_name(name: str) -> int:
     return int(Path(name).stem.split("-")[1])
 
 
-def write_part(table: pa.Table, folder: str | Path, partition: int) -> dict[str, Any]:
-    """Write `table` as one new part of `folder`; return its record (name, rows, bytes, sha256)."""
+def write_part(table: pa.Table, folder: str | Path | Location, partition: int) -> dict[str, Any]:
+    """Write `table` as one new part of `folder` (a local path or any ``Location``, ``recbatch.fs``);
+    return its record (name, rows, bytes, sha256)."""
     name = part_name(partition)
-    path = Path(folder) / name
-    pq.write_table(table, path, compression="zstd")
-    return {"file": name, "rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    folder = folder if isinstance(folder, Location) else local(str(folder))
+    return {"file": name, "rows": table.num_rows, **write_parquet_part(table, folder.join(name))}
 
 
 def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> list[dict[str, Any]]:
