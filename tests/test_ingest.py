@@ -227,3 +227,13 @@ def test_rating_range_checks_typed_parquet_ratings(tmp_path):
     assert ingest(config(tmp_path / "free", source)).counts["interactions"] == 4
     with pytest.raises(DataValidationError, match=r"interactions.parquet: column 'rating': 2 of 4 .* outside 0 to 5"):
         ingest(config(tmp_path / "ranged", source, **{"ingest.rating_range": [0, 5]}))
+
+
+def test_rows_of_a_slice_of_users_are_read_a_partition_at_a_time_and_equal_a_filter(tmp_path, generated):
+    snapshot = ingest(config(tmp_path, generated["int"], **{"ingest.users_per_partition": 10}))
+    users = snapshot.users().collect()["user_id"].gather(range(0, 60, 7))
+    where = pl.col("split") == "train"
+    got = snapshot.rows_of("split", users, where).sort("user_id", "ts", "item_id")
+    want = snapshot.split("train").filter(pl.col("user_id").is_in(users.implode())).collect()
+    assert got.height > 0 and got.equals(want.sort("user_id", "ts", "item_id"))
+    assert snapshot.rows_of("users", users)["user_id"].sort().to_list() == users.sort().to_list()

@@ -100,6 +100,21 @@ class Snapshot:
         """The rows of one user partition: every row of those users, and no other user's."""
         return pl.scan_parquet(self.partition_files(table, partition))
 
+    def rows_of(self, table: str, users: pl.Series, where: pl.Expr | None = None) -> pl.DataFrame:
+        """Every row of `table` (matching `where`) of the given users, read a user partition at a time.
+
+        For a slice of users (the gate's holdout): what is held is one partition
+        and the slice's rows, never the whole table, whatever engine a query picks.
+        """
+        partition = user_partition(users.to_arrow(), self.partitions)
+        frames = []
+        for p in range(self.partitions):
+            lf = self.scan_partition(table, p)
+            lf = lf if where is None else lf.filter(where)
+            wanted = pl.DataFrame({"user_id": users.filter(pl.Series(partition == p))})
+            frames.append(lf.join(wanted.lazy(), on="user_id", how="semi").collect())
+        return pl.concat(frames) if frames else self.scan(table).head(0).collect()
+
     def interactions(self) -> pl.LazyFrame:
         return self.scan("interactions")
 

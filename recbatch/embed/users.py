@@ -63,11 +63,12 @@ def user_inputs(
     history ids, each history item's own input hash (an edited item re-encodes
     the users who saw it) and the features.
     """
-    histories = user_histories(events.select("user_id", "item_id", "ts"), history_length).collect()
+    # Streamed: the holdout passes every partition's rows filtered to its slice of users.
+    histories = user_histories(events.select("user_id", "item_id", "ts"), history_length).collect(engine="streaming")
     features = [c for c in feature_columns if c in users.collect_schema().names()]
     users = (
         users.select("user_id", *features)
-        .collect()
+        .collect(engine="streaming")
         .join(histories, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("history").fill_null(pl.lit([], dtype=histories.schema["history"])))
     )

@@ -108,20 +108,20 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
 
     pairs, everyone = latest_pairs(before), None
     if users is not None:
-        slice_ = pl.DataFrame({"user_id": users}).lazy()
         everyone = [  # a user's rows are all in one partition: pairs are deduplicated partition by partition
             latest_pairs(snapshot.scan_partition("split", p).filter(pl.col("split").is_in(splits)))
             .join(catalog.lazy(), on="item_id", how="inner").select("col", "age_days")
             for p in range(snapshot.partitions)
         ]
-        pairs, before = (f.join(slice_, on="user_id", how="semi") for f in (pairs, before))
-    rows = pairs.collect().join(catalog, on="item_id", how="inner")
+        before = snapshot.rows_of("split", users, pl.col("split").is_in(splits)).lazy()
+        pairs = latest_pairs(before)
+    rows = pairs.collect(engine="streaming").join(catalog, on="item_id", how="inner")  # streamed: a slice's pairs
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
     rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
     in_order = (
         before
         .select("user_id", "item_id", "ts")
-        .collect()
+        .collect(engine="streaming")
         .join(catalog, on="item_id")
         .join(users, on="user_id")
         .sort("row", "ts", maintain_order=True)
@@ -471,10 +471,10 @@ def tune(
     validation = snapshot.split("validation")
     if users is not None:
         validation = validation.filter(pl.col("user_id").is_in(users.implode()))
-    if len(cls.grid) == 1 or validation.select(pl.len()).collect().item() == 0:
+    if len(cls.grid) == 1 or validation.select(pl.len()).collect(engine="streaming").item() == 0:
         return cls.grid[0], []
     data = training_data(snapshot, ["train"], None if cls.needs_every_user else users)
-    val_users = validation.select("user_id").unique().collect()
+    val_users = validation.select("user_id").unique().collect(engine="streaming")
     rows = (
         pl.DataFrame({"user_id": data.user_ids}).with_row_index("row")
         .join(val_users, on="user_id", how="semi")["row"].to_numpy()

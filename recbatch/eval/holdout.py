@@ -101,11 +101,10 @@ def holdout_lists(
     catalog = snapshot.items().collect()
     hashes = pa.table({"item_id": catalog["item_id"].to_arrow(), "input_hash": item_input_hash(catalog).to_arrow()})
     features = artifact.user_features.categorical + artifact.user_features.numeric
-    before = snapshot.split().filter(pl.col("split").is_in(HISTORY_SPLITS[split]))
-    in_slice = pl.DataFrame({"user_id": users}).lazy()  # eval.holdout_users of them: bounded by config
+    is_before = pl.col("split").is_in(HISTORY_SPLITS[split])
+    before = snapshot.rows_of("split", users, is_before).lazy()  # eval.holdout_users of them: bounded by config
     inputs = pl.from_arrow(user_inputs(
-        snapshot.users().join(in_slice, on="user_id", how="semi"),
-        before.join(in_slice, on="user_id", how="semi"),
+        snapshot.rows_of("users", users).lazy(), before,
         item_ids, hashes, history_length=artifact.history_length, feature_columns=features,
     ))
 
@@ -121,10 +120,10 @@ def holdout_lists(
     user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
 
     # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
-    prior = prior_column(cfg.score, before, item_ids)
+    prior = prior_column(cfg.score, snapshot.split().filter(is_before), item_ids)  # every user's rows, streamed
     temperature = trained_temperature(artifact.card) or cfg.model.temperature
     user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
-    seen = _seen_matrix(before.join(in_slice, on="user_id", how="semi"), inputs["user_id"], pl.Series(item_ids))  # [U, N]
+    seen = _seen_matrix(before, inputs["user_id"], pl.Series(item_ids))  # [U, N]
     available = _available(catalog, item_ids)
     idx, scores = topk(
         user_matrix, items, k, exclude=seen, item_mask=available,
@@ -139,7 +138,7 @@ def _seen_matrix(before: pl.LazyFrame, users: pl.Series, item_ids: pl.Series) ->
     cols = pl.DataFrame({"item_id": item_ids}).with_row_index("col")
     pairs = (
         before.select("user_id", "item_id")
-        .collect().join(rows, on="user_id").join(cols, on="item_id").unique(["row", "col"])
+        .collect(engine="streaming").join(rows, on="user_id").join(cols, on="item_id").unique(["row", "col"])
     )
     data = np.ones(pairs.height, dtype=np.float32)
     return sp.csr_matrix((data, (pairs["row"].to_numpy(), pairs["col"].to_numpy())), shape=(len(users), len(item_ids)))
