@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from recbatch.config import TrainConfig
+from recbatch.testing import FAIL_AT_STEP
 from recbatch.model.features import UserFeatureSpec
 from recbatch.model.loss import candidate_log_q, two_tower_loss
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
@@ -83,6 +84,7 @@ class LoopConfig:
     catalog_path: str
     validation_path: str
     total_steps: int
+    fail_at_step: int | None = None  # test-only fault hook (recbatch.testing): the last rank dies once here
 
 
 def parameter_groups(model: TwoTower, train: TrainConfig) -> tuple[list[dict[str, Any]], list[float]]:
@@ -191,6 +193,24 @@ def step_loss(
     return two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
 
 
+def die_once(cfg: LoopConfig, step: int, rank: int) -> None:
+    """The test-only fault (``recbatch.testing.FAIL_AT_STEP``): this worker exits as a crash would, once per run.
+
+    Once per run even if the restart begins before the controller has registered
+    the last checkpoint: a marker beside the prepared inputs says it fired.
+    """
+    marker = Path(cfg.catalog_path).parent / "fault_injected"
+    if marker.exists():
+        return
+    marker.touch()
+    # Let the controller register the last reported checkpoint first (it polls
+    # workers every few seconds), so the restart resumes from it as a real
+    # failure well after a checkpoint would.
+    time.sleep(10)
+    log.error("fault injection (%s=%d): worker rank %d exits", FAIL_AT_STEP, step, rank)
+    os._exit(1)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: build, (re)load, train, validate, checkpoint."""
     import deepspeed
@@ -295,18 +315,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue  # inside a gradient-accumulation window
             state.step = int(engine.global_steps)
 
-            if train_cfg.fail_at_step == state.step and not restored and rank == world - 1:
-                # Once per run, even if the restart begins before the controller has
-                # registered the last checkpoint: a marker beside the prepared inputs.
-                marker = Path(cfg.catalog_path).parent / "fault_injected"
-                if not marker.exists():
-                    marker.touch()
-                    # Let the controller register the last reported checkpoint first (it polls
-                    # workers every few seconds), so the restart resumes from it as a real
-                    # failure well after a checkpoint would.
-                    time.sleep(10)
-                    log.error("fault injection (train.fail_at_step=%d): worker rank %d exits", state.step, rank)
-                    os._exit(1)
+            if cfg.fail_at_step == state.step and not restored and rank == world - 1:
+                die_once(cfg, state.step, rank)
             if state.step % train_cfg.log_every_steps == 0 or state.step >= cfg.total_steps:
                 elapsed = time.perf_counter() - step_start
                 state.loss_curve.append(

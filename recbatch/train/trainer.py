@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from recbatch import testing
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import StageFailed, UsageError
@@ -64,13 +65,15 @@ def steps_per_epoch(num_examples: int, cfg: Config) -> int:
     return steps
 
 
-def _check_fault_injection(cfg: Config) -> None:
-    t = cfg.train
-    if t.fail_at_step is not None and t.fail_at_step <= t.checkpoint_every_steps:
+def _fault_injection(cfg: Config) -> int | None:
+    """The test-only step at which a worker dies (``recbatch.testing``), checked against the checkpoints."""
+    step = testing.fail_at_step()
+    if step is not None and step <= cfg.train.checkpoint_every_steps:
         raise UsageError(
-            f"train.fail_at_step = {t.fail_at_step} must be > train.checkpoint_every_steps = "
-            f"{t.checkpoint_every_steps}, so the restarted run resumes from a checkpoint and the fault fires once"
+            f"{testing.FAIL_AT_STEP} = {step} must be > train.checkpoint_every_steps = "
+            f"{cfg.train.checkpoint_every_steps}, so the restarted run resumes from a checkpoint and the fault fires once"
         )
+    return step
 
 
 def _check_cpus_left_for_data(cfg: Config) -> None:
@@ -97,7 +100,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    _check_fault_injection(cfg)
+    fail_at_step = _fault_injection(cfg)
     ensure_ray(cfg.ray)
     _check_cpus_left_for_data(cfg)
     layout = RunLayout.of(cfg.root)
@@ -116,7 +119,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
-    loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps)
+    loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps, fail_at_step)
 
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
     resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
@@ -163,7 +166,8 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
 
 
 def make_loop_config(
-    cfg: Config, encoder_dir: str, tower: TwoTowerConfig, prepared: PreparedInputs, total_steps: int
+    cfg: Config, encoder_dir: str, tower: TwoTowerConfig, prepared: PreparedInputs, total_steps: int,
+    fail_at_step: int | None = None,
 ) -> LoopConfig:
     """What every worker receives: plain data only (paths, dicts, numbers)."""
     return LoopConfig(
@@ -180,6 +184,7 @@ def make_loop_config(
         catalog_path=str(prepared.catalog),
         validation_path=str(prepared.validation),
         total_steps=total_steps,
+        fail_at_step=fail_at_step,
     )
 
 
