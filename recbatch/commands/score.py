@@ -47,7 +47,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import model_from, snapshot_from
-    from recbatch.layout import RunLayout
+    from recbatch.layout import RunLayout, model_version_of
     from recbatch.score.stage import score
     from recbatch.storage import read_manifest
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         items_dir, users_dir = Path(args.items), Path(args.users)
     else:
         model_dir = model_from(args.model, layout, alternative=" (or --items and --users)")
-        version = read_manifest(model_dir).get("model_version", model_dir.name)
+        version = model_version_of(read_manifest(model_dir), model_dir)
         items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
         users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
     for name, folder in (("items", items_dir), ("users", users_dir)):

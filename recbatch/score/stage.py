@@ -38,9 +38,9 @@ from recbatch.data.snapshot import Snapshot
 from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition
 from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
-from recbatch.layout import RunLayout
+from recbatch.layout import RunLayout, model_version_of
 from recbatch.parts import PARTITION, commit_parts
-from recbatch.runtime import ensure_ray, resolve_precision
+from recbatch.runtime import ensure_ray, require_resources, resolve_precision
 from recbatch.score.actors import BLOCKED, SCORED_ON, SCORED_WITH, SEEN, Finisher, ShardScorer, _resolve
 from recbatch.score.prior import append_column, prior_column, user_column_value
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest
@@ -89,7 +89,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     started = time.perf_counter()
     items_manifest = verify_manifest(items_dir, checksums=False)
     users_manifest = verify_manifest(users_dir, checksums=False)
-    model_version = items_manifest.get("model_version") or Path(items_dir).parent.name
+    model_version = model_version_of(items_manifest, Path(items_dir).parent)  # embeddings/<version>/items
     catalog = load_catalog(snapshot, items_dir, cfg.score)
     user_value = None
     if cfg.score.popularity_prior_weight > 0:
@@ -172,20 +172,14 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
     on_gpu = cfg.gpus_per_actor > 0
     if on_gpu and cfg.kernel == "native":
         raise UsageError("score.kernel = 'native' is the CPU kernel: use 'auto' or 'torch' with score.gpus_per_actor > 0")
-    if on_gpu and ray.cluster_resources().get("GPU", 0) < cfg.gpus_per_actor * cfg.num_actors:
-        raise UsageError(
-            f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
-            f"but the Ray cluster has {ray.cluster_resources().get('GPU', 0)}"
-        )
+    if on_gpu:
+        require_resources("GPU", cfg.gpus_per_actor * cfg.num_actors, "score.gpus_per_actor x score.num_actors")
     finisher_cpus = min(cfg.cpus_per_actor, FINISHER_CPUS)
-    need = cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + cfg.num_actors * finisher_cpus + PREPARE_CPUS
-    have = ray.cluster_resources().get("CPU", 0)
-    if need > have:  # actors that take every CPU leave the pipeline waiting forever, silently
-        raise UsageError(
-            f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} per finisher and "
-            f"{PREPARE_CPUS} to read partitions) = {need} CPUs, but the Ray cluster has {have}: "
-            "lower score.num_actors or score.cpus_per_actor"
-        )
+    require_resources(
+        "CPU", cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + cfg.num_actors * finisher_cpus + PREPARE_CPUS,
+        f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} per finisher and "
+        f"{PREPARE_CPUS} to read partitions)", remedy="lower score.num_actors or score.cpus_per_actor",
+    )
     actor = {
         "k": cfg.k,
         "filter_seen": cfg.filter_seen,

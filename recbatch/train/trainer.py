@@ -32,7 +32,7 @@ from recbatch.layout import RunLayout
 from recbatch.model.artifact import save_artifact, tower_config
 from recbatch.model.encoder import resolve_encoder
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
-from recbatch.runtime import ensure_ray, resolve_use_gpu
+from recbatch.runtime import ensure_ray, require_resources, resolve_use_gpu
 from recbatch.train.examples import PreparedInputs, prepare_inputs
 from recbatch.train.loop import CHECKPOINT_TAG, STATE_FILE, LoopConfig, TrainState, train_loop_per_worker
 
@@ -79,15 +79,10 @@ def _fault_injection(cfg: Config) -> int | None:
 def _check_cpus_left_for_data(cfg: Config) -> None:
     """Refuse a worker group that takes every CPU: Ray Data's read tasks would never
     be scheduled and training would wait forever, silently (seen on a 2-core box)."""
-    import ray
-
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker
-    have = ray.cluster_resources().get("CPU", 0)
-    if need >= have:
-        raise UsageError(
-            f"train.num_workers x train.cpus_per_worker = {need:g} CPUs leaves none of the Ray cluster's "
-            f"{have:g} for reading the training data: lower train.cpus_per_worker or raise ray.num_cpus"
-        )
+    require_resources(
+        "CPU", cfg.train.num_workers * cfg.train.cpus_per_worker, "train.num_workers x train.cpus_per_worker",
+        spare_for="reading the training data", remedy="lower train.cpus_per_worker or raise ray.num_cpus",
+    )
 
 
 def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt.date | None = None) -> Path:
