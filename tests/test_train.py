@@ -166,6 +166,15 @@ def test_fault_injection_must_leave_a_checkpoint_to_resume_from(demo_snapshot, t
         train(cfg, snapshot)
 
 
+def test_loop_pieces_record_the_loss_curve_and_start_fresh_without_a_checkpoint():
+    from recbatch.train.loop import TrainState, record_loss, restore
+
+    state, window = TrainState(step=10), [1.0, 3.0]
+    record_loss(state, window, lr=0.5, samples=64, seconds=2.0)
+    assert state.loss_curve == [{"step": 10, "loss": 2.0, "lr": 0.5, "samples_per_s": 32.0}] and window == []
+    assert restore(engine=None, checkpoint=None, rank=0) == (TrainState(), False)
+
+
 def test_the_fault_hook_is_not_a_config_key(tmp_path):
     with pytest.raises(ConfigError, match="fail_at_step"):
         config_from_dict({"root": str(tmp_path), "train": {"fail_at_step": 5}})
