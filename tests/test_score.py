@@ -168,7 +168,7 @@ def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
     snapshot, dirs, world = make_world(tmp_path, id_type="string", n_users=12, n_items=30)
     code = main([
         "score", "--root", str(tmp_path), "--snapshot", str(snapshot.path), "--items", str(dirs["items"]),
-        "--users", str(dirs["users"]), "--date", "2026-11-29", "--k", "5", "--explanations",
+        "--users", str(dirs["users"]), "--run-date", "2026-11-29", "--k", "5", "--explanations",
         "--set", "score.cpus_per_actor=0.5", "--set", "score.kernel=torch",
     ])
     assert code == 0
