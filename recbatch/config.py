@@ -164,7 +164,6 @@ class TrainConfig:
     log_every_steps: int = 10  # loss-curve resolution (optimizer steps)
     # DeepSpeed's JIT-built ops (shm comm, cpu adam) are cached here across runs (the workers' TORCH_EXTENSIONS_DIR).
     extensions_dir: str = "~/.cache/recbatch/torch_extensions"
-    fail_at_step: int | None = None  # FOR TESTS ONLY: one worker dies once at this step (fault injection)
 
 
 @dataclass
@@ -401,7 +400,6 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.validate_k": (1, None),
     "train.validate_users": (1, None),
     "train.log_every_steps": (1, None),
-    "train.fail_at_step": (1, None),
     "embed.batch_size": (1, None),
     "embed.max_batch_tokens": (1, None),
     "embed.num_actors": (1, None),

@@ -44,7 +44,11 @@ class ServingStoreError(RecbatchError):
 
 
 class StageFailed(RecbatchError):
-    """A nightly stage failed; the message names the stage (a recbatch error inside it keeps its own code)."""
+    """A nightly stage failed; the message names the stage.
+
+    Exit code: the cause's own code when the cause is a ``RecbatchError`` (bad data 3,
+    a refused gate 4, ...), else 7 (docs/ARCHITECTURE.md, the errors row).
+    """
 
     exit_code = 7
 

@@ -18,8 +18,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recbatch.storage import SUCCESS
+
+
+def model_version_of(manifest: dict[str, Any], version_folder: str | Path) -> str:
+    """The model version a folder holds: its manifest's ``model_version``, else the name of its
+    ``models/<model_version>`` or ``embeddings/<model_version>`` folder (a manifest that does not name it)."""
+    return manifest.get("model_version") or Path(version_folder).name
 
 
 @dataclass(frozen=True)

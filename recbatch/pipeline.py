@@ -26,7 +26,7 @@ from recbatch.config import Config
 from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.eval.gate import FLOOR_BASELINE
-from recbatch.layout import RunLayout
+from recbatch.layout import RunLayout, model_version_of
 from recbatch.lease import root_lease
 from recbatch.metrics import nightly_metrics, push
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
@@ -119,7 +119,7 @@ def trained_for(model_dir: Path) -> dt.date:
 
     The run date, not the file time: a rerun or backfill of a past date must decide as that night did.
     """
-    from recbatch.embed.stage import read_model_card
+    from recbatch.model.artifact import read_model_card
 
     card = read_model_card(model_dir)
     return dt.date.fromisoformat(str(card.get("trained_for") or card["created_at"])[:10])
@@ -268,7 +268,7 @@ def _run_stages(
         else:
             model_dir = latest
             rec.status = "skipped"
-        model_version = read_manifest(model_dir).get("model_version", model_dir.name)
+        model_version = model_version_of(read_manifest(model_dir), model_dir)
         rec.details["model_version"] = model_version
 
     with _stage(summary, "embed") as rec:

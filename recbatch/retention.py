@@ -26,7 +26,6 @@ deletes exactly the plan.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from recbatch.config import Config
 from recbatch.errors import UsageError
-from recbatch.layout import RunLayout
+from recbatch.layout import RunLayout, model_version_of
 from recbatch.storage import SUCCESS, is_complete, read_manifest
 
 log = logging.getLogger(__name__)
@@ -220,12 +219,14 @@ def _children(parent: Path) -> list[Path]:
 
 
 def _model_version(model_dir: Path) -> str:
-    return read_manifest(model_dir).get("model_version", model_dir.name) if is_complete(model_dir) else model_dir.name
+    return model_version_of(read_manifest(model_dir) if is_complete(model_dir) else {}, model_dir)
 
 
 def _card(model_dir: Path) -> dict:
+    from recbatch.model.artifact import read_model_card  # imports torch: only when a model is there
+
     try:
-        return json.loads((model_dir / "model_card.json").read_text())
+        return read_model_card(model_dir, check_complete=False)
     except (OSError, ValueError):
         return {}
 

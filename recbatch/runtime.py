@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from recbatch.config import RayConfig
+from recbatch.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,25 @@ def local_logical_cpus() -> int:
     Ray Data's read/write tasks, or the pipeline waits forever.
     """
     return max(4, os.cpu_count() or 1)
+
+
+def require_resources(
+    resource: Literal["CPU", "GPU"], need: float, what: str, *, remedy: str = "", spare_for: str | None = None
+) -> None:
+    """Refuse workers or actors that the Ray cluster cannot schedule: Ray would wait for them forever, silently.
+
+    `what` names the settings whose product is `need` (e.g. ``"embed.gpus_per_actor x embed.num_actors"``);
+    with `spare_for` some of `resource` must stay free for that (e.g. Ray Data's read tasks), so taking
+    every unit is refused too. The one home of the "need X, the cluster has Y" check of every stage.
+    """
+    import ray
+
+    have = ray.cluster_resources().get(resource, 0)
+    advice = f": {remedy}" if remedy else ""
+    if spare_for is not None and need >= have:
+        raise UsageError(f"{what} = {need:g} {resource}s leaves none of the Ray cluster's {have:g} for {spare_for}{advice}")
+    if need > have:
+        raise UsageError(f"{what} = {need} {resource}s, but the Ray cluster has {have}{advice}")
 
 
 def ensure_ray(cfg: RayConfig, *, log_to_driver: bool = False) -> None:

@@ -83,12 +83,13 @@ def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_lo
         out = capsys.readouterr()
         return code, out.out, out.err
 
-    code, _, err = run("score", "--date", "2026-11-28")
+    code, _, err = run("score", "--date", "2026-11-28")  # the old spelling still works, with a warning
+    assert "--date is deprecated, use --run-date" in err
     assert code == 2 and "no --snapshot given and no snapshot under" in err and "recbatch ingest" in err
     source = tmp_path / "src"
     assert run("generate", "--out", str(source), "--users", "30", "--items", "20")[0] == 0
     assert run("ingest", "--source", str(source))[0] == 0
-    code, _, err = run("score", "--date", "2026-11-28")
+    code, _, err = run("score", "--run-date", "2026-11-28")
     assert code == 2 and "no --model (or --items and --users) given and no model under" in err
     code, _, err = run("embed")
     assert code == 2 and "no --model given" in err and "recbatch train" in err
@@ -97,7 +98,7 @@ def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_lo
     snapshot = Snapshot.open(layout.latest_snapshot())
     cfg = Config().with_overrides({"model.embedding_dim": 8, "model.history_length": 4})
     model = init_artifact(cfg, str(tiny_bert_dir), snapshot, layout.models)  # an untrained model will do
-    code, _, err = run("score", "--date", "2026-11-28")
+    code, _, err = run("score", "--run-date", "2026-11-28")
     assert code == 2 and f"{layout.embeddings(model.name, 'items')} do not exist: run `recbatch embed` first" in err
 
     code, out, err = run("embed")
@@ -106,7 +107,7 @@ def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_lo
     code, out, err = run("embed", "--full")  # the same model again: without --full all 50 rows are reused
     assert code == 0 and "items 20 encoded, 0 reused; users 30 encoded, 0 reused" in out, err
 
-    code, out, err = run("score", "--date", "2026-11-28", "--k", "5")
+    code, out, err = run("score", "--run-date", "2026-11-28", "--k", "5")
     assert code == 0, err
     staged = layout.staged_for(dt.date(2026, 11, 28))
     manifest = verify_manifest(staged)

@@ -16,6 +16,7 @@ import yaml
 from recbatch.cli import main
 from recbatch.layout import RunLayout
 from recbatch.storage import is_complete, verify_manifest
+from recbatch.testing import FAIL_AT_STEP
 
 NIGHTS = [dt.date(2026, 11, 27), dt.date(2026, 11, 28), dt.date(2026, 11, 29)]
 
@@ -27,14 +28,14 @@ NIGHTS = [dt.date(2026, 11, 27), dt.date(2026, 11, 28), dt.date(2026, 11, 29)]
 GOOD = {"model.freeze_encoder": True, "train.max_steps": 60, "train.learning_rate": 0.005}
 ONE_STEP = ["--set", "train.max_steps=1"]
 
-# A training worker that dies at step 2 with no restart left: Ray Train gives up.
-WORKER_DIES = ["--set", "train.fail_at_step=2", "--set", "train.checkpoint_every_steps=1",
-               "--set", "train.max_failures=0"]
+# A training worker that dies at step 2 (the test-only hook, recbatch.testing) with no restart left:
+# Ray Train gives up.
+WORKER_DIES = ["--set", "train.checkpoint_every_steps=1", "--set", "train.max_failures=0"]
 
 
 @pytest.mark.ray
 def test_worse_night_is_refused_force_publishes_it_and_a_failed_stage_exits_7(
-    ray_local, tmp_path, tiny_pipeline_config, demo_source, capsys
+    ray_local, tmp_path, tiny_pipeline_config, demo_source, capsys, monkeypatch
 ):
     cfg = tiny_pipeline_config(**GOOD)
     demo_source(cfg)
@@ -85,6 +86,7 @@ def test_worse_night_is_refused_force_publishes_it_and_a_failed_stage_exits_7(
     assert verify_manifest(layout.recommendations_for(first_night)) == first
 
     # Night 3: training fails for good: exit 7, the stage named, the published runs as they were.
+    monkeypatch.setenv(FAIL_AT_STEP, "2")
     code, err = nightly(third_night, "--train", *WORKER_DIES)
     assert code == 7, err
     assert "stage 'train' failed" in err

@@ -168,7 +168,7 @@ def test_cli_with_string_ids_and_explanations(ray_local, tmp_path):
     snapshot, dirs, world = make_world(tmp_path, id_type="string", n_users=12, n_items=30)
     code = main([
         "score", "--root", str(tmp_path), "--snapshot", str(snapshot.path), "--items", str(dirs["items"]),
-        "--users", str(dirs["users"]), "--date", "2026-11-29", "--k", "5", "--explanations",
+        "--users", str(dirs["users"]), "--run-date", "2026-11-29", "--k", "5", "--explanations",
         "--set", "score.cpus_per_actor=0.5", "--set", "score.kernel=torch",
     ])
     assert code == 0
@@ -288,3 +288,40 @@ def test_bad_blocklists_are_refused_naming_the_file(tmp_path, table, error, mess
         score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
     assert str(path) in str(raised.value)
     assert not (tmp_path / "staged").exists()
+
+
+@pytest.mark.ray
+def test_published_lists_equal_the_holdout_ranking_of_the_same_inputs(ray_local, tmp_path):
+    """The scoring stage and the holdout evaluation rank through one function (score/ranking.py): given
+    the same vectors and history, the staged lists are exactly the ones offline metrics are computed on,
+    with every filter (seen, unavailable, global and per-user blocklist) and the popularity prior on."""
+    from recbatch.embed.store import read_matrix
+    from recbatch.embed.users import serving_events
+    from recbatch.eval.holdout import rank_with_history
+    from recbatch.eval.lists import lists_table
+
+    snapshot, dirs, world = make_world(tmp_path, n_users=30, n_items=50)
+    blocklist = tmp_path / "blocklist.parquet"
+    per_user = [(world["users"][0], world["items"][i]) for i in range(2, 30)]  # most of user 0's catalog
+    pq.write_table(pa.table({"user_id": [None] + [u for u, _ in per_user],
+                             "item_id": [world["items"][0]] + [i for _, i in per_user]},
+                            schema=pa.schema([("user_id", pa.int64()), ("item_id", pa.int64())])), blocklist)
+    cfg = Config(root=str(tmp_path)).with_overrides({
+        "score.k": K, "score.item_shards": 2, "score.blocklist": str(blocklist), "score.num_actors": 1,
+        "score.cpus_per_actor": 0.5, "score.popularity_prior_weight": 1.5, "model.temperature": 0.5,
+    })
+    published = read_rows(score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE))
+
+    item_ids, items = read_matrix(dirs["items"], "item_id")
+    user_ids, users = read_matrix(dirs["users"], "user_id")
+    idx, scores, catalog_ids = rank_with_history(cfg, snapshot, item_ids, items, user_ids, users,
+                                                 serving_events(snapshot), cfg.model.temperature, K)
+    evaluated = {r["user_id"]: r for r in lists_table(user_ids, idx, scores, catalog_ids, "m1").to_pylist()}
+
+    assert set(evaluated) == set(published) == set(world["users"])
+    for uid, row in published.items():
+        assert row["item_ids"] == evaluated[uid]["item_ids"], uid
+        np.testing.assert_allclose(row["scores"], evaluated[uid]["scores"], rtol=1e-6)
+    assert world["items"][0] not in {i for r in published.values() for i in r["item_ids"]}  # the filters acted
+    assert not set(published[world["users"][0]]["item_ids"]) & {i for _, i in per_user}
+    assert published[world["users"][1]]["item_ids"] == []

@@ -20,10 +20,11 @@ import polars as pl
 import pytest
 import torch
 
-from recbatch.config import TrainConfig, load_config
+from recbatch.config import ConfigError, TrainConfig, config_from_dict, load_config
 from recbatch.errors import UsageError
 from recbatch.model.artifact import load_artifact
 from recbatch.model.features import render_item_text, user_histories
+from recbatch.testing import FAIL_AT_STEP
 from recbatch.train.deepspeed_config import build_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,26 +156,43 @@ def test_cli_train_without_a_snapshot_is_a_usage_error(tmp_path, capsys):
 # --------------------------------------------------------------------------- Ray runs
 
 
-def test_fault_injection_must_leave_a_checkpoint_to_resume_from(demo_snapshot, tiny_bert_dir):
+def test_fault_injection_must_leave_a_checkpoint_to_resume_from(demo_snapshot, tiny_bert_dir, monkeypatch):
     from recbatch.train.trainer import train
 
     root, snapshot = demo_snapshot
-    cfg = _train_config(root, tiny_bert_dir, **{"train.fail_at_step": 5, "train.checkpoint_every_steps": 10})
-    with pytest.raises(UsageError, match="fail_at_step"):
+    monkeypatch.setenv(FAIL_AT_STEP, "5")
+    cfg = _train_config(root, tiny_bert_dir, **{"train.checkpoint_every_steps": 10})
+    with pytest.raises(UsageError, match=FAIL_AT_STEP):
         train(cfg, snapshot)
+
+
+def test_loop_pieces_record_the_loss_curve_and_start_fresh_without_a_checkpoint():
+    from recbatch.train.loop import TrainState, record_loss, restore
+
+    state, window = TrainState(step=10), [1.0, 3.0]
+    record_loss(state, window, lr=0.5, samples=64, seconds=2.0)
+    assert state.loss_curve == [{"step": 10, "loss": 2.0, "lr": 0.5, "samples_per_s": 32.0}] and window == []
+    assert restore(engine=None, checkpoint=None, rank=0) == (TrainState(), False)
+
+
+def test_the_fault_hook_is_not_a_config_key(tmp_path):
+    with pytest.raises(ConfigError, match="fail_at_step"):
+        config_from_dict({"root": str(tmp_path), "train": {"fail_at_step": 5}})
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local, demo_snapshot, tiny_bert_dir):
+def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local, demo_snapshot, tiny_bert_dir,
+                                                                     monkeypatch):
     from recbatch.train.trainer import train
 
     root, snapshot = demo_snapshot
+    monkeypatch.setenv(FAIL_AT_STEP, "40")
     cfg = _train_config(
         root, tiny_bert_dir,
         **{"train.zero_stage": 2, "train.epochs": 2, "train.checkpoint_every_steps": 25,
-           "train.fail_at_step": 40, "train.max_failures": 1, "train.keep_checkpoints": 2},
+           "train.max_failures": 1, "train.keep_checkpoints": 2},
     )
     artifact = train(cfg, snapshot)
 
@@ -184,7 +202,7 @@ def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local
     assert len(states) == 2  # keep_checkpoints
     final_state = json.loads(states[-1].read_text())
     assert final_state["restarts"] == 1  # the killed worker's group restarted from a checkpoint once
-    assert card["step"] == card["total_steps"] > cfg.train.fail_at_step
+    assert card["step"] == card["total_steps"] > 40  # past the step the worker died at
     ds_files = {p.name for p in (states[-1].parent / "state").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= ds_files
 

@@ -1,7 +1,7 @@
 """`recbatch score`: exact top-K for every user, written to the staged folder of a run date.
 
     recbatch score --root runs/demo                              # latest snapshot and model, today
-    recbatch score --root runs/demo --date 2026-11-29 --k 50 --actors 2 --item-shards 3 --explanations
+    recbatch score --root runs/demo --run-date 2026-11-29 --k 50 --actors 2 --item-shards 3 --explanations
     recbatch score --snapshot S --items E/items --users E/users  # explicit embedding folders
 
 The output is staged (``staged/dt=YYYY-MM-DD``), not published: the nightly
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 
 from recbatch.config import Config
@@ -21,7 +22,10 @@ HELP = "score every user against the whole catalog (exact top-K) into staged/dt=
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--date", type=dt.date.fromisoformat, default=None, help="run date YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=dt.date.fromisoformat, default=None,
+                   help="run date YYYY-MM-DD, as for `recbatch nightly` (default: today, UTC)")
+    p.add_argument("--date", type=dt.date.fromisoformat, default=None,
+                   help="deprecated spelling of --run-date (warns; kept for old scripts)")
     p.add_argument("--snapshot", help="snapshot folder (default: the latest under --root)")
     p.add_argument("--model", help="model artifact folder whose embeddings to use (default: the latest)")
     p.add_argument("--items", help="item embeddings folder (default: embeddings/<model_version>/items)")
@@ -47,23 +51,27 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import model_from, snapshot_from
-    from recbatch.layout import RunLayout
+    from recbatch.layout import RunLayout, model_version_of
     from recbatch.score.stage import score
     from recbatch.storage import read_manifest
 
+    if args.date is not None:
+        if args.run_date is not None and args.run_date != args.date:
+            raise UsageError(f"--date {args.date} and --run-date {args.run_date} disagree: give --run-date only")
+        print("recbatch score: --date is deprecated, use --run-date (the nightly's name)", file=sys.stderr)
     layout = RunLayout.of(cfg.root)
     snapshot = snapshot_from(args.snapshot, layout)
     if args.items and args.users:
         items_dir, users_dir = Path(args.items), Path(args.users)
     else:
         model_dir = model_from(args.model, layout, alternative=" (or --items and --users)")
-        version = read_manifest(model_dir).get("model_version", model_dir.name)
+        version = model_version_of(read_manifest(model_dir), model_dir)
         items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
         users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
     for name, folder in (("items", items_dir), ("users", users_dir)):
         if not folder.is_dir():
             raise UsageError(f"{name} embeddings {folder} do not exist: run `recbatch embed` first")
-    run_date = args.date or dt.datetime.now(dt.timezone.utc).date()
+    run_date = args.run_date or args.date or dt.datetime.now(dt.timezone.utc).date()
     staged = score(cfg, snapshot, items_dir, users_dir, run_date)
     manifest = read_manifest(staged)
     print(f"scored {manifest['users']} users (k={manifest['k']}, model {manifest['model_version']}) "

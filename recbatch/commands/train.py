@@ -47,11 +47,12 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import snapshot_from
     from recbatch.layout import RunLayout
+    from recbatch.model.artifact import read_model_card
     from recbatch.train.trainer import train
 
     layout = RunLayout.of(cfg.root)
     artifact = train(cfg, snapshot_from(args.snapshot, layout), resume=args.resume)
-    card = json.loads((artifact / "model_card.json").read_text())
+    card = read_model_card(artifact)
     print(json.dumps({"model": str(artifact), "model_version": card["model_version"], "step": card["step"],
                       "metrics": card["metrics"]}, indent=2))
     return 0

@@ -14,7 +14,6 @@ manifest that counts what was encoded and what was reused.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -37,7 +36,7 @@ from recbatch.embed.users import PartitionEncoder
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
-from recbatch.runtime import ensure_ray, resolve_precision
+from recbatch.runtime import ensure_ray, require_resources, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
 from recbatch.parts import PARTITION, commit_parts
 from recbatch.storage import is_complete, publish_dir, staging_dir_for, verify_manifest
@@ -61,21 +60,13 @@ class EmbedResult:
     seconds: float
 
 
-def read_model_card(model_dir: str | Path) -> dict[str, Any]:
-    """The card of a published model artifact (checked complete first), without loading weights."""
-    from recbatch.model.artifact import CARD_FILE
-
-    verify_manifest(model_dir, checksums=False)
-    return json.loads((Path(model_dir) / CARD_FILE).read_text())
-
-
 def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     """Embed every item and user of `snapshot` with the model at `model_dir`.
 
     With ``embed.incremental`` (the default) rows whose input is unchanged
     since the last run of the same model version are reused, not re-encoded.
     """
-    from recbatch.model.artifact import trained_temperature
+    from recbatch.model.artifact import read_model_card, trained_temperature
 
     started = time.perf_counter()
     card = read_model_card(model_dir)
@@ -156,14 +147,9 @@ def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: 
 
 def _actor_settings(cfg: EmbedConfig, model_dir: Path) -> dict[str, Any]:
     """Constructor arguments shared by the item and user actors: device, precision, threads."""
-    import ray
-
     on_gpu = cfg.gpus_per_actor > 0
     if on_gpu:
-        have = ray.cluster_resources().get("GPU", 0)
-        need = cfg.gpus_per_actor * cfg.num_actors
-        if have < need:  # Ray would wait forever for GPUs that never come
-            raise UsageError(f"embed.gpus_per_actor x embed.num_actors = {need} GPUs, but the Ray cluster has {have}")
+        require_resources("GPU", cfg.gpus_per_actor * cfg.num_actors, "embed.gpus_per_actor x embed.num_actors")
     return {
         "model_dir": str(model_dir),
         "device": "cuda" if on_gpu else "cpu",

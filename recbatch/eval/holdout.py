@@ -10,13 +10,14 @@ user id, ``holdout_user_ids``), it
    encodes the catalog here when none is given),
 2. encodes each user from the history before the held-out rows only
    (train + validation before test; train before validation),
-3. ranks the whole catalog with the scoring kernel (seen and unavailable
-   items filtered, ``max(eval.ks)`` items, the popularity prior added as the
-   scoring stage adds it), and
+3. ranks the whole catalog through the scoring stage's own ranking function
+   (``score/ranking.py``: the same eligibility, ``score.filter_seen``,
+   ``filter_unavailable``, ``blocklist``, kernel settings and popularity prior;
+   ``max(eval.ks)`` items), with the pre-test history as what the user has seen, and
 4. scores the lists with ``metrics.evaluate`` against the test rows.
 
-So the two-tower goes through the same ranking kernel and metric code as the
-published lists and the baselines.
+So the two-tower goes through the same ranking rules and metric code as the
+published lists (``tests/test_score.py::test_published_lists_equal_the_holdout_ranking_of_the_same_inputs``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import scipy.sparse as sp
 
 from recbatch.config import Config
 from recbatch.data.partition import user_hash
@@ -91,8 +91,6 @@ def holdout_lists(
     from recbatch.model.artifact import load_artifact, trained_temperature
     from recbatch.model.features import item_input_hash
     from recbatch.runtime import resolve_precision, resolve_use_gpu
-    from recbatch.score.kernel import topk
-    from recbatch.score.prior import prior_column, user_column_value, with_prior
 
     on_gpu = resolve_use_gpu("auto")
     device = "cuda" if on_gpu else "cpu"
@@ -119,39 +117,46 @@ def holdout_lists(
             ).numpy())
     user_matrix = np.concatenate(vectors) if vectors else np.zeros((0, items.shape[1]), np.float32)
 
-    # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
-    prior = prior_column(cfg.score, snapshot.split().filter(is_before), item_ids)  # every user's rows, streamed
     temperature = trained_temperature(artifact.card) or cfg.model.temperature
-    user_matrix, items = with_prior(user_matrix, items, prior, user_column_value(cfg.score, temperature))
-    seen = _seen_matrix(before, inputs["user_id"], pl.Series(item_ids))  # [U, N]
-    available = _available(catalog, item_ids)
-    idx, scores = topk(
-        user_matrix, items, k, exclude=seen, item_mask=available,
-        user_block=cfg.score.user_block, item_tile=cfg.score.item_tile, device=device, kernel=cfg.score.kernel,
-    )  # [U, k] each, -1 padded
+    idx, scores, item_ids = rank_with_history(
+        cfg, snapshot, item_ids, items, inputs["user_id"].to_arrow(), user_matrix, before, temperature, k,
+        everyone=snapshot.split().filter(is_before),
+    )
     return pl.from_arrow(lists_table(inputs["user_id"].to_arrow(), idx, scores, item_ids, artifact.model_version))
 
 
-def _seen_matrix(before: pl.LazyFrame, users: pl.Series, item_ids: pl.Series) -> sp.csr_matrix:
-    """[U, N] with a 1 for every interaction in `before`: those items are never recommended."""
-    rows = pl.DataFrame({"user_id": users}).with_row_index("row")
-    cols = pl.DataFrame({"item_id": item_ids}).with_row_index("col")
-    pairs = (
-        before.select("user_id", "item_id")
-        .collect(engine="streaming").join(rows, on="user_id").join(cols, on="item_id").unique(["row", "col"])
-    )
-    data = np.ones(pairs.height, dtype=np.float32)
-    return sp.csr_matrix((data, (pairs["row"].to_numpy(), pairs["col"].to_numpy())), shape=(len(users), len(item_ids)))
+def rank_with_history(
+    cfg: Config,
+    snapshot: Any,
+    item_ids: pa.Array,
+    items: np.ndarray,
+    user_ids: pa.Array,
+    user_vectors: np.ndarray,
+    history: pl.LazyFrame,
+    temperature: float,
+    k: int,
+    everyone: pl.LazyFrame | None = None,
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Top-K lists of `user_ids` (vectors [U, D]) over the catalog (`item_ids` [N], `items` [N, D]),
+    by the scoring stage's rules (``score/ranking.py``), with `history` as what each user has seen
+    and `everyone` (default: `history`) as the rows the popularity prior counts: every user's,
+    streamed, when `history` holds only the ranked users' rows.
+    Returns (positions [U, k], scores [U, k], catalog ids sorted).
+    """
+    from recbatch.score.prior import prior_column, user_column_value, with_prior
+    from recbatch.score.ranking import catalog_of, kernel_settings, rank, user_exclusions
 
-
-def _available(catalog: pl.DataFrame, item_ids: pa.Array) -> np.ndarray:
-    if "available" not in catalog.columns:
-        return np.ones(len(item_ids), dtype=bool)
-    flags = pl.DataFrame({"item_id": pl.Series(item_ids)}).join(
-        catalog.select("item_id", pl.col("available").fill_null(True)), on="item_id", how="left",
-        maintain_order="left",
-    )["available"].fill_null(False)
-    return flags.to_numpy()
+    catalog = catalog_of(snapshot, item_ids, items, cfg.score, "the holdout catalog")
+    users = pl.DataFrame({"user_id": pl.Series(user_ids)}).lazy()
+    exclusions = user_exclusions(history, users, catalog.ids, cfg.score, snapshot).collect()
+    # the popularity prior, as the scoring stage adds it (recbatch/score/prior.py): [U, D(+1)], [N, D(+1)]
+    prior = prior_column(cfg.score, history if everyone is None else everyone, catalog.ids)
+    user_vectors, vectors = with_prior(user_vectors, catalog.vectors, prior, user_column_value(cfg.score, temperature))
+    idx, scores = rank(
+        user_vectors, vectors, catalog.eligible, exclusions["seen"].to_arrow(), exclusions["blocked"].to_arrow(),
+        k=k, filter_seen=cfg.score.filter_seen, **kernel_settings(cfg.score),
+    )  # [U, k] each, -1 padded
+    return idx, scores, catalog.ids
 
 
 def evaluate_model(

@@ -189,13 +189,23 @@ def trained_temperature(card: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
+def read_model_card(model_dir: str | Path, *, check_complete: bool = True) -> dict[str, Any]:
+    """The card of a model artifact, without loading weights: the one reader of ``model_card.json``.
+
+    `check_complete` first verifies the folder's manifest (a published artifact);
+    retention reads the cards of folders that may be half-written and passes False.
+    """
+    if check_complete:
+        verify_manifest(model_dir, checksums=False)
+    return json.loads((Path(model_dir) / CARD_FILE).read_text())
+
+
 def load_artifact(path: str | Path, device: str = "cpu", precision: Precision = "fp32") -> Artifact:
     """Load a published artifact (verifies its manifest first)."""
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
-    verify_manifest(path, checksums=False)
-    card = json.loads((path / CARD_FILE).read_text())
+    card = read_model_card(path)
     if card.get("format") != ARTIFACT_FORMAT:
         raise IntegrityError(f"{path}: model artifact format {card.get('format')} is not {ARTIFACT_FORMAT}")
     encoder = AutoModel.from_pretrained(path / ENCODER_DIR, trust_remote_code=False, local_files_only=True)

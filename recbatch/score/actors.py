@@ -20,16 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import scipy.sparse as sp
 
 from recbatch.parts import PARTITION
-from recbatch.score.kernel import kernel_used, merge_topk, topk
+from recbatch.score.kernel import kernel_used, merge_topk
+from recbatch.score.ranking import BLOCKED, SEEN, rank
 
 # Columns carried between the stages of one batch.
 TOP_INDEX = "top_index"  # list<int64>: catalog positions, -1 padded, length k
 TOP_SCORE = "top_score"  # list<float32>: -inf padded
-SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
-BLOCKED = "blocked"  # list<int64>: catalog positions blocklisted for this user
 SCORED_ON = "scored_on"  # string: comma-joined Ray node ids of the shard actors that scored the row
 SCORED_WITH = "scored_with"  # string: comma-joined top-K kernels ("native"/"torch") those actors ran
 
@@ -65,27 +63,6 @@ def matrix_to_list_column(matrix: np.ndarray, keep: np.ndarray | None = None) ->
     )
 
 
-def lists_to_csr(columns: list[pa.ChunkedArray | pa.Array], n_cols: int, lo: int = 0) -> sp.csr_matrix:
-    """Union of list<int64> columns (catalog positions) as a [rows, n_cols] CSR, shifted by -lo.
-
-    Entries outside ``[lo, lo + n_cols)`` belong to other item shards and are dropped.
-    """
-    parts = []
-    for column in columns:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        lengths = pa.compute.list_value_length(column).to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(len(column)), np.nan_to_num(lengths).astype(np.int64))
-        cols = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64) - lo
-        inside = (cols >= 0) & (cols < n_cols)
-        parts.append((rows[inside], cols[inside]))
-    n_rows = len(columns[0])
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    data = np.ones(len(rows), dtype=np.float32)
-    return sp.csr_matrix((data, (rows, cols)), shape=(n_rows, n_cols))
-
-
 class ShardScorer:
     """Scores a batch of users against one item shard and merges into their running top-K."""
 
@@ -117,13 +94,11 @@ class ShardScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         users = fixed_lists_to_matrix(batch.column("embedding"), self.items.shape[1])  # [B, D]
-        filters = [batch.column(BLOCKED)] + ([batch.column(SEEN)] if self.filter_seen else [])
-        exclude = lists_to_csr(filters, len(self.items), lo=self.offset)  # [B, N_shard]
-        idx, scores = topk(
-            users, self.items, self.k, exclude=exclude, item_mask=self.eligible,
+        idx, scores = rank(
+            users, self.items, self.eligible, batch.column(SEEN), batch.column(BLOCKED),
+            k=self.k, filter_seen=self.filter_seen, offset=self.offset,
             device=self.device, precision=self.precision, threads=self.threads, kernel=self.kernel, **self.tiles,
-        )  # [B, k] each
-        idx = np.where(idx >= 0, idx + self.offset, -1)
+        )  # [B, k] each: catalog positions
         if TOP_INDEX in batch.column_names:  # an earlier shard's lists: keep the best of both
             earlier = (
                 fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k),

@@ -20,17 +20,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from recbatch.config import Config, ScoreConfig
@@ -38,11 +35,12 @@ from recbatch.data.snapshot import Snapshot
 from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition
 from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
-from recbatch.layout import RunLayout
+from recbatch.layout import RunLayout, model_version_of
 from recbatch.parts import PARTITION, commit_parts
-from recbatch.runtime import ensure_ray, resolve_precision
-from recbatch.score.actors import BLOCKED, SCORED_ON, SCORED_WITH, SEEN, Finisher, ShardScorer, _resolve
+from recbatch.runtime import ensure_ray, require_resources
+from recbatch.score.actors import SCORED_ON, SCORED_WITH, Finisher, ShardScorer, _resolve
 from recbatch.score.prior import append_column, prior_column, user_column_value
+from recbatch.score.ranking import Catalog, catalog_of, kernel_settings, user_exclusions
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest
 
 log = logging.getLogger(__name__)
@@ -61,20 +59,6 @@ PREPARE_CPUS = 0.5
 FINISHER_CPUS = 0.25
 
 
-@dataclass(frozen=True)
-class Catalog:
-    """Items sorted by id: position i is item ``ids[i]`` with vector ``vectors[i]``."""
-
-    ids: pa.Array  # [N]
-    vectors: np.ndarray  # [N, D] float32
-    eligible: np.ndarray  # [N] bool: available and not globally blocked
-    prior: np.ndarray | None = None  # [N] float32 log popularity now (score.popularity_prior_weight > 0)
-
-    @property
-    def size(self) -> int:
-        return len(self.ids)
-
-
 def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str | Path,
           run_date: dt.date | str) -> Path:
     """Score every user with embeddings in `users_dir`; write ``RunLayout.staged_for(run_date)``.
@@ -89,7 +73,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     started = time.perf_counter()
     items_manifest = verify_manifest(items_dir, checksums=False)
     users_manifest = verify_manifest(users_dir, checksums=False)
-    model_version = items_manifest.get("model_version") or Path(items_dir).parent.name
+    model_version = model_version_of(items_manifest, Path(items_dir).parent)  # embeddings/<version>/items
     catalog = load_catalog(snapshot, items_dir, cfg.score)
     user_value = None
     if cfg.score.popularity_prior_weight > 0:
@@ -172,30 +156,15 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
     on_gpu = cfg.gpus_per_actor > 0
     if on_gpu and cfg.kernel == "native":
         raise UsageError("score.kernel = 'native' is the CPU kernel: use 'auto' or 'torch' with score.gpus_per_actor > 0")
-    if on_gpu and ray.cluster_resources().get("GPU", 0) < cfg.gpus_per_actor * cfg.num_actors:
-        raise UsageError(
-            f"score.gpus_per_actor x score.num_actors = {cfg.gpus_per_actor * cfg.num_actors} GPUs, "
-            f"but the Ray cluster has {ray.cluster_resources().get('GPU', 0)}"
-        )
+    if on_gpu:
+        require_resources("GPU", cfg.gpus_per_actor * cfg.num_actors, "score.gpus_per_actor x score.num_actors")
     finisher_cpus = min(cfg.cpus_per_actor, FINISHER_CPUS)
-    need = cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + cfg.num_actors * finisher_cpus + PREPARE_CPUS
-    have = ray.cluster_resources().get("CPU", 0)
-    if need > have:  # actors that take every CPU leave the pipeline waiting forever, silently
-        raise UsageError(
-            f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} per finisher and "
-            f"{PREPARE_CPUS} to read partitions) = {need} CPUs, but the Ray cluster has {have}: "
-            "lower score.num_actors or score.cpus_per_actor"
-        )
-    actor = {
-        "k": cfg.k,
-        "filter_seen": cfg.filter_seen,
-        "user_block": cfg.user_block,
-        "item_tile": cfg.item_tile,
-        "device": "cuda" if on_gpu else "cpu",
-        "precision": resolve_precision(cfg.precision, on_gpu),
-        "threads": max(1, math.ceil(cfg.cpus_per_actor)),
-        "kernel": cfg.kernel,
-    }
+    require_resources(
+        "CPU", cfg.item_shards * cfg.num_actors * cfg.cpus_per_actor + cfg.num_actors * finisher_cpus + PREPARE_CPUS,
+        f"score.item_shards x score.num_actors x score.cpus_per_actor (+ {finisher_cpus} per finisher and "
+        f"{PREPARE_CPUS} to read partitions)", remedy="lower score.num_actors or score.cpus_per_actor",
+    )
+    actor = {"k": cfg.k, "filter_seen": cfg.filter_seen, **kernel_settings(cfg)}
     pool = {
         "compute": ray.data.ActorPoolStrategy(size=cfg.num_actors),
         "num_cpus": cfg.cpus_per_actor,
@@ -236,28 +205,9 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
 
 
 def load_catalog(snapshot: Snapshot, items_dir: str | Path, cfg: ScoreConfig) -> Catalog:
-    """Item vectors sorted by id, with the items every user may receive.
-
-    An item may be recommended when the snapshot lists it, ``available`` is
-    not false (with ``score.filter_unavailable``) and no global blocklist row
-    names it.
-    """
+    """Item vectors sorted by id, with the items every user may receive (``ranking.eligible_items``)."""
     ids, vectors = read_matrix(items_dir, "item_id")  # [N], [N, D]
-    _check_vectors(vectors, Path(items_dir), "item_id", ids)
-    order = pc.sort_indices(ids).to_numpy()
-    ids, vectors = ids.take(pa.array(order)), np.ascontiguousarray(vectors[order])
-    names = snapshot.items().collect_schema().names()
-    columns = ["item_id"] + (["available"] if "available" in names else [])
-    listed = snapshot.items().select(columns).collect()
-    catalog = pl.DataFrame({"item_id": pl.Series(ids), "position": np.arange(len(ids))})
-    merged = catalog.join(listed.with_columns(listed_=pl.lit(True)), on="item_id", how="left").sort("position")
-    eligible = merged["listed_"].fill_null(False).to_numpy()
-    if cfg.filter_unavailable and "available" in columns:
-        eligible &= merged["available"].fill_null(True).to_numpy()
-    blocked_globally, _ = _blocklist(cfg, snapshot)
-    if blocked_globally is not None:
-        eligible &= ~catalog["item_id"].is_in(blocked_globally.implode()).to_numpy()
-    return Catalog(ids=ids, vectors=vectors, eligible=eligible.astype(bool))
+    return catalog_of(snapshot, ids, vectors, cfg, items_dir)
 
 
 def partition_users(
@@ -277,27 +227,11 @@ def partition_users(
     users = pl.from_arrow(read_user_partition(users_dir, users_manifest, partition, snapshot.partitions,
                                               ["user_id", "embedding"]))
     _check_user_vectors(users, users_dir, dim)
-    positions = pl.DataFrame({"item_id": pl.Series(item_ids), "position": np.arange(len(item_ids))}).lazy()
-    seen = (
-        snapshot.scan_partition("interactions", partition).select("user_id", "item_id")
-        .join(positions, on="item_id", how="inner")
-        .group_by("user_id").agg(pl.col("position").unique().sort().alias(SEEN))
-    )
-    _, per_user = _blocklist(cfg, snapshot)
-    table = users.lazy().join(seen, on="user_id", how="left", maintain_order="left")
-    if per_user is not None:
-        blocked = (
-            per_user.lazy().join(users.lazy().select("user_id"), on="user_id", how="semi")
-            .join(positions, on="item_id", how="inner")
-            .group_by("user_id").agg(pl.col("position").unique().sort().alias(BLOCKED))
-        )
-        table = table.join(blocked, on="user_id", how="left", maintain_order="left")
-    else:
-        table = table.with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias(BLOCKED))
-    empty = pl.lit([], dtype=pl.List(pl.Int64))
+    exclusions = user_exclusions(serving_events(snapshot, partition), users.lazy().select("user_id"), item_ids,
+                                 cfg, snapshot)
     rows = (
-        table.with_columns(pl.col(SEEN, BLOCKED).cast(pl.List(pl.Int64)).fill_null(empty),
-                           pl.lit(partition, dtype=pl.Int32).alias(PARTITION))
+        users.lazy().join(exclusions, on="user_id", how="left", maintain_order="left")
+        .with_columns(pl.lit(partition, dtype=pl.Int32).alias(PARTITION))
         .collect().to_arrow()
     )
     if user_value is not None:  # the popularity prior's user side (score/prior.py)
@@ -331,44 +265,3 @@ def _append_to_embeddings(users: pa.Table, value: float) -> pa.Table:
     widened = append_column(list_column_to_matrix(column), value)  # [U, D] -> [U, D + 1]
     array = matrix_to_list_array(widened).cast(column.type)
     return users.set_column(users.schema.get_field_index("embedding"), "embedding", array)
-
-
-def _blocklist(cfg: ScoreConfig, snapshot: Snapshot) -> tuple[pl.Series | None, pl.DataFrame | None]:
-    """(globally blocked item ids, per-user ``user_id,item_id`` rows) from ``score.blocklist``.
-
-    A file with only ``item_id`` blocks globally; with ``user_id`` too, rows
-    whose user_id is null block globally and the rest per user.
-    """
-    if not cfg.blocklist:
-        return None, None
-    path = Path(cfg.blocklist)
-    if not path.exists():
-        raise UsageError(f"score.blocklist {path} does not exist")
-    table = pl.read_parquet(path)
-    if "item_id" not in table.columns:
-        raise DataValidationError(f"{path}: blocklist lacks column 'item_id' (has {table.columns})")
-    nulls = table.filter(pl.col("item_id").is_null()).height
-    if nulls:
-        raise DataValidationError(f"{path}: column 'item_id' has {nulls} null rows")
-    want = pl.Int64 if snapshot.id_type == "int" else pl.String
-    try:
-        table = table.with_columns(pl.col(c).cast(want, strict=True) for c in ("item_id", "user_id") if c in table.columns)
-    except pl.exceptions.InvalidOperationError as exc:
-        raise DataValidationError(f"{path}: blocklist ids do not match the snapshot's id type {snapshot.id_type}: {exc}") from None
-    if "user_id" not in table.columns:
-        return table["item_id"], None
-    return (
-        table.filter(pl.col("user_id").is_null())["item_id"],
-        table.filter(pl.col("user_id").is_not_null()).select("user_id", "item_id"),
-    )
-
-
-def _check_vectors(vectors: np.ndarray, folder: Path, id_column: str, ids: pa.Array) -> None:
-    bad = ~np.isfinite(vectors).all(axis=1) if vectors.size else np.zeros(0, bool)
-    if bad.any():
-        examples = ids.take(pa.array(np.flatnonzero(bad)[:5])).to_pylist()
-        raise DataValidationError(
-            f"{folder}: column 'embedding' has {int(bad.sum())} rows with NaN/inf values, e.g. {id_column} {examples}"
-        )
-    if len(vectors) == 0:
-        raise DataValidationError(f"{folder}: no item embeddings to score against")

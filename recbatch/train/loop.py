@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from recbatch.config import TrainConfig
+from recbatch.testing import FAIL_AT_STEP
 from recbatch.model.features import UserFeatureSpec
 from recbatch.model.loss import candidate_log_q, two_tower_loss
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
@@ -83,6 +84,7 @@ class LoopConfig:
     catalog_path: str
     validation_path: str
     total_steps: int
+    fail_at_step: int | None = None  # test-only fault hook (recbatch.testing): the last rank dies once here
 
 
 def parameter_groups(model: TwoTower, train: TrainConfig) -> tuple[list[dict[str, Any]], list[float]]:
@@ -145,7 +147,7 @@ def batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[st
 
 
 def step_loss(
-    run,
+    forward,
     t: dict[str, torch.Tensor],
     pooled: torch.Tensor,
     catalog: CatalogTensors,
@@ -154,7 +156,7 @@ def step_loss(
 ) -> torch.Tensor:
     """The training loss of one micro-batch (shared by the DeepSpeed loop and the plain-PyTorch bench).
 
-    `run` is the engine or the bare model; `t` holds target [B], history [B, L]
+    `forward` is the engine or the bare model (called as ``forward(kind, **inputs)``); `t` holds target [B], history [B, L]
     (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F], age_days [B];
     `pooled` is the per-epoch cache [M, H].
     """
@@ -184,11 +186,101 @@ def step_loss(
         inputs["negative_pooled"] = pooled[negatives]
         inputs["negative_id_index"] = catalog.id_index[negatives]
         candidate_rows = torch.cat([candidate_rows, negatives])
-    users, candidates = run("train", **inputs)  # [B, D], [B + N, D]
+    users, candidates = forward("train", **inputs)  # [B, D], [B + N, D]
     log_q = None
     if cfg.logq_correction:
         log_q = candidate_log_q(catalog.probability[candidate_rows], B, cfg.extra_negatives, catalog.size)
     return two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
+
+
+def die_once(cfg: LoopConfig, step: int, rank: int) -> None:
+    """The test-only fault (``recbatch.testing.FAIL_AT_STEP``): this worker exits as a crash would, once per run.
+
+    Once per run even if the restart begins before the controller has registered
+    the last checkpoint: a marker beside the prepared inputs says it fired.
+    """
+    marker = Path(cfg.catalog_path).parent / "fault_injected"
+    if marker.exists():
+        return
+    marker.touch()
+    # Let the controller register the last reported checkpoint first (it polls
+    # workers every few seconds), so the restart resumes from it as a real
+    # failure well after a checkpoint would.
+    time.sleep(10)
+    log.error("fault injection (%s=%d): worker rank %d exits", FAIL_AT_STEP, step, rank)
+    os._exit(1)
+
+
+def add_time(state: TrainState, phase: str, since: float) -> None:
+    """Add the seconds since `since` to `phase` in the state's timings (summed over attempts)."""
+    state.timings[phase] = state.timings.get(phase, 0.0) + time.perf_counter() - since
+
+
+def restore(engine, checkpoint, rank: int) -> tuple[TrainState, bool]:
+    """(state, restored): every rank's DeepSpeed shards and the loop position from Ray's latest
+    checkpoint (after a worker failure or ``--resume``), else a fresh state."""
+    if checkpoint is None:
+        return TrainState(), False
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        state = TrainState(**json.loads((Path(folder) / STATE_FILE).read_text()))
+    state.restarts += 1
+    log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, state.step, state.epoch, state.batches_in_epoch)
+    return state, True
+
+
+def record_loss(state: TrainState, window: list[float], lr: float, samples: int, seconds: float) -> None:
+    """Append the mean loss of the micro-batches in `window` to the loss curve, then empty it."""
+    state.loss_curve.append({
+        "step": state.step,
+        "loss": float(np.mean(window)),
+        "lr": lr,
+        "samples_per_s": samples / max(seconds, 1e-9),
+    })
+    window.clear()
+
+
+class PooledCache:
+    """The encoder's pooled output for the catalog: recomputed on each request, or once per
+    run with a frozen encoder (``model.freeze_encoder``), whose cache never goes stale."""
+
+    def __init__(self, catalog: CatalogTensors, device: torch.device, frozen: bool) -> None:
+        self.catalog, self.device, self.frozen = catalog, device, frozen
+        self.kept: torch.Tensor | None = None
+
+    def get(self, engine) -> torch.Tensor:
+        if not self.frozen:
+            return refresh_pooled_cache(engine, self.catalog, self.device)
+        if self.kept is None:
+            self.kept = refresh_pooled_cache(engine, self.catalog, self.device)
+        return self.kept
+
+
+def validate_and_checkpoint(
+    engine, state: TrainState, pooled_cache: PooledCache, validation, validate_k: int, rank: int,
+) -> torch.Tensor:
+    """Refresh the cache, rank the validation users, save every rank's shards, report to Ray.
+
+    Returns the refreshed cache, for the steps that follow.
+    """
+    import ray.train
+
+    since = time.perf_counter()
+    pooled = pooled_cache.get(engine)
+    engine.eval()
+    items = item_vectors(engine, pooled, pooled_cache.catalog)
+    state.metrics = full_ranking_metrics(engine, items, validation, validate_k)
+    engine.train()
+    add_time(state, "validate", since)
+    report = {"step": state.step, "epoch": state.epoch, **state.metrics}
+    if state.loss_curve:
+        report["loss"] = state.loss_curve[-1]["loss"]
+    with tempfile.TemporaryDirectory(prefix=f"recbatch-ckpt-r{rank}-") as folder:
+        engine.save_checkpoint(folder, tag=CHECKPOINT_TAG)
+        if rank == 0:
+            (Path(folder) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    return pooled
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -217,64 +309,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_cfg, on_gpu=on_gpu, world_size=world, total_steps=cfg.total_steps, group_learning_rates=peaks
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-
-    state, restored = TrainState(), False
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
-            state = TrainState(**json.loads((Path(folder) / STATE_FILE).read_text()))
-        restored = True
-        state.restarts += 1
-        log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, state.step, state.epoch, state.batches_in_epoch)
+    state, restored = restore(engine, ray.train.get_checkpoint(), rank)
 
     shard = ray.train.get_dataset_shard("train")
-    catalog = catalog.to(device)
+    pooled_cache = PooledCache(catalog.to(device), device, cfg.freeze_encoder)
     B = train_cfg.batch_size
-    window: list[float] = []
+    window: list[float] = []  # losses of the micro-batches since the last loss-curve point
     batch_generator = torch.Generator()  # uniform extra negatives, reseeded per batch (resumable)
     last_reported = state.step if restored else -1
+    add_time(state, "init", started)  # model, data, DeepSpeed set-up and restore of this attempt
     step_start = time.perf_counter()
 
-    def tick(phase: str, since: float) -> None:
-        state.timings[phase] = state.timings.get(phase, 0.0) + time.perf_counter() - since
-
-    tick("init", started)  # model, data, DeepSpeed set-up and restore of this attempt
-
-    frozen_pooled: torch.Tensor | None = None  # with a frozen encoder the cache never goes stale
-
-    def current_pooled() -> torch.Tensor:
-        nonlocal frozen_pooled
-        if not cfg.freeze_encoder:
-            return refresh_pooled_cache(engine, catalog, device)
-        if frozen_pooled is None:
-            frozen_pooled = refresh_pooled_cache(engine, catalog, device)
-        return frozen_pooled
-
-    def validate_and_checkpoint() -> torch.Tensor:
-        """Refresh the cache, rank the validation users, save every rank's shards, report."""
-        nonlocal last_reported
-        since = time.perf_counter()
-        pooled = current_pooled()
-        engine.eval()
-        items = item_vectors(engine, pooled, catalog)
-        metrics = full_ranking_metrics(engine, items, validation, train_cfg.validate_k)
-        engine.train()
-        state.metrics = metrics
-        tick("validate", since)
-        report = {"step": state.step, "epoch": state.epoch, **metrics}
-        if state.loss_curve:
-            report["loss"] = state.loss_curve[-1]["loss"]
-        with tempfile.TemporaryDirectory(prefix=f"recbatch-ckpt-r{rank}-") as folder:
-            engine.save_checkpoint(folder, tag=CHECKPOINT_TAG)
-            if rank == 0:
-                (Path(folder) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        last_reported = state.step
-        return pooled
-
     while state.epoch < train_cfg.epochs and state.step < cfg.total_steps:
-        pooled = current_pooled()
+        pooled = pooled_cache.get(engine)
         batches = shard.iter_batches(
             batch_size=B,
             batch_format="numpy",
@@ -286,7 +333,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if index < state.batches_in_epoch:
                 continue  # consumed before the restart
             batch_generator.manual_seed(train_cfg.seed * 1_000_003 + rank * 7919 + state.step * 31 + index)
-            loss = step_loss(engine, batch_tensors(batch, device), pooled, catalog, cfg, batch_generator)
+            loss = step_loss(engine, batch_tensors(batch, device), pooled, pooled_cache.catalog, cfg, batch_generator)
             engine.backward(loss)
             engine.step()
             window.append(float(loss.detach()))
@@ -295,32 +342,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue  # inside a gradient-accumulation window
             state.step = int(engine.global_steps)
 
-            if train_cfg.fail_at_step == state.step and not restored and rank == world - 1:
-                # Once per run, even if the restart begins before the controller has
-                # registered the last checkpoint: a marker beside the prepared inputs.
-                marker = Path(cfg.catalog_path).parent / "fault_injected"
-                if not marker.exists():
-                    marker.touch()
-                    # Let the controller register the last reported checkpoint first (it polls
-                    # workers every few seconds), so the restart resumes from it as a real
-                    # failure well after a checkpoint would.
-                    time.sleep(10)
-                    log.error("fault injection (train.fail_at_step=%d): worker rank %d exits", state.step, rank)
-                    os._exit(1)
+            if cfg.fail_at_step == state.step and not restored and rank == world - 1:
+                die_once(cfg, state.step, rank)
             if state.step % train_cfg.log_every_steps == 0 or state.step >= cfg.total_steps:
-                elapsed = time.perf_counter() - step_start
-                state.loss_curve.append(
-                    {
-                        "step": state.step,
-                        "loss": float(np.mean(window)),
-                        "lr": float(engine.get_lr()[-1]),
-                        "samples_per_s": len(window) * B * world / max(elapsed, 1e-9),
-                    }
-                )
-                window.clear()
+                record_loss(state, window, float(engine.get_lr()[-1]), len(window) * B * world,
+                            time.perf_counter() - step_start)
                 step_start = time.perf_counter()
             if state.step % train_cfg.checkpoint_every_steps == 0 or state.step >= cfg.total_steps:
-                pooled = validate_and_checkpoint()
+                pooled = validate_and_checkpoint(engine, state, pooled_cache, validation, train_cfg.validate_k, rank)
+                last_reported = state.step
                 step_start = time.perf_counter()
             if state.step >= cfg.total_steps:
                 break
@@ -328,4 +358,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.epoch += 1
             state.batches_in_epoch = 0
     if last_reported != state.step:
-        validate_and_checkpoint()
+        validate_and_checkpoint(engine, state, pooled_cache, validation, train_cfg.validate_k, rank)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from recbatch import testing
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import StageFailed, UsageError
@@ -31,7 +32,7 @@ from recbatch.layout import RunLayout
 from recbatch.model.artifact import save_artifact, tower_config
 from recbatch.model.encoder import resolve_encoder
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
-from recbatch.runtime import ensure_ray, resolve_use_gpu
+from recbatch.runtime import ensure_ray, require_resources, resolve_use_gpu
 from recbatch.train.examples import PreparedInputs, prepare_inputs
 from recbatch.train.loop import CHECKPOINT_TAG, STATE_FILE, LoopConfig, TrainState, train_loop_per_worker
 
@@ -64,27 +65,24 @@ def steps_per_epoch(num_examples: int, cfg: Config) -> int:
     return steps
 
 
-def _check_fault_injection(cfg: Config) -> None:
-    t = cfg.train
-    if t.fail_at_step is not None and t.fail_at_step <= t.checkpoint_every_steps:
+def _fault_injection(cfg: Config) -> int | None:
+    """The test-only step at which a worker dies (``recbatch.testing``), checked against the checkpoints."""
+    step = testing.fail_at_step()
+    if step is not None and step <= cfg.train.checkpoint_every_steps:
         raise UsageError(
-            f"train.fail_at_step = {t.fail_at_step} must be > train.checkpoint_every_steps = "
-            f"{t.checkpoint_every_steps}, so the restarted run resumes from a checkpoint and the fault fires once"
+            f"{testing.FAIL_AT_STEP} = {step} must be > train.checkpoint_every_steps = "
+            f"{cfg.train.checkpoint_every_steps}, so the restarted run resumes from a checkpoint and the fault fires once"
         )
+    return step
 
 
 def _check_cpus_left_for_data(cfg: Config) -> None:
     """Refuse a worker group that takes every CPU: Ray Data's read tasks would never
     be scheduled and training would wait forever, silently (seen on a 2-core box)."""
-    import ray
-
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker
-    have = ray.cluster_resources().get("CPU", 0)
-    if need >= have:
-        raise UsageError(
-            f"train.num_workers x train.cpus_per_worker = {need:g} CPUs leaves none of the Ray cluster's "
-            f"{have:g} for reading the training data: lower train.cpus_per_worker or raise ray.num_cpus"
-        )
+    require_resources(
+        "CPU", cfg.train.num_workers * cfg.train.cpus_per_worker, "train.num_workers x train.cpus_per_worker",
+        spare_for="reading the training data", remedy="lower train.cpus_per_worker or raise ray.num_cpus",
+    )
 
 
 def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt.date | None = None) -> Path:
@@ -97,7 +95,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    _check_fault_injection(cfg)
+    fail_at_step = _fault_injection(cfg)
     ensure_ray(cfg.ray)
     _check_cpus_left_for_data(cfg)
     layout = RunLayout.of(cfg.root)
@@ -116,7 +114,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
-    loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps)
+    loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps, fail_at_step)
 
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
     resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
@@ -163,7 +161,8 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
 
 
 def make_loop_config(
-    cfg: Config, encoder_dir: str, tower: TwoTowerConfig, prepared: PreparedInputs, total_steps: int
+    cfg: Config, encoder_dir: str, tower: TwoTowerConfig, prepared: PreparedInputs, total_steps: int,
+    fail_at_step: int | None = None,
 ) -> LoopConfig:
     """What every worker receives: plain data only (paths, dicts, numbers)."""
     return LoopConfig(
@@ -180,6 +179,7 @@ def make_loop_config(
         catalog_path=str(prepared.catalog),
         validation_path=str(prepared.validation),
         total_steps=total_steps,
+        fail_at_step=fail_at_step,
     )
 
 

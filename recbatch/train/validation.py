@@ -5,7 +5,7 @@ min(K, |targets|); binary-gain NDCG), computed in torch on the worker so
 training can report them without writing a recommendations run. Items the
 user saw in training are excluded from the ranking, as in the scoring stage.
 
-The model is passed as a callable ``run(kind, **inputs)`` so the same code
+The model is passed as a callable ``forward(kind, **inputs)`` so the same code
 scores a live DeepSpeed engine and a loaded inference artifact, which is how
 the tests check that an exported artifact reproduces the engine's scores.
 """
@@ -19,17 +19,17 @@ import torch
 
 from recbatch.train.examples import CatalogTensors, ValidationTensors
 
-Run = Callable[..., torch.Tensor]
+Forward = Callable[..., torch.Tensor]
 
 
 @torch.no_grad()
-def pooled_catalog(run: Run, catalog: CatalogTensors, rows: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
+def pooled_catalog(forward: Forward, catalog: CatalogTensors, rows: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
     """Mean-pooled encoder output for the given catalog rows: [R] -> [R, H] float32 on `device`."""
     out = []
     for start in range(0, len(rows), batch):
         r = rows[start : start + batch]
         out.append(
-            run(
+            forward(
                 "pooled",
                 input_ids=catalog.input_ids[r].to(device),
                 attention_mask=catalog.attention_mask[r].to(device),
@@ -39,11 +39,11 @@ def pooled_catalog(run: Run, catalog: CatalogTensors, rows: torch.Tensor, device
 
 
 @torch.no_grad()
-def item_vectors(run: Run, pooled: torch.Tensor, catalog: CatalogTensors, batch: int = 4096) -> torch.Tensor:
+def item_vectors(forward: Forward, pooled: torch.Tensor, catalog: CatalogTensors, batch: int = 4096) -> torch.Tensor:
     """Unit item vectors for the whole catalog from the pooled cache: [M, H] -> [M, D]."""
     device = pooled.device
     chunks = [
-        run("items_from_pooled", pooled=pooled[s : s + batch], id_index=catalog.id_index[s : s + batch].to(device))
+        forward("items_from_pooled", pooled=pooled[s : s + batch], id_index=catalog.id_index[s : s + batch].to(device))
         for s in range(0, catalog.size, batch)
     ]
     return torch.cat(chunks).float()
@@ -58,7 +58,7 @@ def history_inputs(rows: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def full_ranking_metrics(
-    run: Run, items: torch.Tensor, validation: ValidationTensors, k: int, batch: int = 512
+    forward: Forward, items: torch.Tensor, validation: ValidationTensors, k: int, batch: int = 512
 ) -> dict[str, float]:
     """Mean Recall@k and NDCG@k over validation users, ranking all M items (seen excluded)."""
     device = items.device
@@ -71,7 +71,7 @@ def full_ranking_metrics(
     for s in range(0, users, batch):
         sl = slice(s, s + batch)
         hist, mask = history_inputs(validation.history[sl].to(device), items)
-        u = run(
+        u = forward(
             "users",
             history=hist,
             history_mask=mask,
