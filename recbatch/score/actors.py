@@ -32,7 +32,8 @@ SCORED_ON = "scored_on"  # string: comma-joined Ray node ids of the shard actors
 SCORED_WITH = "scored_with"  # string: comma-joined top-K kernels ("native"/"torch") those actors ran
 
 
-def _resolve(value: Any) -> Any:
+def resolve_ref(value: Any) -> Any:
+    """A value handed to a worker as itself or as a Ray object reference (``ray.put``, shipped once): the value."""
     import ray
 
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
@@ -80,8 +81,8 @@ class ShardScorer:
         threads: int,
         kernel: str = "auto",
     ) -> None:
-        self.items = _resolve(items)
-        self.eligible = _resolve(eligible)
+        self.items = resolve_ref(items)
+        self.eligible = resolve_ref(eligible)
         self.offset = offset
         self.k = k
         self.filter_seen = filter_seen
@@ -142,10 +143,10 @@ class Finisher:
         id_type: str = "int",
         rows_per_file: int = 250_000,
     ) -> None:
-        self.item_ids = _resolve(item_ids)
+        self.item_ids = resolve_ref(item_ids)
         self.k = k
         self.model_version = model_version
-        self.items = None if items is None else _resolve(items)
+        self.items = None if items is None else resolve_ref(items)
         self.write_to = write_to
         self.id_type = id_type
         self.rows_per_file = rows_per_file

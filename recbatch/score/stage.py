@@ -38,7 +38,7 @@ from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout, model_version_of
 from recbatch.parts import PARTITION, commit_parts
 from recbatch.runtime import ensure_ray, require_resources
-from recbatch.score.actors import SCORED_ON, SCORED_WITH, Finisher, ShardScorer, _resolve
+from recbatch.score.actors import SCORED_ON, SCORED_WITH, Finisher, ShardScorer, resolve_ref
 from recbatch.score.prior import append_column, prior_column, user_column_value
 from recbatch.score.ranking import Catalog, catalog_of, kernel_settings, user_exclusions
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest
@@ -223,7 +223,7 @@ def partition_users(
     ``user_block x BATCH_BLOCKS`` rows, so a worker holds one partition at most.
     """
     (partition,) = batch.column(PARTITION).to_pylist()
-    item_ids = _resolve(item_ids)
+    item_ids = resolve_ref(item_ids)
     users = pl.from_arrow(read_user_partition(users_dir, users_manifest, partition, snapshot.partitions,
                                               ["user_id", "embedding"]))
     _check_user_vectors(users, users_dir, dim)
