@@ -126,11 +126,10 @@ def _append_provenance(batch: pa.Table, column: str, value: str) -> pa.Table:
 
 
 class Finisher:
-    """Turns catalog positions into item ids, trims padding and adds the explanation column.
-
-    With `write_to` (a staging folder) it also writes the finished rows there as
-    parts, one per user partition, and returns only their records
-    (``recbatch.parts``) with the provenance: the lists never reach the driver.
+    """Turns catalog positions into item ids, trims padding and adds the explanation column,
+    then writes the finished rows into `write_to` (a staging folder) as parts, one per user
+    partition, and returns only their records (``recbatch.parts``) with the provenance: the
+    lists never reach the driver.
     """
 
     def __init__(
@@ -138,10 +137,10 @@ class Finisher:
         item_ids: Any,  # pa.Array [N], sorted: catalog position -> item id
         k: int,
         model_version: str,
+        write_to: str,
+        id_type: str,
+        rows_per_file: int,
         items: Any | None = None,  # [N, D] float32 (or ref): only for explanations
-        write_to: str | None = None,
-        id_type: str = "int",
-        rows_per_file: int = 250_000,
     ) -> None:
         self.item_ids = resolve_ref(item_ids)
         self.k = k
@@ -152,12 +151,9 @@ class Finisher:
         self.rows_per_file = rows_per_file
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = self.finish(batch)
-        if self.write_to is None:
-            return rows
         from recbatch.score.writer import write_parts
 
-        return write_parts(rows, self.write_to, self.id_type, self.rows_per_file)
+        return write_parts(self.finish(batch), self.write_to, self.id_type, self.rows_per_file)
 
     def finish(self, batch: pa.Table) -> pa.Table:
         idx = fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k)  # [B, k]

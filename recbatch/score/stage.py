@@ -145,12 +145,9 @@ def _distinct(records: list[dict[str, Any]], column: str) -> list[str]:
     return sorted({v for r in records for v in r[column].split(",") if v})
 
 
-def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
-                  write_to: str | Path | None = None, id_type: str = "int"):
-    """Chain one scorer pool per item shard, then the finisher (lazy Ray dataset).
-
-    With `write_to` the finishers write the lists there and the dataset holds
-    their per-part records; without it, the finished rows."""
+def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig, write_to: str | Path, id_type: str):
+    """Chain one scorer pool per item shard, then the finishers (lazy Ray dataset), which write the
+    lists into `write_to`: the dataset holds their per-part records."""
     import ray
 
     on_gpu = cfg.gpus_per_actor > 0
@@ -191,7 +188,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig,
         "k": cfg.k,
         "model_version": model_version,
         "items": ray.put(catalog.vectors) if cfg.explanations else None,
-        "write_to": None if write_to is None else str(write_to),
+        "write_to": str(write_to),
         "id_type": id_type,
         "rows_per_file": cfg.rows_per_file,
     }

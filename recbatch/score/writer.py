@@ -1,11 +1,13 @@
 """Write recommendation rows as a complete-or-absent Parquet folder.
 
-Every producer of recommendation lists (the scoring stage, the evaluation
-baselines, test fixtures) goes through this one writer, so all of them obey
-the same contract: ``recommendations_schema`` with plain Arrow list types,
-files ``part-00000.parquet``... of at most ``rows_per_file`` rows, one row per
-user, a manifest with checksums, and an atomic publish. A reader therefore
-never sees a half-written folder, whoever wrote it.
+Every producer of recommendation lists goes through this module, so all of
+them obey the same contract: ``recommendations_schema`` with plain Arrow list
+types, files of at most ``rows_per_file`` rows, one row per user, a manifest
+with checksums, and an atomic publish. A reader therefore never sees a
+half-written folder, whoever wrote it. The evaluation baselines and test
+fixtures stream their rows through `write_recommendations` in one process; the
+scoring stage's finishers write parts with `write_parts` on the workers, with
+the same column checks, and the driver commits them (``recbatch.parts``).
 """
 
 from __future__ import annotations
