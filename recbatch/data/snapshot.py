@@ -113,7 +113,7 @@ class Snapshot:
             lf = lf if where is None else lf.filter(where)
             wanted = pl.DataFrame({"user_id": users.filter(pl.Series(partition == p))})
             frames.append(lf.join(wanted.lazy(), on="user_id", how="semi").collect())
-        return pl.concat(frames) if frames else self.scan(table).head(0).collect()
+        return pl.concat(frames)  # a snapshot has at least one partition
 
     def interactions(self) -> pl.LazyFrame:
         return self.scan("interactions")
