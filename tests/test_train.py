@@ -52,6 +52,16 @@ def test_deepspeed_config_follows_train_section():
     assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"]
 
 
+def test_no_warmup_is_a_schedule_deepspeed_accepts():
+    """train.warmup_fraction 0 passes config checks, so DeepSpeed's scheduler must take what it builds."""
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+    params = build_deepspeed_config(TrainConfig(warmup_fraction=0.0), on_gpu=False, world_size=1,
+                                    total_steps=10)["scheduler"]["params"]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    WarmupDecayLR(optimizer, **{k: (v[0] if isinstance(v, list) else v) for k, v in params.items()})
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_gpu_presets_validate_and_build_a_deepspeed_config(preset):
     cfg = load_config(preset)

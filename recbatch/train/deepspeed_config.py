@@ -41,7 +41,8 @@ def build_deepspeed_config(
     precision = resolve_precision(train.precision, on_gpu)
     peaks = group_learning_rates or [train.encoder_learning_rate, train.learning_rate]
     total_steps = max(int(total_steps), 1)
-    warmup = min(math.ceil(train.warmup_fraction * total_steps), total_steps)
+    # DeepSpeed's WarmupDecayLR refuses 0 warmup steps; one step is "no warmup" (train.warmup_fraction 0).
+    warmup = max(1, min(math.ceil(train.warmup_fraction * total_steps), total_steps))
 
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.zero_stage >= 1 and train.offload_optimizer:
