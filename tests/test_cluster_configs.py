@@ -10,6 +10,7 @@ with the same pins, GPU groups really ask for GPUs, and the schedule is valid.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import subprocess
@@ -481,3 +482,15 @@ def test_the_benchmark_training_recipe_validates() -> None:
     """bench/README.md's ml-latest-small two-tower row is trained from this file."""
     cfg = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml")
     assert cfg.model.freeze_encoder and cfg.model.id_dropout > 0 and cfg.model.history_dropout > 0
+
+
+def test_the_fine_tuning_preset_is_the_benchmark_recipe_with_the_encoder_trained() -> None:
+    """bench/gpu_check.sh compares this preset with the recipe's figure: only the encoder may differ
+    (and example age, which the recipe's leave-last-5 row was trained without)."""
+    recipe = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml", {"model.example_age_days": []})
+    preset = load_config(CLUSTER / "presets" / "gpu-minilm-finetune-ml.yaml")
+    assert not preset.model.freeze_encoder
+    assert dataclasses.replace(preset.model, freeze_encoder=True) == recipe.model
+    for key in ("batch_size", "epochs", "learning_rate", "validate_users"):
+        assert getattr(preset.train, key) == getattr(recipe.train, key), key
+    assert preset.train.num_workers == 1 and preset.train.use_gpu == "true"
