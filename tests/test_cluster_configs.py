@@ -11,9 +11,11 @@ with the same pins, GPU groups really ask for GPUs, and the schedule is valid.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -494,3 +496,14 @@ def test_the_fine_tuning_preset_is_the_benchmark_recipe_with_the_encoder_trained
     for key in ("batch_size", "epochs", "learning_rate", "validate_users"):
         assert getattr(preset.train, key) == getattr(recipe.train, key), key
     assert preset.train.num_workers == 1 and preset.train.use_gpu == "true"
+
+
+def test_the_gpu_check_without_a_visible_gpu_says_so_and_exits_0() -> None:
+    """bench/gpu_check.sh is run on whatever machine a task is lent; without a GPU it must not fail."""
+    script = REPO / "bench" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}  # hides any GPU from torch
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no CUDA GPU visible" in done.stdout, done.stdout + done.stderr
+    wrong = subprocess.run(["bash", str(script)], env={**env, "PART": "everything"}, capture_output=True, text=True,
+                           timeout=120)
+    assert wrong.returncode == 2 and "PART must be steps, quality or all" in wrong.stderr, wrong.stderr
