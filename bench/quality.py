@@ -93,9 +93,7 @@ def main() -> None:
     backtest_models = dict(spec.split("=", 1) for spec in args.backtest_model)
 
     for protocol in args.protocols.split(","):
-        cfg = Config().with_overrides({
-            "root": args.root, "ingest.source": args.data, "score.k": 100, **PROTOCOLS[protocol],
-        })
+        cfg = protocol_config(protocol, args.data, args.root)
         started = time.perf_counter()
         snapshot = ingest(cfg)
         counts = snapshot.counts
@@ -103,17 +101,8 @@ def main() -> None:
               f"train {counts['train']} validation {counts['validation']} test {counts['test']} "
               f"cold items {counts.get('cold_items')}")
 
-        results, fit_seconds, eval_seconds, settings = [], {}, {}, {}
-        for name in args.baselines.split(","):
-            out = Path(args.root) / "baselines" / snapshot.hash / name
-            started = time.perf_counter()
-            manifest = run_baseline(name, snapshot, cfg, out)
-            fit_seconds[name] = time.perf_counter() - started
-            started = time.perf_counter()
-            results.append(evaluate_run(out, snapshot, ks=cfg.eval.ks, name=name))
-            eval_seconds[name] = time.perf_counter() - started
-            print(f"  {name:<13} params {manifest['baseline']['params']}  "
-                  f"tune+fit+write {fit_seconds[name]:.1f} s, evaluate {eval_seconds[name]:.2f} s", flush=True)
+        results, eval_seconds = run_baselines(args.baselines.split(","), snapshot, cfg, Path(args.root))
+        settings = {}
         if protocol == "temporal":
             backtest = ingest(cfg.with_overrides({
                 "root": str(Path(args.root) / "backtest"),
@@ -128,23 +117,56 @@ def main() -> None:
                 if protocol == "temporal":
                     print("  (no --backtest-model temporal=...: scoring settings picked on the validation carve-out)")
                 settings = tune_scoring(cfg, snapshot, models[protocol], "validation", Path(args.root))
-            started = time.perf_counter()
-            results.append(evaluate_model(cfg.with_overrides(settings), snapshot, models[protocol]))
-            eval_seconds["two_tower"] = time.perf_counter() - started
-            print(f"  two_tower     {settings}: encode+rank+evaluate {eval_seconds['two_tower']:.1f} s")
+            result, eval_seconds["two_tower"] = evaluate_two_tower(cfg, snapshot, models[protocol], settings)
+            results.append(result)
 
-        baselines = [r for r in results if r.name not in ("two_tower", "random")]
-        best = max(baselines, key=lambda r: r.at("ndcg", 10))
-        print(f"\n{'model':<14}" + "".join(f"{c:>18}" for c in COLUMNS) + f"{'ndcg@10 / best':>16}{'eval s':>8}")
-        for r in results:
-            m = r.metrics()
-            print(f"{r.name:<14}" + "".join(f"{m[c]:>18.4f}" for c in COLUMNS)
-                  + f"{m['ndcg@10'] / best.at('ndcg', 10):>16.2f}{eval_seconds[r.name]:>8.2f}")
-        print(f"(reference: best baseline by NDCG@10 = {best.name}; users evaluated {best.users})")
+        print_table(results, eval_seconds, two_towers={"two_tower"})
         report = Path(args.root) / "reports" / protocol
         write_report(results, report, context={"snapshot": snapshot.hash, "protocol": protocol,
                                                "evaluate_seconds": eval_seconds, "two_tower_scoring": settings})
         print(f"report: {report}")
+
+
+def protocol_config(protocol: str, data: str | Path, root: str | Path) -> Config:
+    """The config `protocol`'s snapshot is ingested with and every model on it ranked (K = 100) and scored with."""
+    return Config().with_overrides({"root": str(root), "ingest.source": str(data), "score.k": 100, **PROTOCOLS[protocol]})
+
+
+def run_baselines(names: list[str], snapshot, cfg: Config, root: Path) -> tuple[list, dict[str, float]]:
+    """Tune, fit, write and evaluate each baseline on `snapshot`'s test split: (results, evaluation seconds by name)."""
+    results, eval_seconds = [], {}
+    for name in names:
+        out = root / "baselines" / snapshot.hash / name
+        started = time.perf_counter()
+        manifest = run_baseline(name, snapshot, cfg, out)
+        fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        results.append(evaluate_run(out, snapshot, ks=cfg.eval.ks, name=name))
+        eval_seconds[name] = time.perf_counter() - started
+        print(f"  {name:<13} params {manifest['baseline']['params']}  "
+              f"tune+fit+write {fit_seconds:.1f} s, evaluate {eval_seconds[name]:.2f} s", flush=True)
+    return results, eval_seconds
+
+
+def evaluate_two_tower(cfg: Config, snapshot, model_dir: str | Path, settings: dict, name: str = "two_tower") -> tuple:
+    """`model_dir` on `snapshot`'s test split, ranked with the scoring `settings` (``tune_scoring``'s): (result, seconds)."""
+    started = time.perf_counter()
+    result = evaluate_model(cfg.with_overrides(settings), snapshot, model_dir, name=name)
+    seconds = time.perf_counter() - started
+    print(f"  {name:<13} {settings}: encode+rank+evaluate {seconds:.1f} s", flush=True)
+    return result, seconds
+
+
+def print_table(results: list, eval_seconds: dict[str, float], two_towers: set[str]) -> None:
+    """One row of ``COLUMNS`` per result, with NDCG@10 relative to the best baseline (not random, not a two-tower)."""
+    baselines = [r for r in results if r.name not in two_towers | {"random"}]
+    best = max(baselines, key=lambda r: r.at("ndcg", 10))
+    print(f"\n{'model':<14}" + "".join(f"{c:>18}" for c in COLUMNS) + f"{'ndcg@10 / best':>16}{'eval s':>8}")
+    for r in results:
+        m = r.metrics()
+        print(f"{r.name:<14}" + "".join(f"{m[c]:>18.4f}" for c in COLUMNS)
+              + f"{m['ndcg@10'] / best.at('ndcg', 10):>16.2f}{eval_seconds[r.name]:>8.2f}")
+    print(f"(reference: best baseline by NDCG@10 = {best.name}; users evaluated {best.users})")
 
 
 PRIOR_GRID = [{"score.popularity_prior_weight": 0.0}] + [

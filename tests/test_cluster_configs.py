@@ -10,9 +10,12 @@ with the same pins, GPU groups really ask for GPUs, and the schedule is valid.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -481,3 +484,26 @@ def test_the_benchmark_training_recipe_validates() -> None:
     """bench/README.md's ml-latest-small two-tower row is trained from this file."""
     cfg = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml")
     assert cfg.model.freeze_encoder and cfg.model.id_dropout > 0 and cfg.model.history_dropout > 0
+
+
+def test_the_fine_tuning_preset_is_the_benchmark_recipe_with_the_encoder_trained() -> None:
+    """bench/gpu_check.sh compares this preset with the recipe's figure: only the encoder may differ
+    (and example age, which the recipe's leave-last-5 row was trained without)."""
+    recipe = load_config(CLUSTER.parent / "bench" / "quality-two-tower.yaml", {"model.example_age_days": []})
+    preset = load_config(CLUSTER / "presets" / "gpu-minilm-finetune-ml.yaml")
+    assert not preset.model.freeze_encoder
+    assert dataclasses.replace(preset.model, freeze_encoder=True) == recipe.model
+    for key in ("batch_size", "epochs", "learning_rate", "validate_users"):
+        assert getattr(preset.train, key) == getattr(recipe.train, key), key
+    assert preset.train.num_workers == 1 and preset.train.use_gpu == "true"
+
+
+def test_the_gpu_check_without_a_visible_gpu_says_so_and_exits_0() -> None:
+    """bench/gpu_check.sh is run on whatever machine a task is lent; without a GPU it must not fail."""
+    script = REPO / "bench" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}  # hides any GPU from torch
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no CUDA GPU visible" in done.stdout, done.stdout + done.stderr
+    wrong = subprocess.run(["bash", str(script)], env={**env, "PART": "everything"}, capture_output=True, text=True,
+                           timeout=120)
+    assert wrong.returncode == 2 and "PART must be steps, quality or all" in wrong.stderr, wrong.stderr
