@@ -70,7 +70,10 @@ class IngestConfig:
 class SplitConfig:
     """How held-out interactions are carved out for evaluation."""
 
-    protocol: Literal["leave_last_n", "temporal", "recent_days"] = "leave_last_n"
+    # The nightly validates as production recommenders do: a model trained on every row
+    # before the last `holdout_days` is judged on those days' rows (recent_days).
+    # leave_last_n and temporal are for offline comparisons with published results.
+    protocol: Literal["leave_last_n", "temporal", "recent_days"] = "recent_days"
     leave_last_n: int = 5
     min_user_interactions: int = 10  # users with fewer stay wholly in train
     temporal_train_fraction: float = 0.9  # temporal: global time cutoff at this quantile of ts
@@ -230,6 +233,9 @@ class EvalConfig:
     # The gate's fixed holdout slice: at most this many test users, picked by a
     # stable hash of the user id so consecutive nightly runs measure the same users.
     holdout_users: int = 20000
+    # Fewer test users than this and the gate refuses: a metric over a handful of users
+    # is noise, and on a sparse catalog the default window (split.holdout_days) may hold few.
+    min_holdout_users: int = 50
 
 
 @dataclass
@@ -419,6 +425,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "score.popularity_new_item_quantile": (0, 1),
     "eval.gate_tolerance": (0, 1),
     "eval.holdout_users": (1, None),
+    "eval.min_holdout_users": (1, None),
     "serving.keep_versions": (1, None),
     "serving.version_ttl_seconds": (1, None),
     "serving.batch_size": (1, None),

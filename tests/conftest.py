@@ -89,6 +89,9 @@ def tiny_pipeline_config(tmp_path):
             "generate.items": 120,
             "generate.interactions_per_user": 16,
             "generate.topics": 4,
+            # The default protocol (recent_days) on sparse generated data: the last 120 of its
+            # 540 days hold 135 of the 300 users, a holdout the gate can decide on.
+            "split.holdout_days": 120,
             "model.encoder": "minilm",
             "model.freeze_encoder": True,
             "model.embedding_dim": 32,

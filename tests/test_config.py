@@ -11,7 +11,7 @@ from recbatch.config import Config, ConfigError, config_from_dict, load_config, 
 def test_embedded_default_needs_no_file():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    assert cfg.split.protocol == "leave_last_n" and cfg.ingest.on_bad_rows == "fail"
+    assert cfg.split.protocol == "recent_days" and cfg.ingest.on_bad_rows == "fail"  # the nightly's protocol
 
 
 def test_yaml_file_and_overrides_apply_in_order(tmp_path):

@@ -8,7 +8,7 @@ from recbatch.config import EvalConfig
 from recbatch.errors import QualityGateError
 from recbatch.eval.gate import check_gate
 
-CFG = EvalConfig(gate_metric="ndcg@10", gate_tolerance=0.05)
+CFG = EvalConfig(gate_metric="ndcg@10", gate_tolerance=0.05, min_holdout_users=20)
 LAST = {"run_date": "2026-11-28", "metrics": {"ndcg@10": 0.20, "recall@10": 0.3}}
 
 
@@ -206,6 +206,7 @@ def test_holdout_slice_is_the_same_in_every_process(tmp_path):
     cfg = Config(root=str(tmp_path / "root")).with_overrides({
         "ingest.source": str(tmp_path / "src"), "generate.users": 150, "generate.items": 40,
         "generate.interactions_per_user": 8, "generate.id_type": "string",
+        "split.holdout_days": 180,  # the generated data is sparse: the default week holds 6 users
     })
     generate_demo(cfg.generate, cfg.ingest.source)
     snapshot = ingest(cfg)
@@ -226,3 +227,15 @@ def test_holdout_slice_is_the_same_in_every_process(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(snapshot.path)], env=env, check=True,
                              capture_output=True, text=True).stdout
         assert json.loads(out) == here, f"PYTHONHASHSEED={seed}"
+
+
+def test_a_holdout_of_too_few_users_is_refused_and_force_records_it():
+    cfg = EvalConfig(gate_metric="ndcg@10", min_holdout_users=50)
+    few = {"ndcg@10": 0.30, "holdout_users": 7.0}
+    with pytest.raises(QualityGateError, match=r"the holdout holds 7 users, fewer than eval.min_holdout_users=50"
+                                               r".*split.holdout_days.*--force") as err:
+        check_gate(few, None, cfg, floor_metrics=POPULARITY)
+    assert err.value.exit_code == 4
+    assert check_gate({**few, "holdout_users": 50.0}, None, cfg, floor_metrics=POPULARITY).passed  # at the minimum
+    forced = check_gate(few, None, cfg, force=True, floor_metrics=POPULARITY)
+    assert forced.publish and not forced.passed

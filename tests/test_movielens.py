@@ -47,7 +47,8 @@ def write_ml_latest(folder: Path) -> Path:
 
 
 def test_ml_latest_layout(tmp_path):
-    snapshot = ingest(config(tmp_path, write_ml_latest(tmp_path / "ml-latest-small")))
+    # leave-last-n: no time cut, so every tag is item text (a time cut's case is the next test)
+    snapshot = ingest(config(tmp_path, write_ml_latest(tmp_path / "ml-latest-small"), **{"split.protocol": "leave_last_n"}))
     assert snapshot.manifest["format"] == "movielens-latest"
     assert snapshot.id_type == "int"
     assert snapshot.counts["interactions"] == 5 and snapshot.counts["items"] == 3 and snapshot.counts["users"] == 2
@@ -159,7 +160,7 @@ def test_temporal_split_keeps_tags_written_after_the_cutoff_out_of_item_text(tmp
     assert snapshot.manifest["counts"]["tag_rows_after_cutoff"] == 2
     assert snapshot.split("test").collect()["user_id"].to_list() == [2, 2]
 
-    leave_last = ingest(config(tmp_path / "b", source))  # no time cutoff: every tag is item text
+    leave_last = ingest(config(tmp_path / "b", source, **{"split.protocol": "leave_last_n"}))  # no cut: all tags
     assert by_id(leave_last.items().collect(), "item_id")[1]["tags"] in ("early, late", "late, early")
 
 

@@ -28,24 +28,33 @@ def _primary_topic(items: pl.DataFrame) -> pl.DataFrame:
     return items.select("item_id", pl.col("genres").str.split(", ").list.first().alias("topic"))
 
 
-def _move_newest_to_a_new_topic(source: Path, newest: int = 5) -> tuple[int, str, list[int]]:
-    """Rewrite one user's `newest` interactions to items of a topic they never touched before.
+def _move_newest_to_a_new_topic(source: Path, holdout_days: float, newest: int = 5) -> tuple[int, str, list[int]]:
+    """Rewrite one user's `newest` interactions to items of a topic they never touched before,
+    made in the last hours of the data.
 
-    Returns (user, the new topic, its items the user now has). Under leave-last-5
-    these rows are the user's test rows: what the holdout evaluation must not see.
+    Returns (user, the new topic, its items the user now has). The user's other
+    rows are older than the last `holdout_days` (``split.holdout_days``), so the
+    moved rows are exactly the user's test rows: what the holdout evaluation must not see.
     """
     (source / "users.parquet").unlink()  # no features (country follows the old taste): history alone tells
     inter = pl.read_parquet(source / "interactions.parquet")
+    last = inter["ts"].max()
+    window_start = last - dt.timedelta(days=holdout_days)
     topics = _primary_topic(pl.read_parquet(source / "items.parquet").filter("available"))
     per_topic = topics.group_by("topic").agg("item_id").filter(pl.col("item_id").list.len() >= 2 * newest)
     for user in inter.group_by("user_id").len().filter(pl.col("len") >= 12).sort("user_id")["user_id"]:
         mine = inter.filter(pl.col("user_id") == user).sort("ts")
+        if mine["ts"][-newest - 1] >= window_start:
+            continue  # keeps rows in the window that would stay unmoved
         touched = set(topics.join(mine, on="item_id")["topic"])
         fresh = [(t, items) for t, items in per_topic.sort("topic").iter_rows() if t not in touched]
         if fresh:
             topic, items = fresh[0]
             break
-    moved = mine.tail(newest).with_columns(pl.Series("item_id", sorted(items)[:newest], dtype=inter["item_id"].dtype))
+    moved = mine.tail(newest).with_columns(
+        pl.Series("item_id", sorted(items)[:newest], dtype=inter["item_id"].dtype),
+        pl.Series("ts", [last - dt.timedelta(hours=newest - i) for i in range(newest)], dtype=inter["ts"].dtype),
+    )
     rest = inter.filter(pl.col("user_id") != user)
     pl.concat([rest, mine.head(mine.height - newest), moved]).sort("user_id", "ts").write_parquet(
         source / "interactions.parquet")
@@ -58,7 +67,7 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
 ):
     cfg = tiny_pipeline_config()
     demo_source(cfg)
-    user, topic, newest = _move_newest_to_a_new_topic(Path(cfg.ingest.source))
+    user, topic, newest = _move_newest_to_a_new_topic(Path(cfg.ingest.source), cfg.split.holdout_days)
 
     first = run_nightly(cfg, RUN_DATE)
     assert [s.status for s in first.stages] == ["ran", "ran", "ran", "ran", "ran", "ran", "skipped"]

@@ -14,6 +14,10 @@ holdout slice twice:
   ``eval.gate_tolerance`` (relative) against the ``metrics`` recorded in its
   manifest.
 
+Both need enough users to mean anything: with fewer than
+``eval.min_holdout_users`` in the holdout (a window, ``split.holdout_days``,
+too short for the catalog's traffic) the gate refuses rather than decide on noise.
+
 Refusing leaves the previous run live (or nothing, on a first run). An
 operator who knows better (e.g. an intended catalog change) passes
 ``force=True``; the result then records ``forced: true``, which goes into the
@@ -86,6 +90,11 @@ def check_gate(
 
     floor: dict[str, Any] = {}
     checks: list[tuple[bool, str]] = []  # (held, why) per check
+    users = new_metrics.get("holdout_users")
+    if users is not None and users < cfg.min_holdout_users:
+        checks.append((False, f"the holdout holds {int(users)} users, fewer than eval.min_holdout_users="
+                              f"{cfg.min_holdout_users}: too few to judge the model on; widen the evaluation "
+                              "window (split.holdout_days)"))
     if floor_metrics is not None:
         floor_value = float(floor_metrics[metric])
         ratio = value / floor_value if floor_value > 0 else None
