@@ -198,23 +198,27 @@ def bench_stage_vs_kernel(n_users: int, n_items: int, threads: int) -> dict:
 
 
 def streamed_scoring(n_users: int, n_items: int, threads: int, out_dir: str) -> None:
-    """The actor's code path in one process: user batches in, Parquet out; prints seconds and peak RSS."""
+    """The actor's code path in one process: user batches in (seen lists as list columns, as the actor
+    gets them), ranked by ``score.ranking.rank``, Parquet out; prints seconds and peak RSS."""
     import pyarrow as pa
 
     from recbatch.score.actors import matrix_to_list_column
-    from recbatch.score.kernel import topk
+    from recbatch.score.ranking import rank
     from recbatch.score.writer import write_recommendations
 
     batch = 32_768
     items = unit_rows(np.random.default_rng(0), n_items)
     ids = np.arange(n_items)
+    eligible = np.ones(n_items, dtype=bool)
 
     def batches():
         for start in range(0, n_users, batch):
             n = min(batch, n_users - start)
             rng = np.random.default_rng(start)  # users are generated batch by batch, as read from Parquet
-            seen = seen_matrix(n, n_items, seed=start)
-            idx, val = topk(unit_rows(rng, n), items, K, exclude=seen, threads=threads)
+            csr = seen_matrix(n, n_items, seed=start)
+            seen = pa.ListArray.from_arrays(pa.array(csr.indptr.astype(np.int32)), pa.array(csr.indices.astype(np.int64)))
+            blocked = pa.array([[]] * n, pa.list_(pa.int64()))
+            idx, val = rank(unit_rows(rng, n), items, eligible, seen, blocked, k=K, filter_seen=True, threads=threads)
             keep = idx >= 0
             yield pa.table({
                 "user_id": np.arange(start, start + n), "item_ids": matrix_to_list_column(ids[np.maximum(idx, 0)], keep),

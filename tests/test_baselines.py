@@ -74,7 +74,8 @@ def test_users_without_history_get_popular_items_not_nothing(tmp_path):
     data = training_data(snapshot, ["train", "validation"])
     popularity = np.asarray(data.matrix.sum(axis=0)).ravel()
     order = np.lexsort((np.arange(len(popularity)), -popularity))  # count desc, item id asc
-    eligible = [i for i in order if data.warm[i] and data.available[i]]
+    available = snapshot.items().sort("item_id").collect()["available"].to_numpy()
+    eligible = [i for i in order if data.warm[i] and available[i]]
     expected = data.item_ids.gather(eligible[:10]).to_list()
 
     lists = {}
@@ -97,7 +98,8 @@ def test_recent_popular_decays_each_interaction_by_its_age(tmp_path):
     import polars as pl
 
     from eval_helpers import write_snapshot
-    from recbatch.eval.baselines import MostPopular, RecentPopular
+    from recbatch.config import ScoreConfig
+    from recbatch.eval.baselines import NO_ROWS, ListRules, MostPopular, RecentPopular
 
     rows = [(1, 1, "train"), (2, 1, "train"), (3, 1, "train"), (4, 2, "train"), (5, 2, "train"), (6, 3, "train")]
     items = [{"item_id": i, "title": f"item {i}", "is_cold": False, "available": True} for i in (1, 2, 3)]
@@ -108,7 +110,8 @@ def test_recent_popular_decays_each_interaction_by_its_age(tmp_path):
         ts=pl.Series([newest - dt.timedelta(days=a) for a in ages]).dt.cast_time_unit("us")
     )
     split.write_parquet(folder / "split.parquet")
-    data = training_data(Snapshot.open(folder), ["train"])
+    snapshot = Snapshot.open(folder)
+    data = training_data(snapshot, ["train"])
 
     recent = RecentPopular(half_life_days=90).popularity(data)
     expected = [3 * 0.5 ** (3 * 365 / 90), 2 * 0.5 ** (10 / 90), 1.0]
@@ -116,7 +119,8 @@ def test_recent_popular_decays_each_interaction_by_its_age(tmp_path):
     assert MostPopular().popularity(data).tolist() == [3.0, 2.0, 1.0]
     model = RecentPopular(half_life_days=90)
     model.fit(data)
-    idx, _ = model.rank_newcomers(data, n_users=1, k=3)
+    rules = ListRules.of(snapshot, ScoreConfig(), data)
+    idx, _ = model.rank_newcomers(data, 3, rules, rules.exclusions(data, pl.Series("user_id", [7]), NO_ROWS))
     assert data.item_ids.gather(idx[0]).to_list() == [2, 3, 1]  # now, item 2 is what people pick
     assert np.isclose(RecentPopular(half_life_days=1e6).popularity(data), [3, 2, 1], rtol=1e-3).all()  # a long half-life is plain popularity
 
@@ -149,3 +153,64 @@ def test_popularity_for_a_slice_of_users_holds_only_their_rows_and_ranks_as_the_
     rows = [pl.concat([pl.from_arrow(t) for t in f.lists(snapshot, 20, users)]).sort("user_id") for f in (full, sliced)]
     assert rows[0].height == len(users)
     assert rows[0].select("user_id", "item_ids").equals(rows[1].select("user_id", "item_ids"))
+
+
+@pytest.fixture(scope="module")
+def ruled(tmp_path_factory):
+    """Six users and two newcomers (9, 10: test rows only) over eight items. Training users per item:
+    1: six, 7 (unavailable): five, 2: four, 3: three, 4, 5, 6: two each (train + validation); 8 is cold.
+    The blocklist removes item 3 for everyone and item 2 for users 5 and 9."""
+    from eval_helpers import write_snapshot
+
+    folder = tmp_path_factory.mktemp("ruled")
+    train = {1: range(1, 7), 7: range(1, 6), 2: range(1, 5), 3: range(1, 4), 4: (1, 2), 5: (1,), 6: (2,)}
+    rows = [(u, i, "train") for i, users in train.items() for u in users]
+    rows += [(3, 5, "validation"), (4, 6, "validation")]
+    rows += [(1, 6, "test"), (2, 5, "test"), (3, 8, "test"), (4, 8, "test"), (5, 4, "test"), (6, 4, "test"),
+             (9, 1, "test"), (10, 2, "test")]
+    items = [{"item_id": i, "title": f"item {i}", "is_cold": i == 8, "available": i != 7} for i in range(1, 9)]
+    snapshot = Snapshot.open(write_snapshot(folder / "snap", rows, items))
+    blocklist = folder / "blocklist.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user_id": pa.array([None, 5, 9], pa.int64()), "item_id": [3, 2, 2]}), blocklist)
+    return snapshot, {u: {i for (v, i, s) in rows if v == u and s != "test"} for u in (1, 2, 3, 4, 5, 6, 9, 10)}, blocklist
+
+
+def ruled_lists(snapshot, blocklist, name: str, **score) -> dict[int, list[int]]:
+    """`name`'s lists (k = 8) for every user of the `ruled` snapshot under ``score.*`` = `score`."""
+    import polars as pl
+
+    from recbatch.eval.baselines import fit_baseline
+
+    overrides = {"score.blocklist": str(blocklist), "eval.gate_metric": "ndcg@8"}
+    cfg = Config().with_overrides({**overrides, **{f"score.{key}": value for key, value in score.items()}})
+    lists = pl.concat([pl.from_arrow(t) for t in fit_baseline(name, snapshot, cfg).lists(snapshot, 8)])
+    return dict(zip(lists["user_id"].to_list(), lists["item_ids"].to_list()))
+
+
+def test_most_popular_lists_follow_the_scoring_rules(ruled):
+    """Popularity order, ties by id, less what the published lists may not hold: the unavailable item
+    (unless ``score.filter_unavailable`` is off), the blocklist (global and per user, newcomers too),
+    seen items (unless ``score.filter_seen`` is off) and, for a collaborative model, the cold item.
+    Before baselines ranked through score/ranking.py they ignored the blocklist and both switches."""
+    snapshot, _, blocklist = ruled
+    lists = ruled_lists(snapshot, blocklist, "most_popular")
+    assert lists[6] == [2, 4, 5, 6]  # seen 1
+    assert lists[5] == [4, 5, 6]  # seen 1, 7, 2; 2 blocked for 5 anyway
+    assert lists[9] == [1, 4, 5, 6] and lists[10] == [1, 2, 4, 5, 6]  # newcomers: 2 blocked for 9 only
+    assert ruled_lists(snapshot, blocklist, "most_popular", filter_seen=False)[6] == [1, 2, 4, 5, 6]
+    assert ruled_lists(snapshot, blocklist, "most_popular", filter_unavailable=False)[6] == [7, 2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["item_knn", "als", "random"])
+def test_every_kind_of_baseline_ranks_by_the_scoring_rules(ruled, name):
+    """The score-block path (item_knn), the vector path (als) and a non-collaborative model obey the same rules."""
+    snapshot, seen, blocklist = ruled
+    for user, items in ruled_lists(snapshot, blocklist, name).items():
+        assert not set(items) & ({3, 7} | seen[user]), (user, items)  # blocked, unavailable, seen
+        assert user not in (5, 9) or 2 not in items, (user, items)  # blocked for them
+    unfiltered = ruled_lists(snapshot, blocklist, name, filter_seen=False)
+    assert any(set(items) & seen[user] for user, items in unfiltered.items())
+    assert all(3 not in items for items in unfiltered.values())

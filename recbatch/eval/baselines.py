@@ -8,10 +8,13 @@ what a simple method gets on the same split. So every baseline here
   ``validation`` carve-out (fit on ``train``, rank for validation users),
   then refits on ``train`` + ``validation`` -- everything before the test rows,
   exactly the history the two-tower scores from,
-- filters each user's seen items and unavailable items, breaks ties by item
-  id, and writes its lists with ``score.writer.write_recommendations``,
+- ranks through the scoring stage's own rules (``score/ranking.py``, bound
+  to a catalog by `ListRules`: eligibility, ``score.filter_seen``,
+  ``filter_unavailable``, ``blocklist``, kernel settings, ties by item id) and
+  writes its lists with ``score.writer.write_recommendations``,
 
-so the evaluation reads baselines and the two-tower through one code path.
+so the evaluation reads baselines and the two-tower through one code path, and
+a baseline never recommends what the published lists may not hold.
 
 The baselines: ``most_popular``; ``recent_popular`` (interactions weighted by
 an exponential decay with their age, the popularity of "now"); ``item_knn`` (cosine item-item neighbours on
@@ -19,7 +22,8 @@ the binary user-item matrix, ``implicit``); ``als`` and ``bpr`` (``implicit``,
 CPU); ``sasrec`` (self-attentive sequential recommendation, ``eval/sasrec.py``); ``content`` (TF-IDF of the rendered item text, user = mean of the
 history's item vectors); and ``random``, the floor.
 Collaborative baselines can only rank items with a training interaction, so
-cold items are masked for them; ``content`` and ``random`` rank every item.
+cold items are masked for them (``Baseline.placeable``, passed to the ranking
+on top of its rules); ``content`` and ``random`` rank every eligible item.
 Users with no interaction before the test rows (the temporal protocol's new
 users) get the most popular items from every baseline but ``random``.
 """
@@ -38,21 +42,21 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import scipy.sparse as sp
-import torch
 from threadpoolctl import threadpool_limits
 
-from recbatch.config import Config
+from recbatch.config import Config, ScoreConfig
 from recbatch.data.split import days_before_newest
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
-from recbatch.score.kernel import PAD_INDEX, select_topk, topk
+from recbatch.score.ranking import BLOCKED, SEEN, eligible_items, kernel_settings, rank, rank_scores, user_exclusions
 from recbatch.score.writer import write_recommendations
 
 log = logging.getLogger(__name__)
 
 IMPLICIT_THREADS = 1  # the dev machine is shared; the fits take seconds on MovieLens-small
 USER_BLOCK = 2048  # users ranked per block (bounds the dense score block of item_knn)
+NO_ROWS = np.zeros(0, dtype=np.int64)  # the matrix rows of users with no history (newcomers)
 
 
 # --------------------------------------------------------------------------- data
@@ -65,7 +69,6 @@ class TrainingData:
     matrix: sp.csr_matrix  # [U, N] float32, 1 where the user interacted with the item
     user_ids: pl.Series  # row -> user id
     item_ids: pl.Series  # column -> item id: the whole catalog, sorted (ties break by id)
-    available: np.ndarray  # [N] bool: may be recommended at all
     cold: np.ndarray  # [N] bool: the snapshot's is_cold (no interaction in the train split)
     item_text: list[str]  # [N] rendered item text (title | genres | tags | description)
     age_days: np.ndarray  # [nnz] float64, aligned with matrix.indices: days from the pair's latest ts to the newest row
@@ -85,6 +88,15 @@ class TrainingData:
         two-tower's id embedding does, and cold-slice numbers stay comparable.
         """
         return (self.users_per_item > 0) & ~self.cold
+
+    def history(self, rows: np.ndarray) -> pl.LazyFrame:
+        """``user_id, item_id`` of the entries of matrix `rows`: what those users interacted with
+        before the rows the lists are judged on, so what the seen filter removes."""
+        entries = self.matrix[rows].tocoo()
+        return pl.DataFrame({
+            "user_id": self.user_ids.gather(rows[entries.row]),
+            "item_id": self.item_ids.gather(entries.col),
+        }).lazy()
 
 
 def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = None) -> TrainingData:
@@ -135,17 +147,11 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
         (np.ones(rows.height, dtype=np.float32), (rows["row"].to_numpy(), rows["col"].to_numpy())),
         shape=(users.height, items.height),
     )
-    available = (
-        items["available"].fill_null(True).to_numpy()
-        if "available" in items.columns
-        else np.ones(items.height, dtype=bool)
-    )
     cold = items["is_cold"].fill_null(False).to_numpy() if "is_cold" in items.columns else np.zeros(items.height, bool)
     return TrainingData(
         matrix=matrix,
         user_ids=users["user_id"],
         item_ids=items["item_id"],
-        available=np.asarray(available, dtype=bool),
         cold=np.asarray(cold, dtype=bool),
         item_text=render_item_text(items).to_list(),
         age_days=rows["age_days"].to_numpy().astype(np.float64),
@@ -158,6 +164,49 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
     )
 
 
+@dataclass(frozen=True)
+class ListRules:
+    """The scoring stage's ranking rules (``score/ranking.py``) bound to one TrainingData's catalog.
+
+    Every baseline ranks through them, so its lists leave out what the published
+    lists leave out (``score.filter_seen``, ``filter_unavailable``, ``blocklist``)
+    with the same tie rule and kernel settings, and the gate's floor is cut as
+    the model is. A model's own limit (``Baseline.placeable``) is passed on top.
+    """
+
+    score: ScoreConfig
+    snapshot: Any  # whose items and id type the rules read
+    eligible: np.ndarray  # [N] bool over TrainingData.item_ids: ranking.eligible_items
+
+    @classmethod
+    def of(cls, snapshot: Any, score: ScoreConfig, data: TrainingData) -> ListRules:
+        return cls(score, snapshot, eligible_items(snapshot, data.item_ids.to_arrow(), score))
+
+    def exclusions(self, data: TrainingData, user_ids: pl.Series, rows: np.ndarray) -> pl.DataFrame:
+        """``user_id, seen, blocked`` for `user_ids` (``ranking.user_exclusions``), the entries of
+        their matrix `rows` as what they have seen (`NO_ROWS` for newcomers)."""
+        users = pl.DataFrame({"user_id": user_ids}).lazy()
+        return user_exclusions(data.history(rows), users, data.item_ids.to_arrow(), self.score, self.snapshot).collect()
+
+    def rank(
+        self, users: np.ndarray, items: np.ndarray, placeable: np.ndarray, exclusions: pl.DataFrame, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` columns of users [B, D] x items [N, D] (``ranking.rank``): ([B, k] -1 padded, [B, k] scores)."""
+        return rank(
+            users, items, self.eligible & placeable, exclusions[SEEN].to_arrow(), exclusions[BLOCKED].to_arrow(),
+            k=k, filter_seen=self.score.filter_seen, **kernel_settings(self.score),
+        )
+
+    def rank_scores(
+        self, scores: np.ndarray, placeable: np.ndarray, exclusions: pl.DataFrame, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` columns of a score block [B, N] (``ranking.rank_scores``): ([B, k] -1 padded, [B, k] scores)."""
+        return rank_scores(
+            scores, self.eligible & placeable, exclusions[SEEN].to_arrow(), exclusions[BLOCKED].to_arrow(),
+            k=k, filter_seen=self.score.filter_seen,
+        )
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -165,13 +214,13 @@ class Baseline:
     """Fit on a TrainingData, then rank items for some of its users.
 
     Most baselines are inner products of user and item vectors, ranked by the
-    scoring stage's exact top-K kernel; they implement `vectors`. Others
+    scoring stage's ranking (`ListRules.rank`); they implement `vectors`. Others
     override `rank`.
     """
 
     name: ClassVar[str]
     grid: ClassVar[list[dict[str, Any]]] = [{}]
-    collaborative: ClassVar[bool] = True  # masks items without a training interaction
+    collaborative: ClassVar[bool] = True  # cannot place items without a training interaction
     # False: ranking a user needs only that user's rows and per-item counts over everyone
     # (popularity), so an evaluation of a slice of users fits on the slice's matrix.
     needs_every_user: ClassVar[bool] = True
@@ -188,35 +237,36 @@ class Baseline:
     def vectors(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def item_mask(self, data: TrainingData) -> np.ndarray:
-        return data.available & data.warm if self.collaborative else data.available
+    def placeable(self, data: TrainingData) -> np.ndarray:
+        """[N] bool: the items this model can place at all, a limit on top of the ranking rules:
+        a collaborative model has nothing to say about an item without training rows."""
+        return data.warm if self.collaborative else np.ones(len(data.item_ids), dtype=bool)
 
-    def rank(self, data: TrainingData, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` item columns for matrix `rows`: ([B, k] -1 padded, [B, k] scores)."""
+    def rank(
+        self, data: TrainingData, rows: np.ndarray, k: int, rules: ListRules, exclusions: pl.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` item columns for matrix `rows` (`exclusions`: theirs, `ListRules.exclusions`):
+        ([B, k] -1 padded, [B, k] scores)."""
         assert self._user_vectors is not None and self._item_vectors is not None, "fit first"
-        return topk(
-            self._user_vectors[rows],
-            self._item_vectors,
-            k,
-            exclude=data.matrix[rows],
-            item_mask=self.item_mask(data),
-        )
+        return rules.rank(self._user_vectors[rows], self._item_vectors, self.placeable(data), exclusions, k)
 
     def popularity(self, data: TrainingData) -> np.ndarray:
         """[N] float32: how popular each item is (users per item), what newcomers are ranked by."""
         return data.users_per_item
 
-    def rank_newcomers(self, data: TrainingData, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lists for users with no interaction before the test rows: the most popular eligible items.
+    def rank_newcomers(
+        self, data: TrainingData, k: int, rules: ListRules, exclusions: pl.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lists for users with no interaction before the test rows (one per `exclusions` row):
+        the most popular eligible items, less each one's own blocklist rows.
 
         Such a user has no row in the matrix, so no factors and no history. Serving
         them the popular items is what a deployed recommender does; leaving them out
         would score them 0 and flatter any model that does serve them (the two-tower
         gives them a vector from its features-only path).
         """
-        popularity = self.popularity(data).reshape(-1, 1)  # [N, 1]
-        idx, scores = topk(np.ones((1, 1), np.float32), popularity, k, item_mask=self.item_mask(data))  # [1, k]
-        return np.repeat(idx, n_users, axis=0), np.repeat(scores, n_users, axis=0)
+        users = np.ones((exclusions.height, 1), np.float32)  # [B, 1]
+        return rules.rank(users, self.popularity(data).reshape(-1, 1), self.placeable(data), exclusions, k)
 
 
 class Random(Baseline):
@@ -230,10 +280,10 @@ class Random(Baseline):
         users, items = data.matrix.shape
         return rng.standard_normal((users, 16)), rng.standard_normal((items, 16))
 
-    def rank_newcomers(self, data, n_users, k):
+    def rank_newcomers(self, data, k, rules, exclusions):
         """Random lists for them too: the floor stays a floor."""
-        users = np.random.default_rng(self.seed + 1).standard_normal((n_users, 16))
-        return topk(users, self._item_vectors, k, item_mask=self.item_mask(data))
+        users = np.random.default_rng(self.seed + 1).standard_normal((exclusions.height, 16))
+        return rules.rank(users, self._item_vectors, self.placeable(data), exclusions, k)
 
 
 class MostPopular(Baseline):
@@ -335,22 +385,15 @@ class SASRecBaseline(Baseline):
 class DenseScoreBaseline(Baseline):
     """Baselines whose scores are a sparse product, ranked one block of users at a time.
 
-    The product ``[B, N]`` is formed densely per block and selected with the
-    scoring kernel's tie rule (score descending, item id ascending).
+    The product ``[B, N]`` is formed densely per block and ranked by the scoring
+    stage's rules for a score block (`ListRules.rank_scores`).
     """
 
     def scores(self, data: TrainingData, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError  # [B, N]
 
-    def rank(self, data, rows, k):
-        scores = torch.from_numpy(np.asarray(self.scores(data, rows), dtype=np.float32))  # [B, N]
-        seen = data.matrix[rows].tocoo()
-        scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = float("-inf")
-        scores[:, torch.from_numpy(~self.item_mask(data))] = float("-inf")
-        index = torch.arange(scores.shape[1]).expand_as(scores)  # [B, N]
-        values, idx = select_topk(scores, index, k)
-        idx = torch.where(torch.isneginf(values), PAD_INDEX, idx)
-        return idx.numpy(), values.numpy()
+    def rank(self, data, rows, k, rules, exclusions):
+        return rules.rank_scores(self.scores(data, rows), self.placeable(data), exclusions, k)
 
 
 class ItemKNN(DenseScoreBaseline):
@@ -420,23 +463,23 @@ def baseline_class(name: str) -> type[Baseline]:
 
 
 def recommendation_tables(
-    model: Baseline, data: TrainingData, rows: np.ndarray, k: int, model_version: str
+    model: Baseline, data: TrainingData, rows: np.ndarray, k: int, model_version: str, rules: ListRules
 ) -> Iterator[pa.Table]:
     """The model's lists for matrix `rows`, one Arrow table per block of users."""
     for start in range(0, len(rows), USER_BLOCK):
         block = rows[start : start + USER_BLOCK]
-        idx, scores = model.rank(data, block, k)  # [B, k] each, -1 padded
-        users = data.user_ids.to_arrow().take(pa.array(block))
-        yield lists_table(users, idx, scores, data.item_ids.to_arrow(), model_version)
+        users = data.user_ids.gather(block)
+        idx, scores = model.rank(data, block, k, rules, rules.exclusions(data, users, block))  # [B, k] each
+        yield lists_table(users.to_arrow(), idx, scores, data.item_ids.to_arrow(), model_version)
 
 
 def newcomer_tables(
-    model: Baseline, data: TrainingData, user_ids: pl.Series, k: int, model_version: str
+    model: Baseline, data: TrainingData, user_ids: pl.Series, k: int, model_version: str, rules: ListRules
 ) -> Iterator[pa.Table]:
     """Lists for `user_ids`, users absent from the matrix (see `Baseline.rank_newcomers`)."""
     for start in range(0, len(user_ids), USER_BLOCK):
         users = user_ids.slice(start, USER_BLOCK)
-        idx, scores = model.rank_newcomers(data, len(users), k)  # [B, k] each, -1 padded
+        idx, scores = model.rank_newcomers(data, k, rules, rules.exclusions(data, users, NO_ROWS))  # [B, k] each
         yield lists_table(users.to_arrow(), idx, scores, data.item_ids.to_arrow(), model_version)
 
 
@@ -480,11 +523,12 @@ def tune(
         .join(val_users, on="user_id", how="semi")["row"].to_numpy()
     )
     k = _cutoff(metric)
+    rules = ListRules.of(snapshot, cfg.score, data)
     trials = []
     for params in cls.grid:
         model = cls(seed=cfg.train.seed, **params)
         model.fit(data)
-        recs = pl.from_arrow(pa.concat_tables(recommendation_tables(model, data, rows, k, name)))
+        recs = pl.from_arrow(pa.concat_tables(recommendation_tables(model, data, rows, k, name, rules)))
         result = evaluate(
             recs.lazy(), validation, snapshot.split("train"), snapshot.items(),
             ks=[k], name=name, source=f"{name} validation lists", max_k=k,
@@ -501,6 +545,7 @@ class FittedBaseline:
 
     model: Baseline
     data: TrainingData
+    rules: ListRules  # how its lists are cut: the scoring stage's
     params: dict[str, Any]
     trials: list[dict[str, Any]]  # one record per grid point with its validation value
     model_version: str
@@ -519,8 +564,8 @@ class FittedBaseline:
             )
             newcomers = users.filter(~users.is_in(self.data.user_ids.implode())).sort()
         return itertools.chain(
-            recommendation_tables(self.model, self.data, rows, k, self.model_version),
-            newcomer_tables(self.model, self.data, newcomers, k, self.model_version),
+            recommendation_tables(self.model, self.data, rows, k, self.model_version, self.rules),
+            newcomer_tables(self.model, self.data, newcomers, k, self.model_version, self.rules),
         )
 
 
@@ -539,7 +584,7 @@ def fit_baseline(
     model.fit(data)
     model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
     seconds = {"tune": round(tuned - started, 3), "fit": round(time.perf_counter() - tuned, 3)}
-    return FittedBaseline(model, data, params, trials, model_version, seconds)
+    return FittedBaseline(model, data, ListRules.of(snapshot, cfg.score, data), params, trials, model_version, seconds)
 
 
 def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 def lists_table(
     user_ids: pa.Array,  # [B]
-    idx: np.ndarray,  # [B, k] int64 rows of `item_ids`, -1 padded (score.kernel.topk output)
+    idx: np.ndarray,  # [B, k] int64 rows of `item_ids`, -1 padded (score.ranking.rank output)
     scores: np.ndarray,  # [B, k] float32
     item_ids: pa.Array,  # [N] the catalog the indices point into
     model_version: str,

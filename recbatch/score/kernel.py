@@ -299,6 +299,18 @@ def select_topk(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Te
     return top_val[:, :k].contiguous(), top_idx[:, :k].contiguous()
 
 
+def topk_of_scores(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`topk`'s contract for a score block computed elsewhere (scores that are no inner product):
+    each row's K best columns [B, N], ties by lower column, -inf entries (filtered) never returned.
+
+    Returns (indices [B, k] int64, padded with -1; scores [B, k] float32, padded with -inf).
+    """
+    index = torch.arange(scores.shape[1]).expand_as(scores)  # [B, N]
+    vals, idx = select_topk(scores.float(), index, k)  # the right K, in torch.topk's order among ties
+    idx, vals = _order_by_score_then_index(idx, vals)
+    return idx.numpy(), vals.numpy()
+
+
 def _order_by_score_then_index(idx: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort each row by score descending, then item index ascending; pads go last as -1."""
     vals = vals.float()

@@ -3,18 +3,22 @@
     items ──eligible_items──▶ Catalog (sorted by id, eligible [N])
     history + score.blocklist ──user_exclusions──▶ seen, blocked (catalog positions per user)
     user vectors + Catalog (or one item shard of it) + seen/blocked ──rank──▶ top-K positions, scores
+    a score block [B, N] (a model that is not an inner product) + seen/blocked ──rank_scores──▶ the same
 
 The scoring stage (``score/stage.py``: its ``ShardScorer`` actors, one item
-shard each) and the holdout evaluation (``eval/holdout.py``: the whole catalog
-at once) both rank through these functions, so the offline metrics measure the
-lists that are published. The eligibility rules are decided here and nowhere else:
+shard each), the holdout evaluation (``eval/holdout.py``: the whole catalog
+at once) and the baselines the gate and the report compare with
+(``eval/baselines.py``) all rank through these functions, so the offline
+metrics measure the lists that are published, and every model is cut by the
+same rules. The eligibility rules are decided here and nowhere else:
 
 * for every user: the snapshot lists the item, ``available`` is not false
   (with ``score.filter_unavailable``), no global ``score.blocklist`` row names it;
 * per user: the items of the user's history (with ``score.filter_seen``) and the
   user's own blocklist rows.
 
-Only this module calls the top-K kernel (``score/kernel.py``) for ranking.
+Only this module calls the top-K kernel (``score/kernel.py``) for ranking
+(``tests/test_ranking_rules.py`` fails when another module imports it).
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+import torch
 
 from recbatch.config import ScoreConfig
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.runtime import resolve_precision
-from recbatch.score.kernel import topk
+from recbatch.score.kernel import PAD_INDEX, PAD_SCORE, topk, topk_of_scores
 
 SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
+Positions = pa.ChunkedArray | pa.Array  # list<int64>, one row per user: catalog positions (seen, blocked)
 BLOCKED = "blocked"  # list<int64>: catalog positions blocklisted for this user
 
 
@@ -139,10 +145,31 @@ def rank(
     `filter_seen`, ``score.filter_seen``) are B lists of catalog positions removed per user.
     `kernel`: ``kernel_settings``. Returns ([B, k] int64 positions, -1 padded; [B, k] float32, -inf padded).
     """
-    filters = [blocked] + ([seen] if filter_seen else [])
-    exclude = lists_to_csr(filters, len(items), lo=offset)  # [B, n]
+    exclude = _excluded(seen, blocked, filter_seen, len(items), offset)  # [B, n]
     idx, scores = topk(users, items, k, exclude=exclude, item_mask=eligible, **kernel)  # [B, k] each
-    return np.where(idx >= 0, idx + offset, -1), scores
+    return np.where(idx >= 0, idx + offset, PAD_INDEX), scores
+
+
+def rank_scores(
+    scores: np.ndarray, eligible: np.ndarray, seen: Positions, blocked: Positions, *, k: int, filter_seen: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rank` for a model whose scores are not an inner product: the top-K catalog positions of a
+    precomputed score block [B, N] over the whole catalog (a sparse item-item product, TF-IDF).
+
+    The same exclusions as `rank` (`eligible` [N]; `blocked`, and `seen` with `filter_seen`)
+    and the kernel's tie rule (score descending, then position, so item id, ascending).
+    Returns ([B, k] int64 positions, -1 padded; [B, k] float32, -inf padded).
+    """
+    block = torch.from_numpy(np.array(scores, dtype=np.float32))  # [B, N], a copy: filtered entries are overwritten
+    exclude = _excluded(seen, blocked, filter_seen, block.shape[1]).tocoo()
+    block[torch.from_numpy(exclude.row.astype(np.int64)), torch.from_numpy(exclude.col.astype(np.int64))] = PAD_SCORE
+    block[:, torch.from_numpy(~np.asarray(eligible, dtype=bool))] = PAD_SCORE
+    return topk_of_scores(block, k)  # [B, k] each
+
+
+def _excluded(seen: Positions, blocked: Positions, filter_seen: bool, n_cols: int, lo: int = 0) -> sp.csr_matrix:
+    """[B, n_cols] CSR of the items removed per user: `blocked` always, `seen` when ``score.filter_seen``."""
+    return lists_to_csr([blocked] + ([seen] if filter_seen else []), n_cols, lo=lo)
 
 
 def lists_to_csr(columns: list[pa.ChunkedArray | pa.Array], n_cols: int, lo: int = 0) -> sp.csr_matrix:
