@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from recbatch.config import EvalConfig
 from recbatch.errors import QualityGateError
@@ -111,6 +112,12 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     # The embed stage's item vectors (a folder) give the same numbers as encoding here.
     items_dir = _write_item_embeddings(tmp_path / "emb", model_dir, snapshot)
     assert evaluate_holdout(cfg, snapshot, model_dir, items_dir) == pytest.approx(metrics)
+    # A GPU config (score.gpus_per_actor) on a driver without one: the gate ranks on the CPU, not fail.
+    on_gpu_actors = cfg.with_overrides({"score.gpus_per_actor": 1})
+    if not torch.cuda.is_available():
+        assert evaluate_holdout(on_gpu_actors, snapshot, model_dir, items_dir) == pytest.approx(metrics)
+        assert evaluate_baseline(on_gpu_actors, snapshot, "most_popular").metrics() == pytest.approx(
+            evaluate_baseline(cfg, snapshot, "most_popular").metrics())
     first = check_gate(metrics, None, CFG)
     assert first.passed
     # the floor: most_popular on the same fixed slice, fit on the rows before test

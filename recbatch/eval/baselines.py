@@ -194,7 +194,7 @@ class ListRules:
         """Top-`k` columns of users [B, D] x items [N, D] (``ranking.rank``): ([B, k] -1 padded, [B, k] scores)."""
         return rank(
             users, items, self.eligible & placeable, exclusions[SEEN].to_arrow(), exclusions[BLOCKED].to_arrow(),
-            k=k, filter_seen=self.score.filter_seen, **kernel_settings(self.score),
+            k=k, filter_seen=self.score.filter_seen, **kernel_settings(self.score, on_driver=True),
         )
 
     def rank_scores(

@@ -154,7 +154,7 @@ def rank_with_history(
     user_vectors, vectors = with_prior(user_vectors, catalog.vectors, prior, user_column_value(cfg.score, temperature))
     idx, scores = rank(
         user_vectors, vectors, catalog.eligible, exclusions["seen"].to_arrow(), exclusions["blocked"].to_arrow(),
-        k=k, filter_seen=cfg.score.filter_seen, **kernel_settings(cfg.score),
+        k=k, filter_seen=cfg.score.filter_seen, **kernel_settings(cfg.score, on_driver=True),
     )  # [U, k] each, -1 padded
     return idx, scores, catalog.ids
 

@@ -113,9 +113,14 @@ def user_exclusions(
     return table.with_columns(pl.col(SEEN, BLOCKED).cast(pl.List(pl.Int64)).fill_null(empty))
 
 
-def kernel_settings(cfg: ScoreConfig) -> dict[str, Any]:
-    """How the top-K kernel runs for `cfg`: device, precision, threads, tiles and kernel."""
-    on_gpu = cfg.gpus_per_actor > 0
+def kernel_settings(cfg: ScoreConfig, *, on_driver: bool = False) -> dict[str, Any]:
+    """How the top-K kernel runs for `cfg`: device, precision, threads, tiles and kernel.
+
+    The scoring actors hold ``score.gpus_per_actor`` GPUs. The driver (`on_driver`: the
+    holdout evaluation and the baselines) ranks on a GPU only when it has one: a head
+    node without a GPU must not fail the night of a GPU config.
+    """
+    on_gpu = cfg.gpus_per_actor > 0 and (not on_driver or torch.cuda.is_available())
     return {
         "user_block": cfg.user_block,
         "item_tile": cfg.item_tile,
