@@ -92,6 +92,7 @@ class GenerateConfig:
     attack: Literal["none", "average", "bandwagon"] = "none"
     attack_target: int | str | None = None  # the item the fake profiles push (its id)
     attack_share: float = 0.01  # fake profiles per real user
+    attack_spread_days: float = 0.0  # 0: every fake profile made in one burst; > 0: their starts spread over this many days
 
 
 @dataclass
@@ -368,6 +369,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "generate.topics": (1, None),
     "generate.interactions_per_user": (1, None),
     "generate.attack_share": (1e-6, 0.99),
+    "generate.attack_spread_days": (0, None),
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),

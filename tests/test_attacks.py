@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from recbatch.cli import main
-from recbatch.data.attacks import BANDWAGON_POOL, BANDWAGON_RANDOM_SHARE, BURST_MINUTES, inject_attack
+from recbatch.data.attacks import BANDWAGON_POOL, BANDWAGON_RANDOM_SHARE, BURST_MINUTES
 from recbatch.data.ingest import ingest
 
 
@@ -86,13 +86,13 @@ def test_ratings_far_from_the_population_catch_a_campaign_spread_over_weeks(
     assert ingest(cfg.with_overrides(defence)).hash == clean.hash  # no real user quarantined
 
     target = pl.read_parquet(clean.table_path("interactions")).group_by("item_id").len().sort("len", "item_id")["item_id"][0]
-    out = tmp_path / "slow-average"
-    inject_attack(clean, out, kind="average", target=target, share=0.05)
+    out = tmp_path / "slow-average"  # a patient campaign: profiles started over 60 days, so no burst to see
+    assert main(["generate", "--root", cfg.root, "--attack", "average", "--target", str(target), "--share", "0.05",
+                 "--spread-days", "60", "--snapshot", str(clean.path), "--out", str(out)]) == 0
     fakes = json.loads((out / "attack.json").read_text())["fake_user_ids"]
-    # A patient campaign: fake number i made 3 i days before the last, so there is no burst to see.
-    interactions = pl.read_parquet(out / "interactions.parquet")
-    days_back = pl.col("user_id").replace_strict(fakes, [3 * i for i in range(len(fakes))], default=0)
-    interactions.with_columns(ts=pl.col("ts") - pl.duration(days=days_back)).write_parquet(out / "interactions.parquet")
+    starts = pl.read_parquet(out / "interactions.parquet").filter(pl.col("user_id").is_in(fakes)).group_by("user_id").agg(
+        pl.col("ts").min())["ts"].sort()
+    assert (starts.diff().drop_nulls() > dt.timedelta(days=1)).all()
 
     caught = []
     for users_per_partition in (1_000, 16):  # one partition, then many: the same suspects, the same reasons
