@@ -13,6 +13,7 @@ import polars as pl
 from recbatch.cli import main
 from recbatch.data.attacks import BANDWAGON_POOL, BANDWAGON_RANDOM_SHARE, BURST_MINUTES
 from recbatch.data.ingest import ingest
+from recbatch.data.profiles import BURST_SIGNAL, RATING_SIGNAL, quarantined_by_signal
 
 
 def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline_config, demo_source, tmp_path):
@@ -55,6 +56,7 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline
         quarantined = pl.read_parquet(defended.path / "quarantine" / "profiles.parquet")
         assert set(quarantined["user_id"]) == set(fakes)
         assert quarantined["reason"].str.contains(f"item {target}").all()
+        assert quarantined_by_signal(defended.path).row(0) == (BURST_SIGNAL, expected, quarantined.height)
         kept = pl.read_parquet(defended.table_path("interactions"))
         assert kept.sort("user_id", "ts").equals(pl.read_parquet(clean.table_path("interactions")).sort("user_id", "ts"))
 
@@ -103,6 +105,8 @@ def test_ratings_far_from_the_population_catch_a_campaign_spread_over_weeks(
     assert snapshot.partitions > 1
     assert caught[0].equals(caught[1])
     assert set(caught[0]["user_id"]) == set(fakes)
+    by_signal = dict((signal, (n, rows)) for signal, n, rows in quarantined_by_signal(snapshot.path).iter_rows())
+    assert by_signal == {BURST_SIGNAL: (0, 0), RATING_SIGNAL: (len(fakes), snapshot.counts["quarantined_profile_interactions"])}
     for reason in caught[0]["reason"]:  # too typical: fillers at their item's mean (the target is pulled up by the fakes)
         assert reason.startswith("ratings far from the population: ") and "closer than real people rate" in reason
         assert "coordinated burst" not in reason and "furthest from its mean: item " in reason

@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -67,6 +68,11 @@ DEVIATION_Z = 4.5  # robust z of the log deviation; real ml-latest-small users r
 DEVIATION_FLOOR = 0.01  # stars: a profile that copies the means exactly gets a finite log
 IQR_PER_SIGMA = 1.349  # interquartile range of a normal distribution, in standard deviations
 LOG_UNITS = 1_000_000  # log deviations as integers for the exact streaming quantile (split.lower_quantile)
+
+BURST_SIGNAL = "coordinated burst"  # every reason starts with its signal's name and a colon
+RATING_SIGNAL = "ratings far from the population"
+SIGNALS = (BURST_SIGNAL, RATING_SIGNAL)
+QUARANTINE_FILE = "quarantine/profiles.parquet"  # inside the snapshot folder
 
 
 @dataclass
@@ -143,7 +149,7 @@ def find_bursts(evidence: ProfileEvidence) -> pl.DataFrame:
         in_window = int(np.searchsorted(starts, times[first] + window, side="right") - np.searchsorted(starts, times[first]))
         expected = in_window * float(group["share"][0])
         if size >= MIN_GROUP and size >= MIN_LIFT * expected:
-            reason = (f"coordinated burst: {size} profiles, each made within {BURST_HOURS:g} h and started within "
+            reason = (f"{BURST_SIGNAL}: {size} profiles, each made within {BURST_HOURS:g} h and started within "
                       f"{WINDOW_HOURS:g} h of {times[first]}, all hold item {item} ({size / max(expected, 1e-9):.0f}x "
                       f"the {expected:.2f} expected from its share of users)")
             for user in group["user_id"][members.start : members.stop]:
@@ -196,7 +202,7 @@ def find_rating_outliers(deviations: pl.LazyFrame) -> pl.DataFrame:
     z = (pl.col("log_key") / LOG_UNITS - median) / sigma
     far = deviations.with_columns(z=z).filter(z.abs() > DEVIATION_Z).collect(engine="streaming")
     reasons = [
-        f"ratings far from the population: {row['deviation']:.2f} stars from the item means on average over "
+        f"{RATING_SIGNAL}: {row['deviation']:.2f} stars from the item means on average over "
         f"{row['ratings'] - 1} ratings, {'closer' if row['z'] < 0 else 'further'} than real people rate (median "
         f"profile {math.exp(median):.2f}, robust z {row['z']:+.1f}, limit {DEVIATION_Z:g}); furthest from its mean: "
         f"item {row['furthest_item']} rated {row['furthest_rating']:g} against {row['furthest_mean']:.2f}"
@@ -208,6 +214,20 @@ def find_rating_outliers(deviations: pl.LazyFrame) -> pl.DataFrame:
 def merge_suspects(found: list[pl.DataFrame]) -> pl.DataFrame:
     """One row per suspected profile: ``user_id`` and the reasons of every signal that caught it, joined by "; "."""
     return pl.concat(found).group_by("user_id", maintain_order=True).agg(pl.col("reason").str.join("; "))
+
+
+def quarantined_by_signal(snapshot_dir: Path) -> pl.DataFrame:
+    """``signal``, ``profiles``, ``interactions``: what each signal set aside in a snapshot (a profile
+    caught by both counts under both), for the nightly report; zeros when nothing was."""
+    path = snapshot_dir / QUARANTINE_FILE
+    rows = []
+    for signal in SIGNALS:
+        profiles = interactions = 0
+        if path.exists():
+            caught = pl.scan_parquet(path).filter(pl.col("reason").str.contains(f"{signal}:", literal=True))
+            profiles, interactions = caught.select(pl.col("user_id").n_unique(), pl.len()).collect().row(0)
+        rows.append({"signal": signal, "profiles": profiles, "interactions": interactions})
+    return pl.DataFrame(rows, schema={"signal": pl.String, "profiles": pl.Int64, "interactions": pl.Int64})
 
 
 def set_aside(
