@@ -46,8 +46,8 @@ class IngestConfig:
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     # Interactions below this rating are kept in the snapshot but not used as positives.
     min_rating: float | None = None
-    # Quarantine coordinated bursts of profiles around one item (injected "shilling" profiles;
-    # recbatch/data/profiles.py) to quarantine/profiles.parquet.
+    # Quarantine injected ("shilling") profiles to quarantine/profiles.parquet: coordinated bursts around
+    # one item, and profiles rated far from the population (recbatch/data/profiles.py).
     detect_injected_profiles: bool = False
     # [low, high]: ratings of canonical input outside it are bad rows (per on_bad_rows).
     # MovieLens layouts always check their documented scale (data/movielens.py RATING_SCALES).
