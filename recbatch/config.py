@@ -46,8 +46,8 @@ class IngestConfig:
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     # Interactions below this rating are kept in the snapshot but not used as positives.
     min_rating: float | None = None
-    # Quarantine coordinated bursts of profiles around one item (injected "shilling" profiles;
-    # recbatch/data/profiles.py) to quarantine/profiles.parquet.
+    # Quarantine injected ("shilling") profiles to quarantine/profiles.parquet: coordinated bursts around
+    # one item, and profiles rated far from the population (recbatch/data/profiles.py).
     detect_injected_profiles: bool = False
     # [low, high]: ratings of canonical input outside it are bad rows (per on_bad_rows).
     # MovieLens layouts always check their documented scale (data/movielens.py RATING_SCALES).
@@ -95,6 +95,7 @@ class GenerateConfig:
     attack: Literal["none", "average", "bandwagon"] = "none"
     attack_target: int | str | None = None  # the item the fake profiles push (its id)
     attack_share: float = 0.01  # fake profiles per real user
+    attack_spread_days: float = 0.0  # 0: every fake profile made in one burst; > 0: their starts spread over this many days
 
 
 @dataclass
@@ -374,6 +375,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "generate.topics": (1, None),
     "generate.interactions_per_user": (1, None),
     "generate.attack_share": (1e-6, 0.99),
+    "generate.attack_spread_days": (0, None),
     "split.leave_last_n": (1, None),
     "split.min_user_interactions": (1, None),
     "split.temporal_train_fraction": (0.01, 0.99),

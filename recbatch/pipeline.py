@@ -246,7 +246,7 @@ def _run_stages(
     from recbatch.embed.stage import embed
     from recbatch.eval.gate import check_gate
     from recbatch.eval.holdout import evaluate_baseline, evaluate_model, holdout_metrics
-    from recbatch.eval.report import write_report
+    from recbatch.eval.report import injected_profiles_section, write_report
     from recbatch.publish import publish_run
     from recbatch.score.stage import score
     from recbatch.train.trainer import train
@@ -299,8 +299,9 @@ def _run_stages(
         popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
+        sections = [injected_profiles_section(snapshot.path)] if cfg.ingest.detect_injected_profiles else []
         summary.report = str(write_report([result, *popular], layout.report(run_date), context=context,
-                                          gate_metric=cfg.eval.gate_metric))
+                                          gate_metric=cfg.eval.gate_metric, sections=sections))
         headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
         rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
         previous = [p for p in layout.published_runs() if p.name != final.name]

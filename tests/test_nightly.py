@@ -231,7 +231,8 @@ def test_first_run_of_a_random_model_is_refused_below_popularity_and_force_recor
 
     from recbatch.model.artifact import init_artifact
 
-    cfg = tiny_pipeline_config(**{"train.cadence": "never", "model.encoder": str(tiny_bert_dir)})
+    cfg = tiny_pipeline_config(**{"train.cadence": "never", "model.encoder": str(tiny_bert_dir),
+                                  "ingest.detect_injected_profiles": True})
     demo_source(cfg)
     layout = RunLayout.of(cfg.root)
     init_artifact(cfg, str(tiny_bert_dir), None, layout.models)  # random towers, random tiny BERT
@@ -245,6 +246,7 @@ def test_first_run_of_a_random_model_is_refused_below_popularity_and_force_recor
     assert not layout.recommendations.exists() or not any(layout.recommendations.iterdir())  # nothing published
     report = (layout.report(RUN_DATE) / "report.md").read_text()  # the refused run can be inspected
     assert "| most_popular |" in report and "| recent_popular |" in report
+    assert "## Injected profiles quarantined at ingest" in report and "| coordinated burst | 0 | 0 |" in report
 
     assert main([*nightly, "--force"]) == 0
     gate = verify_manifest(layout.recommendations_for(RUN_DATE))["gate"]

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--target", help="item the attack pushes (generate.attack_target)")
     p.add_argument("--share", type=float, help="fake profiles per real user, e.g. 0.01 (generate.attack_share)")
+    p.add_argument("--spread-days", type=float,
+                   help="start the fake profiles over this many days instead of one burst (generate.attack_spread_days)")
     p.add_argument("--snapshot", help="snapshot folder to attack (default: the latest under <root>/snapshots)")
 
 
@@ -44,6 +46,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
         "generate.attack": args.attack,
         "generate.attack_target": args.target,
         "generate.attack_share": args.share,
+        "generate.attack_spread_days": args.spread_days,
     }
 
 
@@ -70,4 +73,5 @@ def _attack(args: argparse.Namespace, cfg: Config) -> dict:
         raise UsageError("--attack needs --target ITEM (config key generate.attack_target)")
     snapshot = snapshot_from(args.snapshot, RunLayout.of(cfg.root))
     out = Path(args.out) if args.out else Path(cfg.root) / f"attacked-source-{g.attack}"
-    return inject_attack(snapshot, out, kind=g.attack, target=g.attack_target, share=g.attack_share, seed=g.seed)
+    return inject_attack(snapshot, out, kind=g.attack, target=g.attack_target, share=g.attack_share, seed=g.seed,
+                         spread_days=g.attack_spread_days)

@@ -14,7 +14,9 @@ The attacked data is written as a canonical ingest source (interactions,
 items, users Parquet) plus ``attack.json`` (the kind, the target and the fake
 ids: the ground truth for measuring a defence, never read by ingest). Every
 fake profile has the real users' median length and is created in one burst
-just before the snapshot's newest event, as a scripted campaign would be; the
+just before the snapshot's newest event, as a scripted campaign would be, or,
+with ``spread_days``, the profiles start evenly over that many days before it
+(a patient campaign, which no burst gives away); the
 target sits in the first third of each profile, so it lands in the train split (a median profile of
 10 items keeps its first 4 in train under the default leave-last-5 with one validation row).
 """
@@ -42,9 +44,11 @@ FAKE_STRING_PREFIX = "x"  # text ids of fake users: x000001, ... (ids play no pa
 
 
 def inject_attack(
-    snapshot: Snapshot, out_dir: str | Path, *, kind: str, target: int | str, share: float, seed: int = 0
+    snapshot: Snapshot, out_dir: str | Path, *, kind: str, target: int | str, share: float, seed: int = 0,
+    spread_days: float = 0.0,
 ) -> dict[str, Any]:
-    """Write `snapshot`'s data plus ``ceil(share * users)`` fake profiles pushing `target` to `out_dir`."""
+    """Write `snapshot`'s data plus ``ceil(share * users)`` fake profiles pushing `target` to `out_dir`;
+    with `spread_days` > 0 their starts are spread over that many days instead of one burst."""
     if kind not in ATTACK_KINDS:
         raise UsageError(f"attack kind {kind!r}: choose one of {', '.join(ATTACK_KINDS)}")
     if not 0 < share < 1:
@@ -69,6 +73,7 @@ def inject_attack(
         profile = list(fillers)
         profile.insert(int(rng.integers(0, max(1, length // 3))), target_id)
         start = newest - dt.timedelta(minutes=BURST_MINUTES) + dt.timedelta(seconds=float(rng.uniform(0, 60 * BURST_MINUTES // 2)))
+        start -= dt.timedelta(days=spread_days * (n_fake - i) / n_fake)  # 0: all in the burst
         for j, item in enumerate(profile):
             rows.append({"user_id": user, "item_id": item, "ts": start + dt.timedelta(seconds=j * SECONDS_BETWEEN_EVENTS)})
     fake = pl.DataFrame(rows, schema={"user_id": interactions.schema["user_id"],
@@ -83,7 +88,8 @@ def inject_attack(
     pl.concat([interactions, fake.select(interactions.columns)]).write_parquet(out / "interactions.parquet")
     items.write_parquet(out / "items.parquet")
     pl.concat([users, donors.select(users.columns)]).write_parquet(out / "users.parquet")
-    truth = {"kind": kind, "target": target_id, "share": share, "seed": seed, "fake_users": len(fake_ids),
+    truth = {"kind": kind, "target": target_id, "share": share, "seed": seed, "spread_days": spread_days,
+             "fake_users": len(fake_ids),
              "profile_length": length, "snapshot": snapshot.hash, "fake_user_ids": fake_ids}
     (out / "attack.json").write_text(json.dumps(truth, indent=2, default=str))
     return {k: v for k, v in truth.items() if k != "fake_user_ids"} | {"out_dir": str(out)}

@@ -4,14 +4,16 @@
             items validated whole (they grow with items, not users)
     stage   interactions and users parsed and cut by user partition into scratch files (data/staging.py)
     check   per staged partition: validate (exact counts + earliest examples, added up across partitions),
-            erase (recbatch forget's list), burst evidence for injected profiles
+            erase (recbatch forget's list), injected-profile evidence (per-item totals, burst profiles)
+    suspect with ratings, each staged partition's profiles scored against the exact item means; then the
+            injected-profile suspects of both signals (data/profiles.py)
     write   per snapshot partition: set suspected profiles aside, split (a time cut's cutoff is a global,
             bounded streaming quantile), write the partition files and their digests; then items, quarantine
     publish hash of the digests + settings names the folder; manifest, rename
 
 No step holds a whole per-user table: the driver's memory follows
 ``ingest.users_per_partition``, not the size of the input (what is still
-whole: items, quarantine tables, burst evidence; see docs/ARCHITECTURE.md).
+whole: items, quarantine tables, per-item and burst-profile evidence; see docs/ARCHITECTURE.md).
 The scratch files live in a staging folder under ``snapshots/`` that is
 removed however ingest ends, so a rejected source leaves nothing there. The
 folder name is a hash of the written tables and the split settings: the same
@@ -39,7 +41,17 @@ from recbatch.config import Config, IngestConfig, SplitConfig
 from recbatch.data.movielens import READERS, detect_layout
 from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.partition import partition_count
-from recbatch.data.profiles import BurstEvidence, burst_evidence, combine, find_injected_profiles, set_aside
+from recbatch.data.profiles import (
+    ProfileEvidence,
+    combine,
+    find_bursts,
+    find_rating_outliers,
+    item_mean_ratings,
+    merge_suspects,
+    profile_evidence,
+    rating_deviation,
+    set_aside,
+)
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.snapshot import Snapshot, partition_file_name
 from recbatch.data.split import global_cutoff, mark_cold_items, split_counts, split_interactions, train_items
@@ -162,12 +174,12 @@ class Written:
 
 def _validated_partitions(
     source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path, cfg: Config
-) -> tuple[int, Counter, list[BurstEvidence]]:
+) -> tuple[int, Counter, list[ProfileEvidence]]:
     """Stage the per-user tables by user partition, validate and erase one partition at a time.
 
     Writes ``clean/<table>/`` and ``bad/<table>/`` parts under `work`; raises
     (fail mode) with the totals of every partition once all are checked.
-    Returns the staging partition count, counts, and the burst evidence.
+    Returns the staging partition count, counts, and the injected-profile evidence.
     """
     users_seen = max(f.distinct_users for f in facts.values())
     staged = partition_count(users_seen, cfg.ingest.users_per_partition)
@@ -191,7 +203,7 @@ def _validated_partitions(
     reasons: Counter = Counter()  # interaction quarantine reasons, for "every row is bad"
     interaction_tallies: list[Tally] = []
     user_tallies: list[Tally] = []
-    evidence: list[BurstEvidence] = []
+    evidence: list[ProfileEvidence] = []
     for q in range(staged):
         users = pl.read_parquet(part_path(work / "raw" / "users", q)) if source.users is not None else None
         part = validate_partition(pl.read_parquet(part_path(work / "raw" / "interactions", q)), users, context)
@@ -210,7 +222,7 @@ def _validated_partitions(
             counts[f"quarantined_{name}"] += bad.height
         counts["users"] += part.users.height
         if cfg.ingest.detect_injected_profiles:
-            evidence.append(burst_evidence(part.interactions))
+            evidence.append(profile_evidence(part.interactions))
 
     if source.users is not None:
         raise_first_problem(source.users, facts["users"].rows, user_checks(), user_tallies)
@@ -236,6 +248,19 @@ def _validated_source(source: RawSource, cfg: Config) -> tuple[dict[str, TableFa
     )
     items, bad_items = validate_items(source.items, facts["items"], id_type, cfg.ingest.on_bad_rows)
     return facts, id_type, items, bad_items
+
+
+def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> pl.DataFrame:
+    """``user_id``, ``reason`` of the injected-profile suspects (data/profiles.py): coordinated bursts, and
+    with ratings, profiles rated far from the population, scored one staged partition at a time."""
+    found = [find_bursts(evidence)]
+    means = item_mean_ratings(evidence)
+    if means is not None:
+        for q in range(staged):
+            interactions = pl.read_parquet(part_path(work / "clean" / "interactions", q))
+            write_part(work / "deviation", q, rating_deviation(interactions, means))
+        found.append(find_rating_outliers(scan_parts(work / "deviation")))
+    return merge_suspects(found)
 
 
 def _write_snapshot(
@@ -297,9 +322,7 @@ def ingest(cfg: Config) -> Snapshot:
     work = staging_dir_for(layout.snapshot("ingest"))  # scratch files, gone however ingest ends
     try:
         staged, counts, evidence = _validated_partitions(source, facts, id_type, items, work, cfg)
-        suspects = None
-        if cfg.ingest.detect_injected_profiles:
-            suspects = find_injected_profiles(combine(evidence))
+        suspects = _suspected_profiles(work, staged, combine(evidence)) if cfg.ingest.detect_injected_profiles else None
         out, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
         for name in ("interactions", "users"):
             counts.setdefault(f"quarantined_{name}", 0)

@@ -1,7 +1,8 @@
 """The evaluation report: one folder a person can open and a program can parse.
 
     report.md / report.html   tables: the first model against each other one on `gate_metric` (the ratio),
-                              every model at the headline K, and NDCG/Recall at each K
+                              every model at the headline K, and NDCG/Recall at each K; then extra sections
+                              (the nightly's injected-profile quarantine per signal, bench/attacks.py's exposure)
     report.json               every number, curves included (EvalResult.to_dict per model)
     metrics_at_k.png          precision/recall/hit rate/MRR/NDCG/MAP for K = 1..100, a line per model
     popularity.png            share of recommended slots per item-popularity decile, per model
@@ -73,6 +74,15 @@ def ratio_table(results: list[EvalResult], metric: str) -> tuple[list[str], list
         other = r.metrics()[metric]
         rows.append([r.name, _fmt(other), f"{value / other:.2f}x" if other > 0 else "n/a"])
     return header, rows
+
+
+def injected_profiles_section(snapshot_dir: Path) -> Section:
+    """What ingest's injected-profile defence quarantined in the snapshot, per signal (data/profiles.py)."""
+    from recbatch.data.profiles import QUARANTINE_FILE, quarantined_by_signal
+
+    counts = quarantined_by_signal(snapshot_dir)
+    return Section(f"Injected profiles quarantined at ingest (review: snapshot {QUARANTINE_FILE})",
+                   ["signal", "profiles", "interactions"], [[str(v) for v in row] for row in counts.iter_rows()])
 
 
 def _fmt(value: float) -> str:
