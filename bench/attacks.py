@@ -103,9 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root)
-    cfg = Config().with_overrides({"root": str(root), "ingest.source": args.data, "score.k": K})
-    tower_cfg = load_config(args.two_tower_config, {"root": str(root), "ingest.source": args.data, "score.k": K,
-                                                    "train.epochs": args.two_tower_epochs})
+    # An offline comparison: leave-last-5 gives every real user held-out rows to score NDCG@10 on.
+    common = {"root": str(root), "ingest.source": args.data, "score.k": K, "split.protocol": "leave_last_n"}
+    cfg = Config().with_overrides(common)
+    tower_cfg = load_config(args.two_tower_config, {**common, "train.epochs": args.two_tower_epochs})
     models = args.models.split(",")
     clean = ingest(cfg)
     interactions = clean.interactions().collect()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from recbatch.cli import main
 from recbatch.data.attacks import BANDWAGON_POOL, BANDWAGON_RANDOM_SHARE, BURST_MINUTES
@@ -16,8 +17,10 @@ from recbatch.data.ingest import ingest
 from recbatch.data.profiles import BURST_SIGNAL, RATING_SIGNAL, quarantined_by_signal
 
 
-def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline_config, demo_source, tmp_path):
-    cfg = tiny_pipeline_config(**{"generate.id_type": "string"})
+@pytest.mark.parametrize("protocol", ["recent_days", "leave_last_n"])  # the nightly's time window, and per user
+def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline_config, demo_source, tmp_path,
+                                                                    protocol):
+    cfg = tiny_pipeline_config(**{"generate.id_type": "string", "split.protocol": protocol})
     demo_source(cfg)
     clean = ingest(cfg)
     popularity = pl.read_parquet(clean.table_path("interactions")).group_by("item_id").len()

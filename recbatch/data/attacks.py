@@ -13,12 +13,15 @@ X liked the target". The two classic forms (Mobasher et al., 2007):
 The attacked data is written as a canonical ingest source (interactions,
 items, users Parquet) plus ``attack.json`` (the kind, the target and the fake
 ids: the ground truth for measuring a defence, never read by ingest). Every
-fake profile has the real users' median length and is created in one burst
-just before the snapshot's newest event, as a scripted campaign would be, or,
-with ``spread_days``, the profiles start evenly over that many days before it
-(a patient campaign, which no burst gives away); the
-target sits in the first third of each profile, so it lands in the train split (a median profile of
-10 items keeps its first 4 in train under the default leave-last-5 with one validation row).
+fake profile has the real users' median length and is created in one burst,
+as a scripted campaign would be, or, with ``spread_days``, the profiles start
+evenly over that many days before it (a patient campaign, which no burst gives
+away). The campaign ends where the model's training rows end (``campaign_end``):
+the snapshot's newest event, or under a time cut (the nightly's ``recent_days``)
+the last event before the test window, so the night's training learns from it.
+The target sits in the first third of each profile, so it lands in the train
+split under leave-last-n too (a median profile of 10 items keeps its first 4 in
+train under leave-last-5 with one validation row).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ BANDWAGON_RANDOM_SHARE = 0.2  # ...except this share, drawn from the whole catal
 FAKE_STRING_PREFIX = "x"  # text ids of fake users: x000001, ... (ids play no part in detection)
 
 
+def campaign_end(snapshot: Snapshot) -> Any:
+    """When the fake profiles' burst ends: the newest event the snapshot's model trains on
+    (its newest event under leave-last-n; the last one before the test window under a time cut)."""
+    rows = snapshot.split()
+    if snapshot.manifest["split"]["protocol"] != "leave_last_n":
+        rows = rows.filter(pl.col("split") != "test")
+    return rows.select(pl.col("ts").max()).collect().item()
+
+
 def inject_attack(
     snapshot: Snapshot, out_dir: str | Path, *, kind: str, target: int | str, share: float, seed: int = 0,
     spread_days: float = 0.0,
@@ -65,7 +77,7 @@ def inject_attack(
     candidates = items.filter(pl.col("item_id") != target_id)["item_id"].to_numpy()
     pool = popular.filter(pl.col("item_id") != target_id)["item_id"].head(BANDWAGON_POOL).to_numpy()
     fake_ids = _fake_ids(users["user_id"], n_fake, snapshot.id_type)
-    newest = interactions["ts"].max()
+    newest = campaign_end(snapshot)
 
     rows = []
     for i, user in enumerate(fake_ids):
