@@ -271,29 +271,35 @@ def _run_stages(
         model_version = model_version_of(read_manifest(model_dir), model_dir)
         rec.details["model_version"] = model_version
 
+    inputs = {"model_version": model_version, "snapshot_hash": snapshot.hash}
+    items_dir, users_dir = layout.embeddings(model_version, "items"), layout.embeddings(model_version, "users")
     with _stage(summary, "embed") as rec:
-        emb = embed(cfg, snapshot, model_dir)
-        rec.details.update(
-            items_encoded=emb.items_encoded,
-            items_reused=emb.items_reused,
-            users_encoded=emb.users_encoded,
-            users_reused=emb.users_reused,
-        )
+        if _same_inputs(items_dir, **inputs) and _same_inputs(users_dir, **inputs):
+            rec.status = "skipped"  # a rerun of the night: no actor pool to start for nothing to encode
+            rec.details["reason"] = "embeddings for these inputs are complete"
+        else:
+            emb = embed(cfg, snapshot, model_dir)
+            items_dir, users_dir = emb.items_dir, emb.users_dir
+            rec.details.update(
+                items_encoded=emb.items_encoded,
+                items_reused=emb.items_reused,
+                users_encoded=emb.users_encoded,
+                users_reused=emb.users_reused,
+            )
 
     staged = layout.staged_for(run_date)
     final = layout.recommendations_for(run_date)
-    inputs = {"model_version": model_version, "snapshot_hash": snapshot.hash}
     with _stage(summary, "score") as rec:
         if _same_inputs(staged, **inputs) or _same_inputs(final, **inputs):
             rec.status = "skipped"
             rec.details["reason"] = "scored output for these inputs is complete"
         else:
-            staged = score(cfg, snapshot, emb.items_dir, emb.users_dir, run_date)
+            staged = score(cfg, snapshot, items_dir, users_dir, run_date)
         source = staged if is_complete(staged) else final
         rec.details["users"] = read_manifest(source).get("users")
 
     with _stage(summary, "evaluate") as rec:
-        result = evaluate_model(cfg, snapshot, model_dir, emb.items_dir)
+        result = evaluate_model(cfg, snapshot, model_dir, items_dir)
         metrics = holdout_metrics(result)
         # Popularity on the same holdout users: the gate's floor, and what the report compares with.
         popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]

@@ -203,10 +203,11 @@ def die_once(cfg: LoopConfig, step: int, rank: int) -> None:
     if marker.exists():
         return
     marker.touch()
-    # Let the controller register the last reported checkpoint first (it polls
-    # workers every few seconds), so the restart resumes from it as a real
-    # failure well after a checkpoint would.
-    time.sleep(10)
+    if cfg.train["max_failures"] != 0:
+        # Let the controller register the last reported checkpoint first (it polls
+        # workers every few seconds), so the restart resumes from it as a real
+        # failure well after a checkpoint would. With no restart left, nothing resumes.
+        time.sleep(10)
     log.error("fault injection (%s=%d): worker rank %d exits", FAIL_AT_STEP, step, rank)
     os._exit(1)
 
