@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_scale.py                         # 1M and 4M users x 100k items
     .venv/bin/python bench/bench_scale.py --users 250000,1000000  # other sizes
+    .venv/bin/python bench/bench_scale.py --stop-after ingest     # the first stages only (nightly --stop-after)
 
 For each user count it generates a catalog (``recbatch generate``, not timed
 as part of the night), then runs ``recbatch nightly`` in a subprocess with a
@@ -98,7 +99,7 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-def run_night(work: Path, users: int, items: int, encoder: Path) -> dict:
+def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str | None) -> dict:
     python = [sys.executable, "-m", "recbatch.cli"]
     source = work / "source"
     t0 = time.perf_counter()
@@ -108,8 +109,9 @@ def run_night(work: Path, users: int, items: int, encoder: Path) -> dict:
     cfg = config(work, source, encoder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*python, "nightly", "--config", str(cfg), "--run-date", "2026-12-01"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    night = [*python, "nightly", "--config", str(cfg), "--run-date", "2026-12-01"]
+    night += ["--stop-after", stop_after] if stop_after else []
+    proc = subprocess.Popen(night, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(psutil.Process(proc.pid))
     sampler.start()
     tail: list[str] = []
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--users", default="1000000,4000000", help="comma-separated user counts, smallest first")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--keep", help="keep the runs under this folder")
+    parser.add_argument("--stop-after", help="end each night after this stage (e.g. ingest), as nightly --stop-after")
     args = parser.parse_args()
     counts = sorted(int(u) for u in args.users.split(","))
     print(f"load before: {open('/proc/loadavg').read().strip()}")
@@ -145,7 +148,7 @@ def main() -> None:
         for users in counts:
             work = Path(tmp) / f"u{users}"
             work.mkdir()
-            results.append(run_night(work, users, args.items, encoder))
+            results.append(run_night(work, users, args.items, encoder, args.stop_after))
             r = results[-1]
             print(f"\n{users:,} users x {args.items:,} items: generate {r['generate_s']} s, nightly {r['night_s']} s")
             print(f"    {'stage':10} {'seconds':>8} {'driver MiB':>11} {'worker MiB':>11}")

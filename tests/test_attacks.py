@@ -18,7 +18,7 @@ from recbatch.data.profiles import BURST_SIGNAL, RATING_SIGNAL, quarantined_by_s
 
 
 @pytest.mark.parametrize("protocol", ["recent_days", "leave_last_n"])  # the nightly's time window, and per user
-def test_attacks_add_fake_profiles_that_push_the_target_into_train(tiny_pipeline_config, demo_source, tmp_path,
+def test_attacks_add_fake_profiles_that_push_the_target_into_train(ray_local, tiny_pipeline_config, demo_source, tmp_path,
                                                                     protocol):
     cfg = tiny_pipeline_config(**{"generate.id_type": "string", "split.protocol": protocol})
     demo_source(cfg)
@@ -82,7 +82,7 @@ def _rate_like_people(source: Path, seed: int = 0) -> None:
 
 
 def test_ratings_far_from_the_population_catch_a_campaign_spread_over_weeks(
-    tiny_pipeline_config, demo_source, tmp_path
+    ray_local, tiny_pipeline_config, demo_source, tmp_path
 ):
     cfg = tiny_pipeline_config()
     _rate_like_people(Path(demo_source(cfg)))
@@ -115,7 +115,7 @@ def test_ratings_far_from_the_population_catch_a_campaign_spread_over_weeks(
         assert "coordinated burst" not in reason and "furthest from its mean: item " in reason
 
 
-def test_attack_refuses_an_unknown_target(tiny_pipeline_config, demo_source, capsys):
+def test_attack_refuses_an_unknown_target(ray_local, tiny_pipeline_config, demo_source, capsys):
     cfg = tiny_pipeline_config()
     demo_source(cfg)
     ingest(cfg)

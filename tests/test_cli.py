@@ -116,7 +116,7 @@ def test_embed_and_score_resolve_the_latest_snapshot_model_and_embeddings(ray_lo
     assert pl.read_parquet(sorted(staged.glob("*.parquet")))["item_ids"].list.len().max() == 5
 
 
-def test_evaluate_config_baselines_on_the_validation_split(tmp_path, capsys):
+def test_evaluate_config_baselines_on_the_validation_split(ray_local, tmp_path, capsys):
     """``--baselines`` alone takes eval.baselines; ``--split validation`` reaches the metrics."""
     import json
 

@@ -207,8 +207,8 @@ def test_forget_erases_everywhere_now_and_the_next_night_keeps_them_out(
 # --------------------------------------------------------------------------- refusals and the deadline
 
 
-def test_forget_refuses_ids_of_the_wrong_type_and_changes_nothing(tmp_path, tiny_pipeline_config, demo_source,
-                                                                  capsys):
+def test_forget_refuses_ids_of_the_wrong_type_and_changes_nothing(ray_local, tmp_path, tiny_pipeline_config,
+                                                                  demo_source, capsys):
     cfg = tiny_pipeline_config()  # integer ids
     demo_source(cfg)
     snapshot = ingest(cfg)
@@ -254,7 +254,8 @@ def test_marked_model_is_retrained_within_the_deadline(tmp_path, tiny_pipeline_c
     assert decide_training(now, layout.latest_model(), today, force=False)[0]
 
 
-def test_integer_ids_are_erased_and_every_later_ingest_leaves_them_out(tiny_pipeline_config, demo_source, tmp_path):
+def test_integer_ids_are_erased_and_every_later_ingest_leaves_them_out(ray_local, tiny_pipeline_config, demo_source,
+                                                                       tmp_path):
     cfg = tiny_pipeline_config()  # integer ids; no Redis configured: forget says it skipped it
     demo_source(cfg)
     first = ingest(cfg)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbatch.config import EvalConfig
-from recbatch.errors import QualityGateError
+from recbatch.errors import QualityGateError, UsageError
 from recbatch.eval.gate import check_gate
 
 CFG = EvalConfig(gate_metric="ndcg@10", gate_tolerance=0.05, min_holdout_users=20)
@@ -92,7 +92,7 @@ def test_disabled_gate_passes_and_missing_metric_is_an_error():
         check_gate({"recall@10": 0.5}, LAST, CFG)
 
 
-def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
+def test_holdout_metrics_of_a_real_model_feed_the_gate(ray_local, tmp_path, tiny_bert_dir):
     """An (untrained, text-only) two-tower artifact is ranked on the fixed holdout slice."""
     from eval_helpers import synthetic_snapshot
     from recbatch.config import Config
@@ -112,6 +112,9 @@ def test_holdout_metrics_of_a_real_model_feed_the_gate(tmp_path, tiny_bert_dir):
     # The embed stage's item vectors (a folder) give the same numbers as encoding here.
     items_dir = _write_item_embeddings(tmp_path / "emb", model_dir, snapshot)
     assert evaluate_holdout(cfg, snapshot, model_dir, items_dir) == pytest.approx(metrics)
+    # The ranking runs in a Ray task holding a scoring actor's CPUs: more than the cluster has is refused.
+    with pytest.raises(UsageError, match="the holdout ranking task"):
+        evaluate_holdout(cfg.with_overrides({"score.cpus_per_actor": 64.0}), snapshot, model_dir, items_dir)
     # A GPU config (score.gpus_per_actor) on a driver without one: the gate ranks on the CPU, not fail.
     on_gpu_actors = cfg.with_overrides({"score.gpus_per_actor": 1})
     if not torch.cuda.is_available():
@@ -197,7 +200,7 @@ def test_holdout_lists_on_validation_use_train_history_only_and_the_prior(tmp_pa
 
 
 
-def test_holdout_slice_is_the_same_in_every_process(tmp_path):
+def test_holdout_slice_is_the_same_in_every_process(ray_local, tmp_path):
     """The gate compares nights, i.e. processes: the slice must not depend on per-process state
     (``hash()`` of a string id changes with PYTHONHASHSEED), so string ids are used here."""
     import json

@@ -17,6 +17,9 @@ from recbatch.data.partition import user_partition
 from recbatch.schemas import check_schema, interactions_schema, items_schema, split_schema, users_schema
 from recbatch.storage import SUCCESS, sha256_file, verify_manifest
 
+# Ingest runs its per-partition work as Ray tasks: share the session's Ray (starting one costs seconds).
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 SMALL = dict(users=60, items=40, topics=4, interactions_per_user=12)
 
 

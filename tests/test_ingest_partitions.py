@@ -18,9 +18,14 @@ from recbatch.cli import main
 from recbatch.config import GenerateConfig, load_config
 from recbatch.data.generate import generate_demo
 from recbatch.data.ingest import ingest
+from recbatch.data.ingest_tasks import map_tasks
 from recbatch.data.partition import user_partition
 from recbatch.data.snapshot import PARTITIONED
 from recbatch.data.staging import read_partition, stage_by_user
+from recbatch.errors import DataValidationError
+
+# Ingest runs its per-partition work as Ray tasks: share the session's Ray (starting one costs seconds).
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 USERS = 80
 MANY = 8  # users_per_partition giving 16 partitions for ~86 users
@@ -159,3 +164,29 @@ def test_a_user_partition_is_read_back_whole_from_any_staging_count(tmp_path):
             assert (user_partition(users.to_arrow(), partitions) == p).all()
             if staged <= partitions:  # one staged file: in source order
                 assert part["n"].is_sorted()
+
+
+def test_a_rerun_in_many_partitions_gives_the_same_snapshot(tmp_path, messy_source):
+    """Partitions are checked and written by parallel Ray tasks; their records are added in partition order."""
+    settings = {"ingest.on_bad_rows": "quarantine", "ingest.detect_injected_profiles": True}
+    first = _ingest(tmp_path / "a", messy_source, MANY, **settings)
+    again = _ingest(tmp_path / "b", messy_source, MANY, **settings)
+    assert first.partitions == 16
+    assert again.hash == first.hash and again.counts == first.counts
+    for name in sorted(p.relative_to(first.path) for p in first.path.rglob("*.parquet")):
+        assert (again.path / name).read_bytes() == (first.path / name).read_bytes(), name
+
+
+def test_bad_input_found_in_a_task_reaches_the_driver_as_its_own_error(tmp_path):
+    """A data error raised on a worker keeps its class and its message (not Ray's wrapper and traceback)."""
+
+    def refuse_odd(folder: Path, key: int) -> int:
+        if key % 2:
+            raise DataValidationError(f"{folder}: partition {key} is bad")
+        return key
+
+    results = map_tasks(refuse_odd, tmp_path, range(4))
+    assert next(results) == 0
+    with pytest.raises(DataValidationError) as raised:
+        next(results)
+    assert str(raised.value) == f"{tmp_path}: partition 1 is bad"

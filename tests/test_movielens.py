@@ -13,6 +13,9 @@ from recbatch.config import load_config
 from recbatch.data.ingest import ingest
 from recbatch.data.snapshot import Snapshot
 
+# Ingest runs its per-partition work as Ray tasks: share the session's Ray (starting one costs seconds).
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 REAL_ML_LATEST_SMALL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-latest-small"
 
 

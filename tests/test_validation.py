@@ -15,6 +15,9 @@ from recbatch.data.snapshot import Snapshot
 from recbatch.layout import RunLayout
 from recbatch.storage import verify_manifest
 
+# Ingest runs its per-partition work as Ray tasks: share the session's Ray (starting one costs seconds).
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 ITEMS = "item_id,title,genres\n1,Orbit of Stars,Space\n2,The Last Recipe,Cooking\n3,Heist Night,Crime\n"
 INTERACTIONS = (
     "user_id,item_id,ts\n"

@@ -1,19 +1,22 @@
-"""Ingest: source files -> a validated, split, content-addressed snapshot, one user partition at a time.
+"""Ingest: source files -> a validated, split, content-addressed snapshot, one user partition per Ray task.
 
-    pass 1  streaming aggregates over each whole table: sizes, structure, id types (validate.table_facts);
-            items validated whole (they grow with items, not users)
-    stage   interactions and users parsed and cut by user partition into scratch files (data/staging.py)
-    check   per staged partition: validate (exact counts + earliest examples, added up across partitions),
-            erase (recbatch forget's list), injected-profile evidence (per-item totals, burst profiles)
-    suspect with ratings, each staged partition's profiles scored against the exact item means; then the
-            injected-profile suspects of both signals (data/profiles.py)
-    write   per snapshot partition: set suspected profiles aside, split (a time cut's cutoff is a global,
-            bounded streaming quantile), write the partition files and their digests; then items, quarantine
+    pass 1  (driver) streaming aggregates over each whole table: sizes, structure, id types
+            (validate.table_facts); items validated whole (they grow with items, not users)
+    stage   (a task per table) interactions and users parsed and cut by user partition into scratch files
+    check   (a task per staged partition) validate (exact counts + earliest examples, added up across
+            partitions), erase (recbatch forget's list), injected-profile evidence (per-item totals, burst profiles)
+    suspect with ratings, each staged partition's profiles scored against the exact item means (a task each);
+            then the injected-profile suspects of both signals (data/profiles.py)
+    write   (a task per snapshot partition) set suspected profiles aside, split (a time cut's cutoff is a
+            global, bounded streaming quantile), write the partition files and their digests; then items,
+            and each quarantine table (a task each)
     publish hash of the digests + settings names the folder; manifest, rename
 
-No step holds a whole per-user table: the driver's memory follows
-``ingest.users_per_partition``, not the size of the input (what is still
-whole: items, quarantine tables, per-item and burst-profile evidence; see docs/ARCHITECTURE.md).
+The tasks (``data/ingest_tasks.py``) return small records (counts, tallies of
+bad rows, digests, per-item evidence) that the driver adds up in partition
+order: the driver never holds a user's rows, and its memory follows the item
+catalog, not the size of the input. A worker holds one user partition
+(``ingest.users_per_partition``), or one quarantine table.
 The scratch files live in a staging folder under ``snapshots/`` that is
 removed however ingest ends, so a rejected source leaves nothing there. The
 folder name is a hash of the written tables and the split settings: the same
@@ -30,14 +33,24 @@ import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recbatch.config import Config, IngestConfig, SplitConfig
+from recbatch.data.ingest_tasks import (
+    CheckTask,
+    DeviationTask,
+    StageTask,
+    WriteTask,
+    check_partition,
+    map_tasks,
+    stage_table,
+    write_deviation,
+    write_partition,
+    write_quarantine,
+    write_table,
+)
 from recbatch.data.movielens import READERS, detect_layout
 from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.partition import partition_count
@@ -48,18 +61,14 @@ from recbatch.data.profiles import (
     find_rating_outliers,
     item_mean_ratings,
     merge_suspects,
-    profile_evidence,
-    rating_deviation,
-    set_aside,
 )
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
-from recbatch.data.snapshot import Snapshot, partition_file_name
-from recbatch.data.split import global_cutoff, mark_cold_items, split_counts, split_interactions, train_items
-from recbatch.data.staging import part_path, read_partition, scan_parts, stage_by_user, write_part
+from recbatch.data.snapshot import Snapshot
+from recbatch.data.split import global_cutoff, mark_cold_items
+from recbatch.data.staging import scan_parts
 from recbatch.data.validate import (
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
-    ROW,
     USER_COLUMNS,
     SourceChecks,
     TableFacts,
@@ -69,24 +78,19 @@ from recbatch.data.validate import (
     check_structure,
     ignored_interaction_columns,
     nothing_left,
-    parse_table,
     parsed_id_type,
     raise_first_problem,
     table_facts,
-    user_checks,
     validate_items,
-    validate_partition,
 )
-from recbatch.erasure.suppression import SuppressionList, without_erased_users
 from recbatch.errors import UsageError
 from recbatch.layout import RunLayout
-from recbatch.schemas import TIMESTAMP_TYPE, IdType
+from recbatch.schemas import IdType
 from recbatch.storage import is_complete, publish_dir, sha256_file, staging_dir_for, write_manifest
 
 log = logging.getLogger(__name__)
 
 HASH_LENGTH = 16  # hex characters of sha256 in the folder name
-ROW_GROUP_ROWS = 1 << 20
 
 
 def detect_format(cfg: IngestConfig) -> str:
@@ -120,28 +124,6 @@ def read_source(cfg: IngestConfig, split: SplitConfig | None = None) -> RawSourc
 # --------------------------------------------------------------------------- content hash
 
 
-def _arrow(frame: pl.DataFrame) -> pa.Table:
-    """Arrow with the snapshot's physical types: plain strings, ts as timestamp[us, UTC]."""
-    table = frame.to_arrow()
-    fields = []
-    for f in table.schema:
-        t = f.type
-        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            t = pa.string()
-        elif pa.types.is_timestamp(t):
-            t = TIMESTAMP_TYPE
-        fields.append(pa.field(f.name, t))
-    return table.cast(pa.schema(fields))
-
-
-def table_digest(table: pa.Table) -> str:
-    """sha256 of a table's schema and values, independent of how it was chunked."""
-    h = hashlib.sha256(table.schema.serialize().to_pybytes())
-    for batch in table.combine_chunks().to_batches(max_chunksize=ROW_GROUP_ROWS):
-        h.update(batch.serialize())
-    return h.hexdigest()
-
-
 def snapshot_digest(digests: dict[str, str], cfg: Config) -> str:
     """The snapshot's identity: the digest of every file it will hold (``table_digest``, one per
     user partition of the per-user tables) plus the settings that shaped them."""
@@ -154,41 +136,25 @@ def snapshot_digest(digests: dict[str, str], cfg: Config) -> str:
     return h.hexdigest()[:HASH_LENGTH]
 
 
-# --------------------------------------------------------------------------- the stage
-
-
-@dataclass
-class Written:
-    """The snapshot files written so far, with their content digests."""
-
-    folder: Path
-    digests: dict[str, str] = field(default_factory=dict)
-
-    def write(self, name: str, frame: pl.DataFrame) -> None:
-        table = _arrow(frame)
-        path = self.folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
-        self.digests[name] = table_digest(table)
+# --------------------------------------------------------------------------- the stage (driver side)
 
 
 def _validated_partitions(
     source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path, cfg: Config
-) -> tuple[int, Counter, list[ProfileEvidence]]:
-    """Stage the per-user tables by user partition, validate and erase one partition at a time.
+) -> tuple[int, Counter, ProfileEvidence | None]:
+    """Stage the per-user tables by user partition, then validate and erase each partition (Ray tasks).
 
-    Writes ``clean/<table>/`` and ``bad/<table>/`` parts under `work`; raises
-    (fail mode) with the totals of every partition once all are checked.
-    Returns the staging partition count, counts, and the injected-profile evidence.
+    The tasks write ``clean/<table>/`` and ``bad/<table>/`` parts under `work`;
+    this raises (fail mode) with the totals of every partition once all are checked.
+    Returns the staging partition count, counts, and the injected-profile evidence (None: detection off).
     """
     users_seen = max(f.distinct_users for f in facts.values())
     staged = partition_count(users_seen, cfg.ingest.users_per_partition)
     tables = [(source.interactions, INTERACTION_COLUMNS)]
     if source.users is not None:
         tables.append((source.users, USER_COLUMNS))
-    for table, specs in tables:
-        with table.reading():
-            stage_by_user(parse_table(table, specs, facts[table.name], id_type), work / "raw" / table.name, staged)
+    for _ in map_tasks(stage_table, StageTask(facts, id_type, staged, work), tables):
+        pass
 
     context = SourceChecks(
         items=items,
@@ -198,35 +164,23 @@ def _validated_partitions(
         on_bad_rows=cfg.ingest.on_bad_rows,
         now=dt.datetime.now(dt.UTC),
     )
-    suppressed = SuppressionList.load(RunLayout.of(cfg.root))  # recbatch forget's requests
+    task = CheckTask(context, Path(cfg.root), cfg.ingest.detect_injected_profiles, work)
     counts: Counter = Counter()
     reasons: Counter = Counter()  # interaction quarantine reasons, for "every row is bad"
     interaction_tallies: list[Tally] = []
     user_tallies: list[Tally] = []
-    evidence: list[ProfileEvidence] = []
-    for q in range(staged):
-        users = pl.read_parquet(part_path(work / "raw" / "users", q)) if source.users is not None else None
-        part = validate_partition(pl.read_parquet(part_path(work / "raw" / "interactions", q)), users, context)
-        interaction_tallies = add_tallies(interaction_tallies, part.interaction_tallies)
-        user_tallies = add_tallies(user_tallies, part.user_tallies)
-        counts["valid_interactions"] += part.interactions.height
-        if "interactions" in part.quarantine:
-            reasons.update(dict(part.quarantine["interactions"]["reason"].value_counts().iter_rows()))
-        if suppressed is not None:
-            part, erased = without_erased_users(part, suppressed)
-            counts.update(erased)
-        write_part(work / "clean" / "interactions", q, part.interactions)
-        write_part(work / "clean" / "users", q, part.users)
-        for name, bad in part.quarantine.items():
-            write_part(work / "bad" / name, q, bad)
-            counts[f"quarantined_{name}"] += bad.height
-        counts["users"] += part.users.height
-        if cfg.ingest.detect_injected_profiles:
-            evidence.append(profile_evidence(part.interactions))
+    evidence: ProfileEvidence | None = None
+    for record in map_tasks(check_partition, task, range(staged)):
+        counts.update(record.counts)
+        reasons.update(record.reasons)
+        interaction_tallies = add_tallies(interaction_tallies, record.interaction_tallies)
+        user_tallies = add_tallies(user_tallies, record.user_tallies)
+        if record.evidence is not None:
+            evidence = record.evidence if evidence is None else combine([evidence, record.evidence])
 
     if source.users is not None:
-        raise_first_problem(source.users, facts["users"].rows, user_checks(), user_tallies)
-    raise_first_problem(source.interactions, facts["interactions"].rows, part.interaction_checks, interaction_tallies)
+        raise_first_problem(source.users, facts["users"].rows, user_tallies)
+    raise_first_problem(source.interactions, facts["interactions"].rows, interaction_tallies)
     if counts.pop("valid_interactions") == 0:
         raise nothing_left(source.interactions, facts["interactions"].rows, reasons.most_common())
     return staged, counts, evidence
@@ -252,13 +206,12 @@ def _validated_source(source: RawSource, cfg: Config) -> tuple[dict[str, TableFa
 
 def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> pl.DataFrame:
     """``user_id``, ``reason`` of the injected-profile suspects (data/profiles.py): coordinated bursts, and
-    with ratings, profiles rated far from the population, scored one staged partition at a time."""
+    with ratings, profiles rated far from the population, scored one staged partition per task."""
     found = [find_bursts(evidence)]
     means = item_mean_ratings(evidence)
     if means is not None:
-        for q in range(staged):
-            interactions = pl.read_parquet(part_path(work / "clean" / "interactions", q))
-            write_part(work / "deviation", q, rating_deviation(interactions, means))
+        for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged)):
+            pass
         found.append(find_rating_outliers(scan_parts(work / "deviation")))
     return merge_suspects(found)
 
@@ -266,74 +219,65 @@ def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> p
 def _write_snapshot(
     work: Path, staged: int, counts: Counter, suspects: pl.DataFrame | None, items: pl.DataFrame,
     bad_items: pl.DataFrame | None, cfg: Config,
-) -> tuple[Written, int]:
-    """Pass 3, one final user partition at a time: set suspects aside, split, write; then items and quarantine."""
+) -> tuple[dict[str, str], int]:
+    """Pass 3, one final user partition per task: set suspects aside, split, write; then items and quarantine.
+
+    Returns the digest of every file written into ``work/out`` and the snapshot's partition count.
+    """
     if suspects is not None:
         counts["users"] -= suspects.height
         counts["quarantined_profiles"] = suspects.height
         counts["quarantined_profile_interactions"] = 0
     partitions = partition_count(counts["users"], cfg.ingest.users_per_partition)
-    clean = work / "clean"
-    kept = scan_parts(clean / "interactions")
+    kept = scan_parts(work / "clean" / "interactions")
     if suspects is not None:
         kept = kept.filter(~pl.col("user_id").is_in(suspects["user_id"].implode()))
     cutoff = global_cutoff(kept, cfg.split)
-    out = Written(work / "out")
-    warm: list[pl.Series] = []
-    for p in range(partitions):
-        interactions = read_partition(clean / "interactions", p, partitions, staged)
-        users = read_partition(clean / "users", p, partitions, staged)
-        if suspects is not None:
-            interactions, users, moved = set_aside(interactions, users, suspects)
-            counts["quarantined_profile_interactions"] += moved.height
-            if moved.height:
-                write_part(work / "bad" / "profiles", p, moved)
-        split = split_interactions(interactions.drop(ROW), cfg.split, cutoff)
-        out.write(partition_file_name("interactions", p), split.drop("split"))
-        out.write(partition_file_name("users", p), users.sort("user_id"))
-        out.write(partition_file_name("split", p), split)
-        counts["interactions"] += split.height
-        counts.update(split_counts(split))
-        warm.append(train_items(split))
-        if cfg.ingest.min_rating is not None and "rating" in split.columns:
-            # kept in the snapshot (training skips them as positives); counted so it is never silent
-            counts["below_min_rating"] += int((split["rating"] < cfg.ingest.min_rating).sum())
-    items = mark_cold_items(items, pl.concat(warm).unique()).sort("item_id")
-    out.write("items.parquet", items)
+    task = WriteTask(staged, partitions, suspects, cfg.split, cutoff, cfg.ingest.min_rating, work)
+    digests: dict[str, str] = {}
+    warm = pl.Series("item_id", [], dtype=items["item_id"].dtype)
+    for record in map_tasks(write_partition, task, range(partitions)):
+        digests |= record.digests
+        counts.update(record.counts)
+        warm = pl.concat([warm, record.warm_items]).unique()
+    items = mark_cold_items(items, warm).sort("item_id")
+    out = work / "out"
+    digests |= write_table(out, "items.parquet", items)
     counts["items"] = items.height
     counts["unavailable_items"] = int((~items["available"]).sum())
     counts["cold_items"] = int(items["is_cold"].sum())
     counts["quarantined_items"] = bad_items.height if bad_items is not None else 0
     if bad_items is not None:
-        out.write("quarantine/items.parquet", bad_items)
-    for name in ("interactions", "users", "profiles"):
-        if (work / "bad" / name).is_dir():
-            order = ROW if name == "profiles" else "source_row"  # the source's row order
-            bad = scan_parts(work / "bad" / name).sort(order).collect(engine="streaming")
-            out.write(f"quarantine/{name}.parquet", bad.drop(ROW, strict=False))
-    return out, partitions
+        digests |= write_table(out, "quarantine/items.parquet", bad_items)
+    quarantined = [name for name in ("interactions", "users", "profiles") if (work / "bad" / name).is_dir()]
+    for written in map_tasks(write_quarantine, work, quarantined):
+        digests |= written
+    return digests, partitions
 
 
 def ingest(cfg: Config) -> Snapshot:
     """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
+    from recbatch.runtime import ensure_ray
+
     source = read_source(cfg.ingest, cfg.split)
     facts, id_type, items, bad_items = _validated_source(source, cfg)
+    ensure_ray(cfg.ray)  # after pass 1: a source with a structural problem is refused without starting Ray
     layout = RunLayout.of(cfg.root)
     work = staging_dir_for(layout.snapshot("ingest"))  # scratch files, gone however ingest ends
     try:
         staged, counts, evidence = _validated_partitions(source, facts, id_type, items, work, cfg)
-        suspects = _suspected_profiles(work, staged, combine(evidence)) if cfg.ingest.detect_injected_profiles else None
-        out, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
+        suspects = _suspected_profiles(work, staged, evidence) if evidence is not None else None
+        digests, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
         for name in ("interactions", "users"):
             counts.setdefault(f"quarantined_{name}", 0)
         counts.update(source.counts)
-        snapshot_hash = snapshot_digest(out.digests, cfg)
+        snapshot_hash = snapshot_digest(digests, cfg)
         final = layout.snapshot(snapshot_hash)
         if is_complete(final):
             log.info("snapshot %s already exists: nothing to do", final)
             return Snapshot.open(final)
         write_manifest(
-            out.folder,
+            work / "out",
             {
                 "snapshot_hash": snapshot_hash,
                 "id_type": id_type,
@@ -346,7 +290,7 @@ def ingest(cfg: Config) -> Snapshot:
                 "partitioning": {"by": "user_id", "scheme": PARTITION_SCHEME, "partitions": partitions},
             },
         )
-        publish_dir(out.folder, final)
+        publish_dir(work / "out", final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("published snapshot %s (%s)", final, dict(counts))

@@ -365,8 +365,14 @@ def rating_check(scale: RatingScale) -> RowCheck:
 
 @dataclass
 class Tally:
-    """How many rows of a table broke one check, and the first few of them (row number, source value)."""
+    """How many rows of a table broke one check, and the first few of them (row number, source value).
 
+    It names its check's column and sentence, so an error can be written from
+    the tallies alone (a partition's worker returns tallies, not the checks).
+    """
+
+    column: str
+    explains: str
     count: int = 0
     examples: list[tuple[int, object]] = field(default_factory=list)
 
@@ -388,7 +394,7 @@ def tally(frame: pl.DataFrame, checks: list[RowCheck]) -> list[Tally]:
             raw_column = RAW + check.column if RAW + check.column in frame.columns else check.column
             sample = frame.filter(check.bad).sort(ROW).head(EXAMPLES)
             examples = list(zip(sample[ROW].to_list(), sample[raw_column].to_list()))
-        tallies.append(Tally(int(count), examples))
+        tallies.append(Tally(check.column, check.explains, int(count), examples))
     return tallies
 
 
@@ -400,15 +406,15 @@ def add_tallies(into: list[Tally], more: list[Tally]) -> list[Tally]:
     return into
 
 
-def raise_first_problem(table: RawTable, rows: int, checks: list[RowCheck], tallies: list[Tally]) -> None:
+def raise_first_problem(table: RawTable, rows: int, tallies: list[Tally]) -> None:
     """Fail mode: one paragraph about the first check that any row fails (`rows`: the table's size)."""
-    for check, counted in zip(checks, tallies):
+    for counted in tallies:
         if counted.count == 0:
             continue
         examples = ", ".join(f"row {row}: {_show(value)}" for row, value in counted.examples)
         raise DataValidationError(
-            f"{table.path}: column '{check.column}': {counted.count} of {rows} {table.name} rows "
-            f"{check.explains} (e.g. {examples}). Fix the source, or ingest with --on-bad-rows quarantine "
+            f"{table.path}: column '{counted.column}': {counted.count} of {rows} {table.name} rows "
+            f"{counted.explains} (e.g. {examples}). Fix the source, or ingest with --on-bad-rows quarantine "
             "to set such rows aside (with a reason) and keep the good ones."
         )
 
@@ -531,8 +537,7 @@ class Partition:
     interactions: pl.DataFrame  # canonical columns + __row, in source order
     users: pl.DataFrame  # user_id + features (from the interactions when the source has no users table)
     quarantine: dict[str, pl.DataFrame]
-    interaction_checks: list[RowCheck]  # the same rules, in the same order, in every partition
-    interaction_tallies: list[Tally]  # one per check (fail mode; empty in quarantine mode)
+    interaction_tallies: list[Tally]  # one per check, the same checks in every partition (fail mode; else empty)
     user_tallies: list[Tally]  # one per ``user_checks()``
 
 
@@ -576,7 +581,7 @@ def validate_partition(
         good_users = good.select("user_id").unique().sort("user_id")
     else:
         good_users = good_users.drop(ROW)
-    return Partition(good, good_users, quarantine, checks, tallies, user_tallies)
+    return Partition(good, good_users, quarantine, tallies, user_tallies)
 
 
 def validate_items(
@@ -587,7 +592,7 @@ def validate_items(
         frame = parse_table(table, ITEM_COLUMNS, facts, id_type).collect(engine="streaming")
     checks = item_checks(frame)
     good, bad, tallies = split_good_bad(frame, checks, on_bad_rows)
-    raise_first_problem(table, facts.rows, checks, tallies)
+    raise_first_problem(table, facts.rows, tallies)
     if good.height == 0:
         raise nothing_left(table, facts.rows, bad["reason"].value_counts(sort=True).iter_rows())
     return _with_item_defaults(good.drop(ROW)), bad

@@ -18,6 +18,9 @@ user id, ``holdout_user_ids``), it
 
 So the two-tower goes through the same ranking rules and metric code as the
 published lists (``tests/test_score.py::test_published_lists_equal_the_holdout_ranking_of_the_same_inputs``).
+Steps 1-3 run in a Ray task (``evaluate_model``): the driver finds the slice's
+user ids a partition at a time and scores the lists it gets back, whose size
+``eval.holdout_users`` and ``eval.ks`` bound.
 """
 
 from __future__ import annotations
@@ -173,8 +176,29 @@ def evaluate_model(
     such as the popularity prior without looking at test, as baselines are tuned.
     """
     users = holdout_user_ids(snapshot, cfg.eval.holdout_users, split)
-    recs = holdout_lists(cfg, snapshot, model_dir, items_dir, users, max(cfg.eval.ks), split)
+    recs = _holdout_lists_on_a_worker(cfg, snapshot, model_dir, items_dir, users, max(cfg.eval.ks), split)
     return _evaluate_slice(cfg, snapshot, recs.lazy(), users, split, name, f"{model_dir} holdout lists")
+
+
+def _holdout_lists_on_a_worker(
+    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None, users: pl.Series, k: int,
+    split: str,
+) -> pl.DataFrame:
+    """``holdout_lists`` in one Ray task: the model, the item matrix, the histories and the ranking live on a
+    worker, and the driver receives the slice's lists (``eval.holdout_users`` x `k` rows: bounded by config).
+
+    The task holds what a scoring actor holds (``score.cpus_per_actor``, and ``score.gpus_per_actor`` when the
+    cluster has GPUs; without them it ranks on CPUs, as ``kernel_settings(on_driver=True)`` decides).
+    """
+    import ray
+
+    from recbatch.runtime import ensure_ray, require_resources
+
+    ensure_ray(cfg.ray)
+    require_resources("CPU", cfg.score.cpus_per_actor, "score.cpus_per_actor (the holdout ranking task)")
+    has_gpus = ray.cluster_resources().get("GPU", 0) >= cfg.score.gpus_per_actor
+    task = ray.remote(num_cpus=cfg.score.cpus_per_actor, num_gpus=cfg.score.gpus_per_actor if has_gpus else 0)
+    return ray.get(task(holdout_lists).remote(cfg, snapshot, model_dir, items_dir, users, k, split))
 
 
 def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:

@@ -116,9 +116,10 @@ def user_exclusions(
 def kernel_settings(cfg: ScoreConfig, *, on_driver: bool = False) -> dict[str, Any]:
     """How the top-K kernel runs for `cfg`: device, precision, threads, tiles and kernel.
 
-    The scoring actors hold ``score.gpus_per_actor`` GPUs. The driver (`on_driver`: the
-    holdout evaluation and the baselines) ranks on a GPU only when it has one: a head
-    node without a GPU must not fail the night of a GPU config.
+    The scoring actors hold ``score.gpus_per_actor`` GPUs. Elsewhere (`on_driver`: the
+    baselines on the driver, the holdout task on a cluster without GPUs) ranking uses a
+    GPU only when the process has one: a head node without a GPU must not fail the night
+    of a GPU config.
     """
     on_gpu = cfg.gpus_per_actor > 0 and (not on_driver or torch.cuda.is_available())
     return {
