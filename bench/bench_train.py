@@ -76,7 +76,7 @@ def main() -> None:
     ensure_ray(cfg.ray)  # prepare_inputs runs Ray tasks: start the configured runtime, not a default one
     prepared = prepare_inputs(snapshot, work / "plain", history_length=cfg.model.history_length,
                               use_item_ids=True, validate_users=200)
-    tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
+    tower = tower_config(cfg, prepared.user_features, len(prepared.warm_item_ids))
     import torch
 
     threads = torch.get_num_threads()

@@ -130,6 +130,11 @@ class ModelConfig:
     # user side from these bucket edges; scoring uses age 0, "now". The model can then learn
     # how tastes and popularity drift instead of averaging over the whole log. Empty = off.
     example_age_days: list[float] = field(default_factory=list)
+    # The causal objective (train.objective) scores each position against every item of the
+    # catalog when it has at most this many: the exact softmax, which needs no logQ correction
+    # and is what made SASRec strong. Its logits are [positions in a batch, items], so a larger
+    # catalog falls back to the in-batch sampled softmax with logQ. 0 = always sampled.
+    full_softmax_items: int = 50_000
 
     def __post_init__(self) -> None:
         edges = self.example_age_days
@@ -166,6 +171,21 @@ class TrainConfig:
     seed: int = 0
     validate_users: int = 2000  # validation-split users ranked in full during training
     log_every_steps: int = 10  # loss-curve resolution (optimizer steps)
+    # What one training example is. "per_interaction": each train interaction, with the user's
+    # previous model.history_length items; the user tower reads them all at once and predicts
+    # that one item. "causal": each user's sequence cut into windows of up to history_length + 1
+    # items; the user tower attends causally (each position sees only the items before it) and
+    # every position predicts its next item in one pass, as sequential models (SASRec) learn:
+    # every interaction is still a target once per epoch, but a step spends one tower pass on
+    # history_length + 1 of them. The served vector is then the output at the last position
+    # (model/two_tower.py UserTower), the same tower as in training. It needs a frozen encoder
+    # (every item comes from the pooled cache) and no example age or history dropout (the
+    # position before a window's first item already trains the no-history path).
+    # Why per_interaction stays the default: on ml-latest-small leave-last-5 (bench/quality_recipe.py,
+    # bench/quality-two-tower.yaml without example age, 8 epochs each, one seed, 2026-12-01) causal
+    # reached validation NDCG@10 0.0736 against 0.0774, test 0.0827 against 0.0972; on validation,
+    # a 50-item history (0.0573) and the sampled logQ softmax instead of the full one (0.0694) did worse.
+    objective: Literal["per_interaction", "causal"] = "per_interaction"
     # DeepSpeed's JIT-built ops (shm comm, cpu adam) are cached here across runs (the workers' TORCH_EXTENSIONS_DIR).
     extensions_dir: str = "~/.cache/recbatch/torch_extensions"
 
@@ -390,6 +410,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.extra_negatives": (0, None),
     "model.id_dropout": (0, 0.99),
     "model.history_dropout": (0, 0.99),
+    "model.full_softmax_items": (0, None),
     "train.num_workers": (1, None),
     "train.cpus_per_worker": (0, None),
     "train.zero_stage": (0, 3),
@@ -546,10 +567,26 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     name somewhere else.
     """
     cfg = _build(Config, data or {})
+    _check_objective(cfg)
     cfg.root = _absolute(cfg.root)
     cfg.ingest.source = _absolute(cfg.ingest.source)
     cfg.score.blocklist = _absolute(cfg.score.blocklist)
     return cfg
+
+
+def _check_objective(cfg: Config) -> None:
+    """The causal objective's limits (train.objective), named by the keys that conflict."""
+    if cfg.train.objective != "causal":
+        return
+    conflicts = {
+        "model.freeze_encoder": (not cfg.model.freeze_encoder, "must be true: every item is read from the pooled cache"),
+        "model.example_age_days": (bool(cfg.model.example_age_days), "must be empty: one window spans many ages"),
+        "model.history_dropout": (cfg.model.history_dropout > 0,
+                                  "must be 0: the position before each window's first item trains the no-history path"),
+    }
+    for key, (bad, why) in conflicts.items():
+        if bad:
+            raise ConfigError(f"config key '{key}' {why} (train.objective = 'causal')")
 
 
 def _absolute(path: str | None) -> str | None:

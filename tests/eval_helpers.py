@@ -58,6 +58,25 @@ def write_snapshot(
     return folder
 
 
+def ring_walks_snapshot(folder: Path, items: int = 80, users: int = 160) -> Path:
+    """Each user walks the item ring one step at a time from a random start (a few random
+    detours): 10 train steps, then one validation and one test step. The next item follows
+    from the last one, and every item is equally popular: only order tells them apart."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(users):
+        item, walk = int(rng.integers(items)), []
+        while len(walk) < 12:
+            item = (item + 1) % items if rng.random() > 0.1 else int(rng.integers(items))
+            if item not in walk:
+                walk.append(item)
+        rows += [(u, i, "train") for i in walk[:10]] + [(u, walk[10], "validation"), (u, walk[11], "test")]
+    catalog = [{"item_id": i, "title": f"item {i}", "is_cold": False, "available": True} for i in range(items)]
+    return write_snapshot(folder, rows, catalog)
+
+
 def write_run(folder: Path, lists: dict[Any, list[Any]], id_type: str = "int") -> Path:
     """A recommendations folder: one row per user, descending made-up scores."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from eval_helpers import write_snapshot
+from eval_helpers import ring_walks_snapshot
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.eval.baselines import run_baseline
@@ -16,19 +15,8 @@ ITEMS = 80
 
 @pytest.fixture(scope="module")
 def walks(tmp_path_factory):
-    """Each user walks the item ring one step at a time from a random start (a few random
-    detours): the next item follows from the last one, and every item is equally popular."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(160):
-        item, walk = int(rng.integers(ITEMS)), []
-        while len(walk) < 12:
-            item = (item + 1) % ITEMS if rng.random() > 0.1 else int(rng.integers(ITEMS))
-            if item not in walk:
-                walk.append(item)
-        rows += [(u, i, "train") for i in walk[:10]] + [(u, walk[10], "validation"), (u, walk[11], "test")]
-    items = [{"item_id": i, "title": f"item {i}", "is_cold": False, "available": True} for i in range(ITEMS)]
-    return Snapshot.open(write_snapshot(tmp_path_factory.mktemp("walks") / "snap", rows, items))
+    """The ring walks (eval_helpers.ring_walks_snapshot): the next item follows from the last one."""
+    return Snapshot.open(ring_walks_snapshot(tmp_path_factory.mktemp("walks") / "snap", ITEMS))
 
 
 def test_sasrec_learns_the_order_popularity_cannot_see(walks, tmp_path):

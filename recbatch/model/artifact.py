@@ -44,7 +44,7 @@ LOSS_CURVE_FILE = "loss_curve.json"
 _ENCODER_PREFIX = "item_tower.encoder."
 
 if TYPE_CHECKING:
-    from recbatch.config import Config, ModelConfig
+    from recbatch.config import Config
     from recbatch.data.snapshot import Snapshot
 
 
@@ -248,7 +248,7 @@ def init_artifact(cfg: "Config", encoder: str, snapshot: "Snapshot | None", out_
         users = snapshot.users()  # the spec needs only column statistics: streamed, not loaded
     torch.manual_seed(cfg.train.seed)
     spec = UserFeatureSpec.from_users(users)
-    model, tokenizer = build_two_tower(encoder, tower_config(cfg.model, spec, len(item_ids)))
+    model, tokenizer = build_two_tower(encoder, tower_config(cfg, spec, len(item_ids)))
     return save_artifact(
         model,
         tokenizer,
@@ -267,8 +267,9 @@ def warm_item_ids(snapshot: "Snapshot") -> list:
     return snapshot.split("train").select("item_id").unique().sort("item_id").collect()["item_id"].to_list()
 
 
-def tower_config(model_cfg: "ModelConfig", spec: UserFeatureSpec, num_item_ids: int) -> TwoTowerConfig:
-    """The model shape from the ``model`` config section and the snapshot's features."""
+def tower_config(cfg: "Config", spec: UserFeatureSpec, num_item_ids: int) -> TwoTowerConfig:
+    """The model shape from the ``model`` config section, the training objective and the snapshot's features."""
+    model_cfg = cfg.model
     return TwoTowerConfig(
         embedding_dim=model_cfg.embedding_dim,
         num_item_ids=num_item_ids if model_cfg.use_item_id_embedding else 0,
@@ -281,4 +282,5 @@ def tower_config(model_cfg: "ModelConfig", spec: UserFeatureSpec, num_item_ids: 
         id_dropout=model_cfg.id_dropout,
         history_dropout=model_cfg.history_dropout,
         example_age_days=list(model_cfg.example_age_days),
+        causal=cfg.train.objective == "causal",
     )

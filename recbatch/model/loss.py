@@ -1,4 +1,5 @@
-"""Training objectives for the two towers: in-batch sampled softmax (and a BCE variant).
+"""Training objectives for the two towers: in-batch sampled softmax (and a BCE variant),
+and the full softmax over the catalog that the causal objective uses when it fits.
 
 Each row i of a batch is (user_i, positive item_i). The other rows' positives
 serve as row i's negatives, optionally plus a few items drawn uniformly from
@@ -87,6 +88,20 @@ def bce_loss(
     pos_loss = per_pair[positive].mean()
     neg_loss = per_pair[negative].mean() if negative.any() else logits.new_zeros(())
     return pos_loss + neg_loss
+
+
+def full_softmax_loss(
+    users: torch.Tensor,  # [P, D] unit vectors, one per predicting position
+    items: torch.Tensor,  # [M, D] unit vectors of the whole catalog
+    targets: torch.Tensor,  # [P] catalog rows
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Mean cross-entropy of each position's next item against every item (scalar).
+
+    Nothing is sampled, so there is nothing to correct: no logQ, no accidental hits.
+    """
+    logits = users.float() @ items.float().T / temperature  # [P, M]
+    return F.cross_entropy(logits, targets)
 
 
 def two_tower_loss(kind: str, *args, **kwargs) -> torch.Tensor:

@@ -5,6 +5,9 @@
     user features + example age ──▶ [USER] token ──┴─transformer──[USER] out──proj──L2──▶ user vector [D]
     score(user, item) = <user, item>   (cosine, both sides are unit length)
 
+With ``train.objective: causal`` the user tower attends causally instead and the
+user vector is its output at the last history position (``UserTower``).
+
 Why the user tower reads *item vectors* rather than text: a user's history is
 tens of items, and running BERT with gradients over every history item of every
 example would multiply the cost of a step by the history length. Instead the
@@ -51,6 +54,7 @@ class TwoTowerConfig:
     id_dropout: float = 0.0  # training only: share of candidates scored from text alone
     history_dropout: float = 0.0  # training only: share of examples whose user is scored without history
     example_age_days: list[float] = field(default_factory=list)  # bucket edges; empty = no age input
+    causal: bool = False  # the user tower attends causally and reads out at the last position (train.objective)
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.user_heads:
@@ -88,20 +92,44 @@ class ItemTower(nn.Module):
         return self.from_pooled(self.pooled(input_ids, attention_mask), id_index)
 
 
+def causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """[length, length] bool, True where a query (row) may not attend to a key (column): every later one."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(diagonal=1)
+
+
 class UserTower(nn.Module):
-    """A small BERT-style encoder over [USER] + history, read out at [USER].
+    """A small transformer over [USER] + history.
 
     The [USER] token carries the user's features (sum of hashed categorical
     embeddings and a linear map of numerics), so features and history meet in
     self-attention rather than being glued on at the end. It also means a user
     with no history still gets a vector (from features alone).
+
+    Two ways to read it, fixed by the config (``causal``, from ``train.objective``):
+
+    - bidirectional (the default): every token sees every other; the vector is
+      read out at [USER], plus a masked mean of the history so that
+      ``user_layers = 0`` still sees it. History items carry their recency
+      (1 = the most recent).
+    - causal: each position sees only [USER] and the items before it, so the
+      output at position t is the user after their t-th item, and training
+      asks every position for its next item in one pass (``sequence``). Items
+      carry their position from the oldest one of the window (1 = oldest): it
+      means the same at every position, which recency counted from the end
+      would not. The vector of a user is the output at the last position: the
+      very output trained to predict what comes next.
+
+    ``forward`` is the one readout, used by training's validation and by
+    inference (``model/artifact.py`` ``encode_users``: the embedding stage and
+    the holdout evaluation).
     """
 
     def __init__(self, cfg: TwoTowerConfig):
         super().__init__()
         d = cfg.embedding_dim
+        self.causal = cfg.causal
         self.user_token = nn.Parameter(torch.zeros(d))
-        # Recency 1 = most recent history item; 0 = the [USER] token.
+        # Recency (bidirectional) or position (causal) of each history item; 0 = the [USER] token.
         self.recency = nn.Embedding(cfg.history_length + 1, d)
         nn.init.normal_(self.recency.weight, std=0.02)
         self.categorical = nn.ModuleList(nn.Embedding(cfg.user_buckets, d, padding_idx=0) for _ in cfg.user_categorical)
@@ -123,18 +151,57 @@ class UserTower(nn.Module):
 
     def forward(
         self,
-        history: torch.Tensor,  # [B, L, D] item vectors, oldest first, most recent last
+        history: torch.Tensor,  # [B, L] item vectors, oldest first, most recent last
         history_mask: torch.Tensor,  # [B, L] bool, True = a real item
         user_categorical: torch.Tensor,  # [B, C] int64 hash buckets (0 = null)
         user_numeric: torch.Tensor,  # [B, F] float32, standardised
         example_age_days: torch.Tensor | None = None,  # [B] float32 in training; None = scoring now (age 0)
     ) -> torch.Tensor:
-        B, L, D = history.shape
+        """The user vector [B, D] (unit length)."""
         history = history[:, -self.history_length :]
         history_mask = history_mask[:, -self.history_length :].bool()
-        # recency rank counted from the most recent *real* item, so left- or right-padding both work
-        recency = torch.flip(torch.cumsum(torch.flip(history_mask.long(), [1]), 1), [1]) * history_mask  # [B, L]
-        tokens = history.to(self.recency.weight.dtype) + self.recency(recency)  # [B, L, D]
+        if self.causal:
+            outputs = self.sequence(history, history_mask, user_categorical, user_numeric)  # [B, 1+L, D]
+            keep = torch.cat([history_mask.new_ones(history.shape[0], 1), history_mask], dim=1)  # [B, 1+L]
+            positions = torch.arange(keep.shape[1], device=keep.device)
+            last = (keep * positions).argmax(dim=1)  # [B] the last real position ([USER] = 0 for no history)
+            return outputs[torch.arange(history.shape[0], device=keep.device), last]
+        seq = self._encode(history, history_mask, user_categorical, user_numeric, example_age_days)  # [B, 1+L, D]
+        # read out at [USER], plus a masked mean of the history so L=0 layers still see it
+        hist = seq[:, 1:] * history_mask.unsqueeze(-1)
+        hist_mean = hist.sum(1) / history_mask.sum(1, keepdim=True).clamp(min=1)
+        out = self.projection(self.norm(seq[:, 0] + hist_mean))  # [B, D]
+        return F.normalize(out.float(), dim=-1)
+
+    def sequence(
+        self,
+        history: torch.Tensor,  # [B, L, D] item vectors, oldest first; left or right padding
+        history_mask: torch.Tensor,  # [B, L] bool
+        user_categorical: torch.Tensor,  # [B, C]
+        user_numeric: torch.Tensor,  # [B, F]
+    ) -> torch.Tensor:
+        """Causal outputs at every position, unit vectors [B, 1+L, D]: index 0 is [USER] (the user
+        before any item), index j the user after history item j. Only for a causal tower."""
+        if not self.causal:
+            raise ValueError("UserTower.sequence needs a causal tower (train.objective = 'causal')")
+        seq = self._encode(history, history_mask.bool(), user_categorical, user_numeric, None)  # [B, 1+L, D]
+        return F.normalize(self.projection(self.norm(seq)).float(), dim=-1)
+
+    def _encode(
+        self,
+        history: torch.Tensor,  # [B, L, D]
+        history_mask: torch.Tensor,  # [B, L] bool
+        user_categorical: torch.Tensor,
+        user_numeric: torch.Tensor,
+        example_age_days: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """[USER] + history through the transformer: [B, 1+L, D] hidden states."""
+        B, L, D = history.shape
+        if self.causal:  # position from the oldest real item: the same meaning at every position
+            order = torch.cumsum(history_mask.long(), 1) * history_mask  # [B, L]
+        else:  # recency rank from the most recent *real* item, so left- or right-padding both work
+            order = torch.flip(torch.cumsum(torch.flip(history_mask.long(), [1]), 1), [1]) * history_mask  # [B, L]
+        tokens = history.to(self.recency.weight.dtype) + self.recency(order)  # [B, L, D]
         user = self.user_token.expand(B, D)  # [B, D]
         for j, emb in enumerate(self.categorical):
             user = user + emb(user_categorical[:, j])
@@ -149,13 +216,11 @@ class UserTower(nn.Module):
             user = user + self.age(bucket)
         seq = torch.cat([user.unsqueeze(1), tokens], dim=1)  # [B, 1+L, D]
         keep = torch.cat([history_mask.new_ones(B, 1), history_mask], dim=1)  # [B, 1+L]
-        if self.layers is not None:
-            seq = self.layers(seq, src_key_padding_mask=~keep)  # [B, 1+L, D]
-        # read out at [USER], plus a masked mean of the history so L=0 layers still see it
-        hist = seq[:, 1:] * history_mask.unsqueeze(-1)
-        hist_mean = hist.sum(1) / history_mask.sum(1, keepdim=True).clamp(min=1)
-        out = self.projection(self.norm(seq[:, 0] + hist_mean))  # [B, D]
-        return F.normalize(out.float(), dim=-1)
+        if self.layers is None:
+            return seq
+        # [USER] is never masked, so no query row is left without a key (no NaN rows)
+        attend = causal_mask(1 + L, seq.device) if self.causal else None
+        return self.layers(seq, mask=attend, src_key_padding_mask=~keep)  # [B, 1+L, D]
 
 
 class TwoTower(nn.Module):
@@ -179,6 +244,8 @@ class TwoTower(nn.Module):
             return self.user_tower(**inputs)
         if kind == "train":
             return self.training_pair(**inputs)
+        if kind == "train_sequence":
+            return self.training_sequence(**inputs)
         raise ValueError(f"unknown forward kind {kind!r}")
 
     def training_pair(
@@ -219,6 +286,23 @@ class TwoTower(nn.Module):
             return users, positives
         negatives = self.item_tower.from_pooled(negative_pooled, self._drop_ids(negative_id_index))  # [N, D]
         return users, torch.cat([positives, negatives])
+
+    def training_sequence(
+        self,
+        history_pooled: torch.Tensor,  # [B, L, H] cached encoder output of each window's items but the last
+        history_id_index: torch.Tensor,  # [B, L]
+        history_mask: torch.Tensor,  # [B, L] bool
+        user_categorical: torch.Tensor,  # [B, C]
+        user_numeric: torch.Tensor,  # [B, F]
+        candidate_pooled: torch.Tensor,  # [N, H] cached: the whole catalog, or the batch's targets (+ negatives)
+        candidate_id_index: torch.Tensor,  # [N]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for a causal training step: (outputs at every position [B, 1+L, D], candidates [N, D])."""
+        B, L, H = history_pooled.shape
+        history = self.item_tower.from_pooled(history_pooled.reshape(B * L, H), history_id_index.reshape(B * L))
+        outputs = self.user_tower.sequence(history.reshape(B, L, -1), history_mask, user_categorical, user_numeric)
+        candidates = self.item_tower.from_pooled(candidate_pooled, self._drop_ids(candidate_id_index))  # [N, D]
+        return outputs, candidates
 
     def _drop_histories(self, history_mask: torch.Tensor) -> torch.Tensor:
         """In training, hide the whole history of a random share of examples: [B, L] -> [B, L].

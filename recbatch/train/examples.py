@@ -7,11 +7,18 @@ workers index tensors directly. In the training run's inputs folder:
   id embedding, 0 = cold), probability (share of training interactions: the
   logQ correction's sampling probability). Built on the driver: it grows with
   items, not users; the per-item counts come from one streaming group-by.
-- ``examples/part-PPPPP.parquet``: one row per training interaction of the
-  users of snapshot partition P: target (catalog row), history (the user's
-  previous L catalog rows, oldest first, -1 = padding), user features,
-  age_days (days before the newest training interaction of the whole
-  snapshot: the example-age input).
+- ``examples/part-PPPPP.parquet``, by ``train.objective``:
+  per_interaction: one row per training interaction of the users of snapshot
+  partition P: target (catalog row), history (the user's previous L catalog
+  rows, oldest first, -1 = padding), user features, age_days (days before
+  the newest training interaction of the whole snapshot: the example-age
+  input).
+  causal: one row per window of up to L + 1 consecutive training
+  interactions of a user (windows cut from the user's newest one back, so
+  every interaction is in exactly one): first (the window's first item:
+  what the [USER] position predicts), history (the window's items but the
+  last, left-padded to L), next (the item after each history item, aligned
+  with it), user features.
 - ``validation/part-PPPPP.parquet``: one row per sampled validation user of
   partition P: history (last L train rows), targets (validation rows), seen
   (train rows, excluded from ranking), user features.
@@ -70,6 +77,7 @@ class PreparedInputs:
     user_features: UserFeatureSpec
     num_examples: int
     num_validation_users: int
+    catalog_items: int  # M: rows of catalog.parquet
 
 
 def part_file(folder: Path, partition: int) -> Path:
@@ -143,6 +151,31 @@ def _feature_columns(users: pl.DataFrame, spec: UserFeatureSpec) -> pl.DataFrame
     )
 
 
+def causal_windows(train: pl.LazyFrame, history_length: int) -> pl.LazyFrame:
+    """user_id, first, history [L], next [L]: each user's train rows (sorted by ts) cut into windows of
+    up to L + 1, the newest window full; PAD on the left of history and next.
+
+    Position j of a window's history predicts next[j]; the position before it
+    ([USER], the user before any item of the window) predicts `first`. Every
+    interaction is a target exactly once, as in the per-interaction examples.
+    """
+    L = history_length
+    windows = (
+        train.with_columns(position=pl.int_range(pl.len()).over("user_id"), count=pl.len().over("user_id"))
+        .with_columns(window=(pl.col("count") - 1 - pl.col("position")) // (L + 1))  # 0 = the newest window
+        .group_by("user_id", "window", maintain_order=True)
+        .agg(items=pl.col("row"))
+    )
+    items = pl.col("items")
+    pad = pl.lit(PAD, dtype=pl.Int64).repeat_by(L + 1 - items.list.len())
+    return windows.select(
+        "user_id",
+        items.list.first().alias("first"),
+        pl.concat_list(pad, items.list.head(items.list.len() - 1)).alias("history"),
+        pl.concat_list(pad, items.list.tail(items.list.len() - 1)).alias("next"),
+    )
+
+
 def _history(history_length: int) -> pl.Expr:
     """The previous `history_length` rows of the same user, oldest first, PAD where absent."""
     lags = [pl.col("row").shift(history_length - j).over("user_id").fill_null(PAD) for j in range(history_length)]
@@ -162,6 +195,7 @@ class PartitionTask:
     validate_users: int
     seed: int
     out: Path
+    objective: str = "per_interaction"  # train.objective
 
 
 @dataclass(frozen=True)
@@ -187,12 +221,14 @@ def prepare_partition(task: PartitionTask, partition: int) -> PartitionRecord:
     )
     no_cat = pl.lit([0] * len(task.spec.categorical), dtype=pl.List(pl.Int64))
     no_num = pl.lit([0.0] * len(task.spec.numeric), dtype=pl.List(pl.Float32))
-    examples = (
-        train.with_columns(
+    if task.objective == "causal":
+        rows = causal_windows(train, L)
+    else:
+        rows = train.with_columns(
             _history(L), days_before_newest(newest=task.newest_train_ts).cast(pl.Float32).alias("age_days")
-        )
-        .select("user_id", pl.col("row").alias("target"), "history", "age_days")
-        .join(features, on="user_id", how="left", maintain_order="left")
+        ).select("user_id", pl.col("row").alias("target"), "history", "age_days")
+    examples = (
+        rows.join(features, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("user_cat").fill_null(no_cat), pl.col("user_num").fill_null(no_num))
         .drop("user_id")
         .collect()
@@ -247,8 +283,11 @@ def prepare_inputs(
     validate_users: int,
     min_rating: float | None = None,
     seed: int = 0,
+    objective: str = "per_interaction",
 ) -> PreparedInputs:
     """Write the catalog (driver) and the examples and validation parts (Ray tasks) into `out_dir`.
+
+    `objective` (``train.objective``) says what an example is: an interaction or a causal window.
 
     Runs on the connected Ray runtime (``runtime.ensure_ray``); without one, Ray starts a default local one.
     """
@@ -271,6 +310,7 @@ def prepare_inputs(
         validate_users=validate_users,
         seed=seed,
         out=out,
+        objective=objective,
     ))
     partitions = range(snapshot.partitions)
     prepare = ray.remote(num_cpus=1)(prepare_partition)
@@ -293,6 +333,7 @@ def prepare_inputs(
         user_features=spec,
         num_examples=num_examples,
         num_validation_users=validation_users,
+        catalog_items=catalog.frame.height,
     )
 
 

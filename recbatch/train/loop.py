@@ -1,11 +1,18 @@
 """What each Ray Train worker runs: DeepSpeed training of the two towers.
 
-One step, for a micro-batch of B (user, positive item) examples:
+One step (``train.objective: per_interaction``), for a micro-batch of B (user, positive item) examples:
 
     positives  [B, T] tokens ──BERT (grad)──▶ [B, D]
     histories  [B, L] rows ──pooled cache (no grad) ──proj + id (grad)──▶ [B, L, D] ──user tower──▶ [B, D]
     negatives  [N] uniform rows ──pooled cache ──proj + id──▶ [N, D]      (optional)
     loss = in-batch sampled softmax (logQ-corrected, accidental hits masked) over the B + N candidates
+
+One step (``causal``), for a micro-batch of B windows of up to L + 1 items:
+
+    windows    [B, L] rows ──pooled cache ──proj + id──▶ [B, L, D] ──causal user tower──▶ [B, 1+L, D]
+    candidates the whole catalog [M] (at most ``model.full_softmax_items``: exact softmax)
+               or the P positions' own targets (+ N uniform) ──pooled cache ──proj + id──▶ [M or P + N, D]
+    loss = softmax over the candidates at each of the P real positions (logQ when sampled)
 
 The pooled cache holds the encoder's mean-pooled output for every catalog item
 and is refreshed at each epoch start and before each validation (once per run
@@ -42,7 +49,7 @@ import torch
 from recbatch.config import TrainConfig
 from recbatch.testing import FAIL_AT_STEP
 from recbatch.model.features import UserFeatureSpec
-from recbatch.model.loss import candidate_log_q, two_tower_loss
+from recbatch.model.loss import candidate_log_q, full_softmax_loss, two_tower_loss
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
 from recbatch.train.deepspeed_config import build_deepspeed_config
 from recbatch.train.examples import CatalogTensors, load_catalog, load_validation
@@ -84,6 +91,8 @@ class LoopConfig:
     catalog_path: str
     validation_path: str
     total_steps: int
+    objective: str = "per_interaction"  # train.objective
+    full_softmax: bool = False  # causal: every position scored against the whole catalog (it fits)
     fail_at_step: int | None = None  # test-only fault hook (recbatch.testing): the last rank dies once here
 
 
@@ -129,21 +138,25 @@ def refresh_pooled_cache(engine, catalog: CatalogTensors, device: torch.device) 
     return torch.cat(gathered)[:M]
 
 
+# Columns of an examples part (train/examples.py) and their step dtypes; a part holds those of its objective.
+_SCALAR_COLUMNS = {"target": np.int64, "first": np.int64, "age_days": np.float32}
+_LIST_COLUMNS = {"history": np.int64, "next": np.int64, "user_cat": np.int64, "user_num": np.float32}
+
+
 def batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """An examples batch as numpy columns (list columns as object arrays, Ray Data's numpy format) -> step tensors."""
+    rows = len(batch["history"])
 
     def stacked(column: str, dtype) -> torch.Tensor:
         values = batch[column]
         array = np.stack(values) if values.dtype == object else values
         return torch.as_tensor(array.astype(dtype)).to(device)
 
-    return {
-        "target": stacked("target", np.int64),
-        "history": stacked("history", np.int64),
-        "user_cat": stacked("user_cat", np.int64).reshape(len(batch["target"]), -1),
-        "user_num": stacked("user_num", np.float32).reshape(len(batch["target"]), -1),
-        "age_days": stacked("age_days", np.float32),
-    }
+    out = {name: stacked(name, dtype) for name, dtype in _SCALAR_COLUMNS.items() if name in batch}
+    for name, dtype in _LIST_COLUMNS.items():
+        if name in batch:
+            out[name] = stacked(name, dtype).reshape(rows, -1)  # a feature list may be empty: [B, 0]
+    return out
 
 
 def step_loss(
@@ -157,9 +170,11 @@ def step_loss(
     """The training loss of one micro-batch (shared by the DeepSpeed loop and the plain-PyTorch bench).
 
     `forward` is the engine or the bare model (called as ``forward(kind, **inputs)``); `t` holds target [B], history [B, L]
-    (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F], age_days [B];
-    `pooled` is the per-epoch cache [M, H].
+    (catalog rows, PAD = -1), user_cat [B, C], user_num [B, F], age_days [B] (causal: first [B], history and next
+    [B, L] instead of target and age_days); `pooled` is the per-epoch cache [M, H].
     """
+    if cfg.objective == "causal":
+        return causal_step_loss(forward, t, pooled, catalog, cfg, generator)
     B = t["target"].shape[0]
     hist_rows = t["history"].clamp(min=0)  # [B, L]
     history_mask = t["history"] >= 0
@@ -182,15 +197,72 @@ def step_loss(
     }
     candidate_rows = t["target"]
     if cfg.extra_negatives:
-        negatives = torch.randint(catalog.size, (cfg.extra_negatives,), generator=generator).to(pooled.device)
+        negatives = uniform_negatives(cfg, catalog, generator, pooled.device)
         inputs["negative_pooled"] = pooled[negatives]
         inputs["negative_id_index"] = catalog.id_index[negatives]
         candidate_rows = torch.cat([candidate_rows, negatives])
     users, candidates = forward("train", **inputs)  # [B, D], [B + N, D]
+    return sampled_loss(users, candidates, candidate_rows, B, catalog, cfg)
+
+
+def uniform_negatives(cfg: LoopConfig, catalog: CatalogTensors, generator: torch.Generator, device) -> torch.Tensor:
+    """``model.extra_negatives`` catalog rows drawn uniformly: [N]."""
+    return torch.randint(catalog.size, (cfg.extra_negatives,), generator=generator).to(device)
+
+
+def sampled_loss(
+    users: torch.Tensor,  # [P, D]
+    candidates: torch.Tensor,  # [P + N, D]: the P positives, then N uniform negatives
+    candidate_rows: torch.Tensor,  # [P + N] catalog rows
+    positives: int,  # P
+    catalog: CatalogTensors,
+    cfg: LoopConfig,
+) -> torch.Tensor:
+    """``model.loss`` over in-batch candidates, logQ-corrected when ``model.logq_correction``."""
     log_q = None
     if cfg.logq_correction:
-        log_q = candidate_log_q(catalog.probability[candidate_rows], B, cfg.extra_negatives, catalog.size)
+        log_q = candidate_log_q(catalog.probability[candidate_rows], positives, cfg.extra_negatives, catalog.size)
     return two_tower_loss(cfg.loss, users, candidates, candidate_rows, log_q, temperature=cfg.temperature)
+
+
+def causal_step_loss(
+    forward,
+    t: dict[str, torch.Tensor],
+    pooled: torch.Tensor,
+    catalog: CatalogTensors,
+    cfg: LoopConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The causal objective's loss: every real position of every window predicts its next item.
+
+    Outputs [B, 1+L, D]: index 0 ([USER]) predicts `first`, index j the item after history item j
+    (``next``); padded positions predict nothing.
+    """
+    hist_rows = t["history"].clamp(min=0)  # [B, L]
+    history_mask = t["history"] >= 0
+    targets = torch.cat([t["first"].unsqueeze(1), t["next"]], dim=1)  # [B, 1+L] catalog rows, PAD = -1
+    predicts = targets >= 0  # [B, 1+L]
+    target_rows = targets[predicts]  # [P]
+    if cfg.full_softmax:
+        candidate_rows = torch.arange(catalog.size, device=pooled.device)  # [M]
+    else:
+        candidate_rows = target_rows
+        if cfg.extra_negatives:
+            candidate_rows = torch.cat([candidate_rows, uniform_negatives(cfg, catalog, generator, pooled.device)])
+    outputs, candidates = forward(
+        "train_sequence",
+        history_pooled=pooled[hist_rows],  # [B, L, H]
+        history_id_index=catalog.id_index[hist_rows] * history_mask,  # [B, L]
+        history_mask=history_mask,
+        user_categorical=t["user_cat"],
+        user_numeric=t["user_num"],
+        candidate_pooled=pooled[candidate_rows],  # [M or P + N, H]
+        candidate_id_index=catalog.id_index[candidate_rows],
+    )  # [B, 1+L, D], [M or P + N, D]
+    users = outputs[predicts]  # [P, D]
+    if cfg.full_softmax:
+        return full_softmax_loss(users, candidates, target_rows, temperature=cfg.temperature)
+    return sampled_loss(users, candidates, candidate_rows, len(target_rows), catalog, cfg)
 
 
 def die_once(cfg: LoopConfig, step: int, rank: int) -> None:

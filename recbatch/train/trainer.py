@@ -109,11 +109,12 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
         validate_users=cfg.train.validate_users,
         min_rating=cfg.ingest.min_rating,
         seed=cfg.train.seed,
+        objective=cfg.train.objective,
     )
     total_steps = steps_per_epoch(prepared.num_examples, cfg) * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
-    tower = tower_config(cfg.model, prepared.user_features, len(prepared.warm_item_ids))
+    tower = tower_config(cfg, prepared.user_features, len(prepared.warm_item_ids))
     loop_config = make_loop_config(cfg, encoder_dir, tower, prepared, total_steps, fail_at_step)
 
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
@@ -179,6 +180,8 @@ def make_loop_config(
         catalog_path=str(prepared.catalog),
         validation_path=str(prepared.validation),
         total_steps=total_steps,
+        objective=cfg.train.objective,
+        full_softmax=prepared.catalog_items <= cfg.model.full_softmax_items,
         fail_at_step=fail_at_step,
     )
 
