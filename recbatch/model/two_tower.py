@@ -151,7 +151,7 @@ class UserTower(nn.Module):
 
     def forward(
         self,
-        history: torch.Tensor,  # [B, L] item vectors, oldest first, most recent last
+        history: torch.Tensor,  # [B, L, D] item vectors, oldest first, most recent last
         history_mask: torch.Tensor,  # [B, L] bool, True = a real item
         user_categorical: torch.Tensor,  # [B, C] int64 hash buckets (0 = null)
         user_numeric: torch.Tensor,  # [B, F] float32, standardised
