@@ -235,12 +235,12 @@ def _write_snapshot(
     cutoff = global_cutoff(kept, cfg.split)
     task = WriteTask(staged, partitions, suspects, cfg.split, cutoff, cfg.ingest.min_rating, work)
     digests: dict[str, str] = {}
-    warm = pl.Series("item_id", [], dtype=items["item_id"].dtype)
+    warm: list[pl.Series] = []
     for record in map_tasks(write_partition, task, range(partitions)):
         digests |= record.digests
         counts.update(record.counts)
-        warm = pl.concat([warm, record.warm_items]).unique()
-    items = mark_cold_items(items, warm).sort("item_id")
+        warm.append(record.warm_items)
+    items = mark_cold_items(items, pl.concat(warm).unique()).sort("item_id")
     out = work / "out"
     digests |= write_table(out, "items.parquet", items)
     counts["items"] = items.height
