@@ -185,7 +185,7 @@ def test_bad_input_found_in_a_task_reaches_the_driver_as_its_own_error(tmp_path)
             raise DataValidationError(f"{folder}: partition {key} is bad")
         return key
 
-    results = map_tasks(refuse_odd, tmp_path, range(4))
+    results = map_tasks(refuse_odd, tmp_path, range(4), on_workers=True)
     assert next(results) == 0
     with pytest.raises(DataValidationError) as raised:
         next(results)

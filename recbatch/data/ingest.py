@@ -16,7 +16,9 @@ The tasks (``data/ingest_tasks.py``) return small records (counts, tallies of
 bad rows, digests, per-item evidence) that the driver adds up in partition
 order: the driver never holds a user's rows, and its memory follows the item
 catalog, not the size of the input. A worker holds one user partition
-(``ingest.users_per_partition``), or one quarantine table.
+(``ingest.users_per_partition``), or one quarantine table. A source of one
+user partition is ingested in the driver itself, under the same bound,
+without starting Ray.
 The scratch files live in a staging folder under ``snapshots/`` that is
 removed however ingest ends, so a rejected source leaves nothing there. The
 folder name is a hash of the written tables and the split settings: the same
@@ -139,21 +141,27 @@ def snapshot_digest(digests: dict[str, str], cfg: Config) -> str:
 # --------------------------------------------------------------------------- the stage (driver side)
 
 
+def _on_workers(staged: int) -> bool:
+    """Whether the per-partition work runs as Ray tasks: a source of one user partition is ingested in
+    this process, since a task would hold the same rows and only add a worker's start-up."""
+    return staged > 1
+
+
 def _validated_partitions(
-    source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path, cfg: Config
-) -> tuple[int, Counter, ProfileEvidence | None]:
-    """Stage the per-user tables by user partition, then validate and erase each partition (Ray tasks).
+    source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path,
+    staged: int, cfg: Config,
+) -> tuple[Counter, ProfileEvidence | None]:
+    """Stage the per-user tables in `staged` user partitions, then validate and erase each partition.
 
     The tasks write ``clean/<table>/`` and ``bad/<table>/`` parts under `work`;
     this raises (fail mode) with the totals of every partition once all are checked.
-    Returns the staging partition count, counts, and the injected-profile evidence (None: detection off).
+    Returns the counts and the injected-profile evidence (None: detection off).
     """
-    users_seen = max(f.distinct_users for f in facts.values())
-    staged = partition_count(users_seen, cfg.ingest.users_per_partition)
+    on_workers = _on_workers(staged)
     tables = [(source.interactions, INTERACTION_COLUMNS)]
     if source.users is not None:
         tables.append((source.users, USER_COLUMNS))
-    for _ in map_tasks(stage_table, StageTask(facts, id_type, staged, work), tables):
+    for _ in map_tasks(stage_table, StageTask(facts, id_type, staged, work), tables, on_workers=on_workers):
         pass
 
     context = SourceChecks(
@@ -170,7 +178,7 @@ def _validated_partitions(
     interaction_tallies: list[Tally] = []
     user_tallies: list[Tally] = []
     evidence: ProfileEvidence | None = None
-    for record in map_tasks(check_partition, task, range(staged)):
+    for record in map_tasks(check_partition, task, range(staged), on_workers=on_workers):
         counts.update(record.counts)
         reasons.update(record.reasons)
         interaction_tallies = add_tallies(interaction_tallies, record.interaction_tallies)
@@ -183,7 +191,7 @@ def _validated_partitions(
     raise_first_problem(source.interactions, facts["interactions"].rows, interaction_tallies)
     if counts.pop("valid_interactions") == 0:
         raise nothing_left(source.interactions, facts["interactions"].rows, reasons.most_common())
-    return staged, counts, evidence
+    return counts, evidence
 
 
 def _validated_source(source: RawSource, cfg: Config) -> tuple[dict[str, TableFacts], IdType, pl.DataFrame, pl.DataFrame | None]:
@@ -210,7 +218,7 @@ def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> p
     found = [find_bursts(evidence)]
     means = item_mean_ratings(evidence)
     if means is not None:
-        for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged)):
+        for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged), on_workers=_on_workers(staged)):
             pass
         found.append(find_rating_outliers(scan_parts(work / "deviation")))
     return merge_suspects(found)
@@ -236,7 +244,7 @@ def _write_snapshot(
     task = WriteTask(staged, partitions, suspects, cfg.split, cutoff, cfg.ingest.min_rating, work)
     digests: dict[str, str] = {}
     warm: list[pl.Series] = []
-    for record in map_tasks(write_partition, task, range(partitions)):
+    for record in map_tasks(write_partition, task, range(partitions), on_workers=_on_workers(staged)):
         digests |= record.digests
         counts.update(record.counts)
         warm.append(record.warm_items)
@@ -250,7 +258,7 @@ def _write_snapshot(
     if bad_items is not None:
         digests |= write_table(out, "quarantine/items.parquet", bad_items)
     quarantined = [name for name in ("interactions", "users", "profiles") if (work / "bad" / name).is_dir()]
-    for written in map_tasks(write_quarantine, work, quarantined):
+    for written in map_tasks(write_quarantine, work, quarantined, on_workers=_on_workers(staged)):
         digests |= written
     return digests, partitions
 
@@ -261,11 +269,13 @@ def ingest(cfg: Config) -> Snapshot:
 
     source = read_source(cfg.ingest, cfg.split)
     facts, id_type, items, bad_items = _validated_source(source, cfg)
-    ensure_ray(cfg.ray)  # after pass 1: a source with a structural problem is refused without starting Ray
+    staged = partition_count(max(f.distinct_users for f in facts.values()), cfg.ingest.users_per_partition)
+    if _on_workers(staged):
+        ensure_ray(cfg.ray)  # after pass 1: a source with a structural problem is refused without starting Ray
     layout = RunLayout.of(cfg.root)
     work = staging_dir_for(layout.snapshot("ingest"))  # scratch files, gone however ingest ends
     try:
-        staged, counts, evidence = _validated_partitions(source, facts, id_type, items, work, cfg)
+        counts, evidence = _validated_partitions(source, facts, id_type, items, work, staged, cfg)
         suspects = _suspected_profiles(work, staged, evidence) if evidence is not None else None
         digests, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
         for name in ("interactions", "users"):

@@ -59,14 +59,23 @@ Key = TypeVar("Key")
 # --------------------------------------------------------------------------- driver side
 
 
-def map_tasks(fn: Callable[[Shared, Key], Any], shared: Shared, keys: Iterable[Key]) -> Iterator[Any]:
+def map_tasks(
+    fn: Callable[[Shared, Key], Any], shared: Shared, keys: Iterable[Key], *, on_workers: bool = True
+) -> Iterator[Any]:
     """``fn(shared, key)`` as one Ray task per key, all submitted at once; the results in key order.
 
     `shared` goes to the object store once. A task's expected failure (a
     ``RecbatchError``: bad input) is raised here as itself, its message intact.
     However the caller stops, every task has ended when this generator closes,
     so none still writes into a scratch folder the caller then removes.
+    ``on_workers=False`` runs the same calls in this process, in turn: for a
+    source of one user partition, where a task would hold the same rows and
+    only add a worker's start-up.
     """
+    if not on_workers:
+        for key in keys:
+            yield fn(shared, key)
+        return
     import ray
 
     remote = ray.remote(num_cpus=TASK_CPUS)(fn)
