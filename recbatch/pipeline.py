@@ -298,6 +298,11 @@ def _run_stages(
         source = staged if is_complete(staged) else final
         rec.details["users"] = read_manifest(source).get("users")
 
+    # A rerun of a night already published for these inputs publishes nothing new. If that run was
+    # forced past the gate, the operator's decision stands: the gate records it instead of refusing again.
+    already_published = _same_inputs(final, **inputs) and not is_complete(staged)
+    forced_before = already_published and bool(read_manifest(final).get("gate", {}).get("forced"))
+
     with _stage(summary, "evaluate") as rec:
         result = evaluate_model(cfg, snapshot, model_dir, items_dir)
         metrics = holdout_metrics(result)
@@ -313,11 +318,14 @@ def _run_stages(
         previous = [p for p in layout.published_runs() if p.name != final.name]
         last_manifest = read_manifest(previous[-1]) if previous else None
         floor = next(r for r in popular if r.name == FLOOR_BASELINE)
-        gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish, floor_metrics=floor.metrics())
+        gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish or forced_before,
+                          floor_metrics=floor.metrics())
         rec.details["gate"] = asdict(gate)
+        if forced_before and not force_publish:
+            rec.details["gate_forced_by"] = "an earlier run of this date (--force); its published run is kept"
 
     with _stage(summary, "publish") as rec:
-        if _same_inputs(final, **inputs) and not is_complete(staged):
+        if already_published:
             rec.status = "skipped"
             rec.details["reason"] = "already published for these inputs"
         else:

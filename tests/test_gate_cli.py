@@ -2,7 +2,8 @@
 
 A night whose model is clearly worse is refused (exit 4) and the previous run
 stays live with nothing of the new one published; ``--force`` publishes it and
-the manifest says so; a stage that fails exits 7 and names the stage.
+the manifest says so, and a rerun of that date keeps it; a stage that fails
+exits 7 and names the stage.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ def test_worse_night_is_refused_force_publishes_it_and_a_failed_stage_exits_7(
     assert gate["relative_change"] < -0.2  # really worse, not a near miss of the 2 % tolerance
     assert published() == ["dt=2026-11-27", "dt=2026-11-28"]
     assert verify_manifest(layout.recommendations_for(first_night)) == first
+
+    # Rerunning the forced night without --force keeps it: the operator's decision stands, nothing is redone.
+    code, err = nightly(second_night)
+    assert code == 0, err
+    rerun = {s["name"]: s for s in summary(second_night)["stages"]}
+    assert rerun["publish"]["status"] == "skipped"
+    assert rerun["evaluate"]["details"]["gate"]["forced"] is True
+    assert "earlier run of this date" in rerun["evaluate"]["details"]["gate_forced_by"]
+    assert verify_manifest(layout.recommendations_for(second_night)) == forced
 
     # Night 3: training fails for good: exit 7, the stage named, the published runs as they were.
     monkeypatch.setenv(FAIL_AT_STEP, "2")
