@@ -28,26 +28,30 @@ SMALL = dict(users=60, items=40, topics=4, interactions_per_user=12, id_type="st
 USERS_PER_PARTITION = 20  # 60 users -> 4 partitions: the per-partition work runs as Ray tasks
 
 
-@pytest.fixture(scope="module")
-def ray_with_credentials(s3_server, request):
-    """Ray whose workers hold the test server's keys.
+@pytest.fixture()
+def ray_with_credentials(ray_local, request):
+    """The session's Ray, with workers that hold the test server's keys.
 
     A worker resolves its own credentials from its environment (in production,
-    its node's role), and Ray's workers take the environment Ray started with,
-    so this module's Ray starts after the AWS variables are set.
+    its node's role); ``ray_local`` starts Ray with the keys set. A Ray started
+    otherwise (a multi-node test's) is restarted here with them.
     """
-    import ray
-    from s3_helpers import credentials_env
+    from s3_helpers import ACCESS_KEY, credentials_env
 
     from recbatch.runtime import ensure_ray
 
-    with pytest.MonkeyPatch.context() as mp:
-        credentials_env(mp)
-        if ray.is_initialized():
-            ray.shutdown()
-        ensure_ray(RayConfig(num_cpus=4))
-        request.session.addfinalizer(ray.shutdown)
-        yield ray
+    @ray_local.remote(num_cpus=0)
+    def worker_key() -> str | None:
+        import os
+
+        return os.environ.get("AWS_ACCESS_KEY_ID")
+
+    if ray_local.get(worker_key.remote()) != ACCESS_KEY:
+        ray_local.shutdown()
+        with pytest.MonkeyPatch.context() as env:
+            credentials_env(env)
+            ensure_ray(RayConfig(num_cpus=4))
+    return ray_local
 
 
 @pytest.fixture(scope="module")
