@@ -29,7 +29,7 @@ USERS_PER_PARTITION = 20  # 60 users -> 4 partitions: the per-partition work run
 
 
 @pytest.fixture()
-def ray_with_credentials(ray_local, request):
+def ray_with_credentials(ray_local):
     """The session's Ray, with workers that hold the test server's keys.
 
     A worker resolves its own credentials from its environment (in production,
