@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flag_overrides = mod.config_overrides(args) if hasattr(mod, "config_overrides") else {}
         cfg = config_from_args(args, flag_overrides)
+        from recbatch.layout import require_supported_root  # here: pyarrow stays out of `--help`
+
+        require_supported_root(cfg.root, args.command)
         if args.command in PUSHED_COMMANDS:
             return _run_pushed(args, cfg)
         return int(mod.run(args, cfg) or 0)

@@ -12,11 +12,16 @@ promise: a reader sees the whole previous output or the whole new one.
     write_manifest(staging, {"rows": n}, files={"part-00000.parquet": record})
     publish(staging, final)
     table = read_parquet_folder(final)
+
+A content-addressed output (a snapshot, named by the hash of what it holds)
+learns its folder's name only once it is written: it is written to scratch
+first and put in place with ``publish_written``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,11 @@ import pyarrow.parquet as pq
 
 from recbatch import objectstore, storage
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, local
+from recbatch.fs import Location, access, local, make_parent
+
+# Copies inside an object store in flight at once (publish_written): each is one request whose time is
+# the store's latency, not bandwidth, so a few hundred partition files take seconds, not minutes.
+COPY_THREADS = 16
 
 
 def staging_for(final: Location) -> Location:
@@ -35,19 +44,18 @@ def staging_for(final: Location) -> Location:
     return local(storage.staging_dir_for(final.path))
 
 
-def write_parquet_part(table: pa.Table, part: Location) -> dict[str, Any]:
+def write_parquet_part(table: pa.Table, part: Location, row_group_size: int | None = None) -> dict[str, Any]:
     """Write one Parquet part and return its manifest record (``{"bytes", "sha256"}``).
 
     The record comes from the bytes written, so a worker that writes a part
     reports it and ``write_manifest(..., files=records)`` need not read the
     part back. The encoded part is held in memory once: keep parts bounded
-    (``score.rows_per_file``).
+    (``score.rows_per_file``, ``ingest.users_per_partition``).
     """
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, row_group_size=row_group_size)
     data = sink.getvalue()
-    if not part.is_object_store:  # object stores have no folders to make
-        part.filesystem.create_dir(part.parent.path, recursive=True)
+    make_parent(part)
     with access(part, f"write {part.key}"):
         with part.filesystem.open_output_stream(part.path) as out:
             out.write(data)
@@ -75,6 +83,34 @@ def publish(staging: Location, final: Location) -> Location:
     return final
 
 
+def publish_written(
+    written: Location, final: Location, fields: dict[str, Any], files: dict[str, dict[str, Any]]
+) -> Location:
+    """Publish the files `written` to scratch (their writers' records in `files`) as `final`'s content.
+
+    For an output whose name is known only once it is written (a snapshot is
+    named by the hash of its files). A local root writes the manifest in the
+    scratch folder and renames it into place; an object store has no rename, so
+    each named file is copied inside the store (no byte passes through this
+    process) into a fresh attempt of `final`, then manifest and marker follow.
+    The scratch stays for the caller to remove.
+    """
+    if not final.is_object_store:
+        storage.write_manifest(written.path, fields, files)
+        storage.publish_dir(written.path, final.path)
+        return final
+    staging = staging_for(final)
+
+    def copy(name: str) -> None:
+        with access(final, f"copy {name} into {staging.key}"):
+            final.filesystem.copy_file(written.join(name).path, staging.join(name).path)
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        list(pool.map(copy, sorted(files)))
+    objectstore.write_manifest(staging, fields, files)
+    return objectstore.publish(staging, final)
+
+
 def open_folder(folder: Location) -> storage.OpenFolder:
     """Pin a complete folder: its manifest and exactly the files it names, open (the reader contract)."""
     if folder.is_object_store:
@@ -87,6 +123,15 @@ def read_manifest(folder: Location) -> dict[str, Any]:
     if folder.is_object_store:
         return objectstore.read_manifest(folder)
     return storage.read_manifest(folder.path)
+
+
+def read_committed(folder: Location) -> tuple[dict[str, Any], Location]:
+    """A complete folder's manifest and where the files it names are: the folder itself, or on an
+    object store its committed attempt. For readers that hand exactly those files to a query engine
+    (polars, Ray Data) instead of reading them through ``open_folder``'s handles."""
+    if folder.is_object_store:
+        return objectstore.read_committed(folder)
+    return storage.read_manifest(folder.path), folder
 
 
 def verify_manifest(folder: Location, checksums: bool = True) -> dict[str, Any]:

@@ -158,6 +158,40 @@ def access(location: Location, doing: str) -> Iterator[None]:
         ) from exc
 
 
+def make_parent(location: Location) -> None:
+    """Create the local folder `location` goes in; object stores have no folders to make."""
+    if not location.is_object_store:
+        location.filesystem.create_dir(location.parent.path, recursive=True)
+
+
+def is_file(location: Location) -> bool:
+    """Whether a file (an object) is at `location`."""
+    with access(location, f"look up {location.key if location.is_object_store else location.path}"):
+        return location.filesystem.get_file_info(location.path).type == pafs.FileType.File
+
+
+def list_files(folder: Location, prefix: str = "") -> list[Location]:
+    """The files directly in `folder` whose names start with `prefix`, by name; none when it is absent.
+
+    For a writer's own scratch files only: a published folder is read through
+    its manifest (recbatch/folders.py), never listed.
+    """
+    selector = pafs.FileSelector(folder.path, recursive=False, allow_not_found=True)
+    with access(folder, "list"):
+        infos = folder.filesystem.get_file_info(selector)
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(prefix))
+    return [folder.join(name) for name in names]
+
+
+def remove_tree(location: Location) -> None:
+    """Delete `location` and everything under it, if it is there (scratch nobody will publish)."""
+    with access(location, f"delete {location.key if location.is_object_store else location.path}"):
+        try:
+            location.filesystem.delete_dir(location.path)
+        except FileNotFoundError:
+            pass
+
+
 def check_access(location: Location) -> None:
     """Fail early, naming the bucket, when an object-store root's bucket is missing or refuses us."""
     if not location.is_object_store:

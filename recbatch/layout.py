@@ -1,6 +1,6 @@
 """Where each stage's output lives under the run root.
 
-    <root>/snapshots/<hash>/{interactions,items,users,split}.parquet + _manifest.json
+    <root>/snapshots/<hash>/{interactions,users,split}/part-PPPPP.parquet, items.parquet + _manifest.json
     <root>/models/<model_version>/{encoder/, towers.pt, model_card.json}
     <root>/checkpoints/<train run>/...            (Ray Train storage)
     <root>/embeddings/<model_version>/{items,users}/part-*.parquet + _manifest.json
@@ -10,7 +10,35 @@
     <root>/runs/dt=YYYY-MM-DD.json                (nightly run summary)
     <root>/erasure/{requests/<id>.json, suppressed.parquet, _key}   (recbatch forget)
 
-One class owns these paths so no stage spells a path of another stage by hand.
+(On an object-store root each published folder holds its files under a committed
+``.attempt-*`` prefix named by its ``_SUCCESS`` marker: recbatch/objectstore.py.)
+
+One class owns these names so no stage spells a path of another stage by hand.
+
+A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
+``gs://``; recbatch/fs.py). ``RunLayout.of(root, cfg.storage)`` holds it as a
+``fs.Location`` and has two faces over the one set of names:
+
+- ``layout.at`` (``RootLocations``): every output as a ``Location``, on either
+  kind of root. Stages converted to object-store roots use only this face and
+  write and read through recbatch/folders.py: so far the snapshot stage
+  (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
+  ``layout.at.ingest_scratch``).
+- the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
+  the same names as local paths, for the stages that still write with local
+  file APIs (train, embed, score, evaluate, publish, load, gc, forget, the
+  nightly). On an object-store root it refuses with a UsageError instead of
+  handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
+
+Commands check their root up front with ``require_supported_root`` (the CLI
+does), so an unconverted stage on an object-store root fails before any work
+with a message naming the stage. Converting a stage: take its outputs from
+``layout.at``, write through ``folders`` (``staging_for``,
+``write_parquet_part``, ``write_manifest``, ``publish``, or ``publish_written``
+for a content-addressed output), read through ``folders.open_folder`` /
+``read_committed`` (manifest, then exactly its files: never a listing), keep its
+scratch under the root (Ray tasks on other nodes read it), then add the command
+to ``OBJECT_STORE_STAGES`` and test it on the SeaweedFS root (tests/s3_helpers.py).
 """
 
 from __future__ import annotations
@@ -20,7 +48,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recbatch.config import StorageConfig
+from recbatch.errors import UsageError
+from recbatch.fs import Location, is_object_store_uri, locate
 from recbatch.storage import SUCCESS
+
+# The commands that run on an object-store root so far; every other one still writes through local paths.
+OBJECT_STORE_STAGES = frozenset({"ingest"})
+
+
+def require_supported_root(root: str | Path, stage: str) -> None:
+    """Refuse an object-store root for a stage that does not run on one yet (UsageError naming both)."""
+    if is_object_store_uri(root) and stage not in OBJECT_STORE_STAGES:
+        raise UsageError(f"recbatch {stage} does not run on an object-store root ({root}) yet: {_so_far()}")
+
+
+def _so_far() -> str:
+    supported = ", ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    return (
+        f"only {supported} does so far, the other stages still write through local paths; use a local or "
+        "shared-filesystem root for them (docs/operations.md, 'Object stores')"
+    )
 
 
 def model_version_of(manifest: dict[str, Any], version_folder: str | Path) -> str:
@@ -30,20 +78,111 @@ def model_version_of(manifest: dict[str, Any], version_folder: str | Path) -> st
 
 
 @dataclass(frozen=True)
+class RootLocations:
+    """Every output under a root of either kind, as ``fs.Location``s: the one place the names are spelled."""
+
+    root: Location
+
+    # snapshots ---------------------------------------------------------------
+    @property
+    def snapshots(self) -> Location:
+        return self.root.join("snapshots")
+
+    def snapshot(self, snapshot_hash: str) -> Location:
+        return self.snapshots.join(snapshot_hash)
+
+    @property
+    def ingest_scratch(self) -> Location:
+        """The folder whose staging copies (``folders.staging_for``) hold one ingest's scratch files."""
+        return self.snapshots.join("ingest")
+
+    # models ------------------------------------------------------------------
+    @property
+    def models(self) -> Location:
+        return self.root.join("models")
+
+    def model(self, model_version: str) -> Location:
+        return self.models.join(model_version)
+
+    @property
+    def checkpoints(self) -> Location:
+        return self.root.join("checkpoints")
+
+    def training_run(self, snapshot_hash: str, stamp: str) -> Location:
+        """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
+        return self.checkpoints.join(f"{snapshot_hash[:12]}-{stamp}")
+
+    # embeddings --------------------------------------------------------------
+    def embeddings(self, model_version: str, kind: str) -> Location:
+        assert kind in ("items", "users"), kind
+        return self.root.join("embeddings", model_version, kind)
+
+    # recommendations ---------------------------------------------------------
+    @property
+    def recommendations(self) -> Location:
+        return self.root.join("recommendations")
+
+    def recommendations_for(self, run_date: dt.date | str) -> Location:
+        return self.recommendations.join(f"dt={_date_str(run_date)}")
+
+    def staged_for(self, run_date: dt.date | str) -> Location:
+        """Scored but not yet gated/published output for a run date."""
+        return self.root.join("staged", f"dt={_date_str(run_date)}")
+
+    def baseline_run(self, snapshot_hash: str, name: str) -> Location:
+        """A baseline's recommendations for a snapshot (``recbatch evaluate --baselines``)."""
+        return self.root.join("baselines", snapshot_hash, name)
+
+    # reports and summaries ---------------------------------------------------
+    def report(self, run_date: dt.date | str) -> Location:
+        return self.root.join("reports", f"dt={_date_str(run_date)}")
+
+    def run_summary(self, run_date: dt.date | str) -> Location:
+        return self.root.join("runs", f"dt={_date_str(run_date)}.json")
+
+    # erasure (recbatch/erasure) ------------------------------------------------
+    @property
+    def erasure(self) -> Location:
+        return self.root.join("erasure")
+
+    def erasure_request(self, request_id: str) -> Location:
+        """The log of one erasure request: what was done and when, never the ids."""
+        return self.erasure.join("requests", f"{request_id}.json")
+
+    @property
+    def suppression_list(self) -> Location:
+        """Keyed hashes of every erased user, read by ingest (recbatch/erasure/suppression.py)."""
+        return self.erasure.join("suppressed.parquet")
+
+    @property
+    def erasure_key(self) -> Location:
+        return self.erasure.join("_key")
+
+
+@dataclass(frozen=True)
 class RunLayout:
-    root: Path
+    """A root's layout: ``at`` for Locations (either kind of root), the properties below for local Paths."""
+
+    at: RootLocations
 
     @classmethod
-    def of(cls, root: str | Path) -> "RunLayout":
-        return cls(Path(root))
+    def of(cls, root: str | Path | Location, storage: StorageConfig | None = None) -> "RunLayout":
+        """The layout of `root`; `storage` (``cfg.storage``) says how an object-store root is reached."""
+        location = root if isinstance(root, Location) else locate(root, storage or StorageConfig())
+        return cls(RootLocations(location))
+
+    @property
+    def root(self) -> Path:
+        """The root as a local path; a UsageError on an object-store root (see the module doc)."""
+        return local_path(self.at.root)
 
     # snapshots ---------------------------------------------------------------
     @property
     def snapshots(self) -> Path:
-        return self.root / "snapshots"
+        return local_path(self.at.snapshots)
 
     def snapshot(self, snapshot_hash: str) -> Path:
-        return self.snapshots / snapshot_hash
+        return local_path(self.at.snapshot(snapshot_hash))
 
     def latest_snapshot(self) -> Path | None:
         return _latest_complete(self.snapshots)
@@ -51,21 +190,21 @@ class RunLayout:
     # models ------------------------------------------------------------------
     @property
     def models(self) -> Path:
-        return self.root / "models"
+        return local_path(self.at.models)
 
     def model(self, model_version: str) -> Path:
-        return self.models / model_version
+        return local_path(self.at.model(model_version))
 
     def latest_model(self) -> Path | None:
         return _latest_complete(self.models)
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return local_path(self.at.checkpoints)
 
     def training_run(self, snapshot_hash: str, stamp: str) -> Path:
         """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
-        return self.checkpoints / f"{snapshot_hash[:12]}-{stamp}"
+        return local_path(self.at.training_run(snapshot_hash, stamp))
 
     def training_runs(self, snapshot_hash: str | None = None) -> list[Path]:
         """Training run folders (of one snapshot, or all), oldest first."""
@@ -81,20 +220,19 @@ class RunLayout:
 
     # embeddings --------------------------------------------------------------
     def embeddings(self, model_version: str, kind: str) -> Path:
-        assert kind in ("items", "users"), kind
-        return self.root / "embeddings" / model_version / kind
+        return local_path(self.at.embeddings(model_version, kind))
 
     # recommendations ---------------------------------------------------------
     @property
     def recommendations(self) -> Path:
-        return self.root / "recommendations"
+        return local_path(self.at.recommendations)
 
     def recommendations_for(self, run_date: dt.date | str) -> Path:
-        return self.recommendations / f"dt={_date_str(run_date)}"
+        return local_path(self.at.recommendations_for(run_date))
 
     def staged_for(self, run_date: dt.date | str) -> Path:
         """Scored but not yet gated/published output for a run date."""
-        return self.root / "staged" / f"dt={_date_str(run_date)}"
+        return local_path(self.at.staged_for(run_date))
 
     def published_runs(self) -> list[Path]:
         """Complete recommendation runs, oldest first."""
@@ -104,32 +242,39 @@ class RunLayout:
 
     def baseline_run(self, snapshot_hash: str, name: str) -> Path:
         """A baseline's recommendations for a snapshot (``recbatch evaluate --baselines``)."""
-        return self.root / "baselines" / snapshot_hash / name
+        return local_path(self.at.baseline_run(snapshot_hash, name))
 
     # reports and summaries ---------------------------------------------------
     def report(self, run_date: dt.date | str) -> Path:
-        return self.root / "reports" / f"dt={_date_str(run_date)}"
+        return local_path(self.at.report(run_date))
 
     def run_summary(self, run_date: dt.date | str) -> Path:
-        return self.root / "runs" / f"dt={_date_str(run_date)}.json"
+        return local_path(self.at.run_summary(run_date))
 
     # erasure (recbatch/erasure) ------------------------------------------------
     @property
     def erasure(self) -> Path:
-        return self.root / "erasure"
+        return local_path(self.at.erasure)
 
     def erasure_request(self, request_id: str) -> Path:
         """The log of one erasure request: what was done and when, never the ids."""
-        return self.erasure / "requests" / f"{request_id}.json"
+        return local_path(self.at.erasure_request(request_id))
 
     @property
     def suppression_list(self) -> Path:
         """Keyed hashes of every erased user, read by ingest (recbatch/erasure/suppression.py)."""
-        return self.erasure / "suppressed.parquet"
+        return local_path(self.at.suppression_list)
 
     @property
     def erasure_key(self) -> Path:
-        return self.erasure / "_key"
+        return local_path(self.at.erasure_key)
+
+
+def local_path(location: Location) -> Path:
+    """A Location under a local root as a Path; refuses an object-store one (that stage is not converted yet)."""
+    if location.is_object_store:
+        raise UsageError(f"{location.uri} is on an object store, where this stage cannot run yet: {_so_far()}")
+    return Path(location.path)
 
 
 def _date_str(run_date: dt.date | str) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, check_access
+from recbatch.fs import Location, access, check_access, remove_tree
 from recbatch.storage import (
     MANIFEST,
     RETIRED_GRACE_SECONDS,
@@ -154,20 +154,12 @@ def publish(staging: Location, final: Location) -> Location:
     _put(final.join(SUCCESS), json.dumps(marker, indent=2).encode())  # the commit
     for r in retired:
         if r not in kept:
-            _delete_attempt(final.join(r["attempt"]))
+            remove_tree(final.join(r["attempt"]))
     return final
 
 
 def _expired(retired: dict[str, Any], now_ns: int) -> bool:
     return now_ns - int(retired["retired_at_ns"]) >= RETIRED_GRACE_SECONDS * 1_000_000_000
-
-
-def _delete_attempt(attempt: Location) -> None:
-    with access(attempt, f"delete {attempt.key}"):
-        try:
-            attempt.filesystem.delete_dir(attempt.path)
-        except FileNotFoundError:
-            pass
 
 
 def attempts(folder: Location) -> list[Location]:
@@ -195,7 +187,7 @@ def remove_stale_attempts(final: Location, now_ns: int | None = None) -> list[Lo
     keep |= {r.name for r in retired_copies(final, now_ns)}
     removed = [a for a in attempts(final) if a.name not in keep]
     for attempt in removed:
-        _delete_attempt(attempt)
+        remove_tree(attempt)
     return removed
 
 
@@ -213,8 +205,13 @@ def remove_stale_staging(parent: Location, now_ns: int | None = None) -> list[Lo
 
 def read_manifest(folder: Location) -> dict[str, Any]:
     """The committed manifest (marker -> manifest), without opening the files it names."""
+    return read_committed(folder)[0]
+
+
+def read_committed(folder: Location) -> tuple[dict[str, Any], Location]:
+    """The committed manifest and the attempt its file names are relative to, from one read of the marker."""
     attempt = _committed_attempt(folder)
-    return load_manifest(f"{folder.uri} (attempt {attempt.name})", lambda name: _get(attempt.join(name)))
+    return load_manifest(f"{folder.uri} (attempt {attempt.name})", lambda name: _get(attempt.join(name))), attempt
 
 
 def _committed_attempt(folder: Location) -> Location:

@@ -27,14 +27,22 @@ def ray_local(request):
     this fixture starts it again. 4 logical CPUs on a 2-core machine: logical
     CPUs only gate scheduling, and actor pools need room left for Ray Data's
     read/write tasks or they hang.
+
+    Its workers hold the test S3 server's keys (tests/s3_helpers.py): a Ray
+    worker resolves its own credentials from the environment it was started
+    with (in production, its node's role), so tasks that read and write an
+    ``s3://`` root need them there, whichever test started Ray first.
     """
     import ray
+    from s3_helpers import credentials_env
 
     from recbatch.config import RayConfig
     from recbatch.runtime import ensure_ray
 
     if not ray.is_initialized():
-        ensure_ray(RayConfig(num_cpus=4))
+        with pytest.MonkeyPatch.context() as env:
+            credentials_env(env)
+            ensure_ray(RayConfig(num_cpus=4))
         request.session.addfinalizer(ray.shutdown)
     return ray
 

@@ -21,8 +21,9 @@ from recbatch.data.ingest import ingest
 from recbatch.data.ingest_tasks import map_tasks
 from recbatch.data.partition import user_partition
 from recbatch.data.snapshot import PARTITIONED
-from recbatch.data.staging import read_partition, stage_by_user
+from recbatch.data.staging import read_partition, stage_by_user, staged_parts
 from recbatch.errors import DataValidationError
+from recbatch.fs import local
 
 # Ingest runs its per-partition work as Ray tasks: share the session's Ray (starting one costs seconds).
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -151,12 +152,16 @@ def test_counts_and_examples_of_bad_rows_add_up_across_partitions(tmp_path, mess
     assert len(unknown) == USERS // 5
 
 
-def test_a_user_partition_is_read_back_whole_from_any_staging_count(tmp_path):
+@pytest.mark.parametrize("root", ["posix", "s3"])
+def test_a_user_partition_is_read_back_whole_from_any_staging_count(tmp_path, root, request):
+    """On either kind of root: the scratch files live under the root, where tasks on any node reach them."""
+    scratch = local(tmp_path) if root == "posix" else request.getfixturevalue("s3_root").locate("scratch")
     ids = [f"u{i}" for i in range(200)] + [None]
     frame = pl.LazyFrame({"user_id": ids, "n": range(len(ids))})
     for staged, partitions in ((2, 8), (8, 2), (4, 4)):
-        folder = tmp_path / f"s{staged}"
+        folder = scratch.join(f"s{staged}")
         stage_by_user(frame, folder, staged)
+        assert [f.name for f in staged_parts(folder)] == [f"part-{p:05d}.parquet" for p in range(staged)]
         parts = [read_partition(folder, p, partitions, staged) for p in range(partitions)]
         assert sum(part.height for part in parts) == len(ids)
         for p, part in enumerate(parts):

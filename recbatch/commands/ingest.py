@@ -1,6 +1,7 @@
 """`recbatch ingest`: validate a source and publish its snapshot.
 
-Prints the snapshot folder and its counts. Bad input exits with code 3 and a
+Prints the snapshot folder (a local path, or ``s3://...`` on an object-store
+root) and its counts. Bad input exits with code 3 and a
 paragraph naming the file, column, number of bad rows and examples; with
 ``--on-bad-rows quarantine`` bad rows are set aside and counted instead.
 """
@@ -76,9 +77,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.data.ingest import ingest
 
     snapshot = ingest(cfg)
-    print(f"snapshot {snapshot.path}")
+    print(f"snapshot {snapshot.location}")
     print(json.dumps(snapshot.counts, indent=2, sort_keys=True))
     quarantined = {k: v for k, v in snapshot.counts.items() if k.startswith("quarantined_") and v}
     if quarantined:
-        print(f"quarantined rows (see {snapshot.path / 'quarantine'}): {quarantined}")
+        print(f"quarantined rows (see {snapshot.files_at.join('quarantine')}): {quarantined}")
     return 0

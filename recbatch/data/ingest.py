@@ -19,11 +19,15 @@ catalog, not the size of the input. A worker holds one user partition
 (``ingest.users_per_partition``), or one quarantine table. A source of one
 user partition is ingested in the driver itself, under the same bound,
 without starting Ray.
-The scratch files live in a staging folder under ``snapshots/`` that is
-removed however ingest ends, so a rejected source leaves nothing there. The
-folder name is a hash of the written tables and the split settings: the same
-data ingested again (even from CSV instead of Parquet) maps to the same
-snapshot, and re-ingesting is a no-op that returns it.
+The scratch files live in a staging folder under ``snapshots/``, on the
+root's own storage (a local or shared disk, or an attempt prefix on an object
+store: the tasks that read them may run on any node), and are removed however
+ingest ends, so a rejected source leaves nothing there. The folder name is a
+hash of the written tables and the split settings: the same data ingested
+again (even from CSV instead of Parquet) maps to the same snapshot, and
+re-ingesting is a no-op that returns it. Only once the hash is known is the
+snapshot put in place (``folders.publish_written``: a rename on a local root,
+a copy inside the store, manifest and commit marker on an object store).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -67,7 +71,7 @@ from recbatch.data.profiles import (
 from recbatch.data.readers import RawSource, find_table_file, read_canonical, require_source_dir
 from recbatch.data.snapshot import Snapshot
 from recbatch.data.split import global_cutoff, mark_cold_items
-from recbatch.data.staging import scan_parts
+from recbatch.data.staging import scan_parts, staged_parts
 from recbatch.data.validate import (
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
@@ -86,9 +90,11 @@ from recbatch.data.validate import (
     validate_items,
 )
 from recbatch.errors import UsageError
+from recbatch.folders import is_complete, publish_written, staging_for
+from recbatch.fs import Location, check_access, remove_tree
 from recbatch.layout import RunLayout
 from recbatch.schemas import IdType
-from recbatch.storage import is_complete, publish_dir, sha256_file, staging_dir_for, write_manifest
+from recbatch.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +154,8 @@ def _on_workers(staged: int) -> bool:
 
 
 def _validated_partitions(
-    source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Path,
-    staged: int, cfg: Config,
+    source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Location,
+    staged: int, layout: RunLayout, cfg: Config,
 ) -> tuple[Counter, ProfileEvidence | None]:
     """Stage the per-user tables in `staged` user partitions, then validate and erase each partition.
 
@@ -172,7 +178,7 @@ def _validated_partitions(
         on_bad_rows=cfg.ingest.on_bad_rows,
         now=dt.datetime.now(dt.UTC),
     )
-    task = CheckTask(context, Path(cfg.root), cfg.ingest.detect_injected_profiles, work)
+    task = CheckTask(context, layout, cfg.ingest.detect_injected_profiles, work)
     counts: Counter = Counter()
     reasons: Counter = Counter()  # interaction quarantine reasons, for "every row is bad"
     interaction_tallies: list[Tally] = []
@@ -212,7 +218,7 @@ def _validated_source(source: RawSource, cfg: Config) -> tuple[dict[str, TableFa
     return facts, id_type, items, bad_items
 
 
-def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> pl.DataFrame:
+def _suspected_profiles(work: Location, staged: int, evidence: ProfileEvidence) -> pl.DataFrame:
     """``user_id``, ``reason`` of the injected-profile suspects (data/profiles.py): coordinated bursts, and
     with ratings, profiles rated far from the population, scored one staged partition per task."""
     found = [find_bursts(evidence)]
@@ -220,89 +226,90 @@ def _suspected_profiles(work: Path, staged: int, evidence: ProfileEvidence) -> p
     if means is not None:
         for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged), on_workers=_on_workers(staged)):
             pass
-        found.append(find_rating_outliers(scan_parts(work / "deviation")))
+        found.append(find_rating_outliers(scan_parts(work.join("deviation"))))
     return merge_suspects(found)
 
 
 def _write_snapshot(
-    work: Path, staged: int, counts: Counter, suspects: pl.DataFrame | None, items: pl.DataFrame,
+    work: Location, staged: int, counts: Counter, suspects: pl.DataFrame | None, items: pl.DataFrame,
     bad_items: pl.DataFrame | None, cfg: Config,
-) -> tuple[dict[str, str], int]:
+) -> tuple[dict[str, dict[str, Any]], int]:
     """Pass 3, one final user partition per task: set suspects aside, split, write; then items and quarantine.
 
-    Returns the digest of every file written into ``work/out`` and the snapshot's partition count.
+    Returns every file written into ``work/out`` (its digest and manifest record, ``write_table``)
+    and the snapshot's partition count.
     """
     if suspects is not None:
         counts["users"] -= suspects.height
         counts["quarantined_profiles"] = suspects.height
         counts["quarantined_profile_interactions"] = 0
     partitions = partition_count(counts["users"], cfg.ingest.users_per_partition)
-    kept = scan_parts(work / "clean" / "interactions")
+    kept = scan_parts(work.join("clean", "interactions"))
     if suspects is not None:
         kept = kept.filter(~pl.col("user_id").is_in(suspects["user_id"].implode()))
     cutoff = global_cutoff(kept, cfg.split)
     task = WriteTask(staged, partitions, suspects, cfg.split, cutoff, cfg.ingest.min_rating, work)
-    digests: dict[str, str] = {}
+    written: dict[str, dict[str, Any]] = {}
     warm: list[pl.Series] = []
     for record in map_tasks(write_partition, task, range(partitions), on_workers=_on_workers(staged)):
-        digests |= record.digests
+        written |= record.written
         counts.update(record.counts)
         warm.append(record.warm_items)
     items = mark_cold_items(items, pl.concat(warm).unique()).sort("item_id")
-    out = work / "out"
-    digests |= write_table(out, "items.parquet", items)
+    out = work.join("out")
+    written |= write_table(out, "items.parquet", items)
     counts["items"] = items.height
     counts["unavailable_items"] = int((~items["available"]).sum())
     counts["cold_items"] = int(items["is_cold"].sum())
     counts["quarantined_items"] = bad_items.height if bad_items is not None else 0
     if bad_items is not None:
-        digests |= write_table(out, "quarantine/items.parquet", bad_items)
-    quarantined = [name for name in ("interactions", "users", "profiles") if (work / "bad" / name).is_dir()]
-    for written in map_tasks(write_quarantine, work, quarantined, on_workers=_on_workers(staged)):
-        digests |= written
-    return digests, partitions
+        written |= write_table(out, "quarantine/items.parquet", bad_items)
+    quarantined = [name for name in ("interactions", "users", "profiles") if staged_parts(work.join("bad", name))]
+    for table in map_tasks(write_quarantine, work, quarantined, on_workers=_on_workers(staged)):
+        written |= table
+    return written, partitions
 
 
 def ingest(cfg: Config) -> Snapshot:
-    """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot."""
+    """Read, validate and split ``cfg.ingest.source``; publish (or reuse) its snapshot under ``cfg.root``
+    (a local folder or an ``s3://``/``gs://`` prefix reached as ``cfg.storage`` says)."""
     from recbatch.runtime import ensure_ray
 
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    check_access(layout.at.root)  # a wrong bucket or credentials: refused, naming the bucket, before any work
     source = read_source(cfg.ingest, cfg.split)
     facts, id_type, items, bad_items = _validated_source(source, cfg)
     staged = partition_count(max(f.distinct_users for f in facts.values()), cfg.ingest.users_per_partition)
     if _on_workers(staged):
         ensure_ray(cfg.ray)  # after pass 1: a source with a structural problem is refused without starting Ray
-    layout = RunLayout.of(cfg.root)
-    work = staging_dir_for(layout.snapshot("ingest"))  # scratch files, gone however ingest ends
+    work = staging_for(layout.at.ingest_scratch)  # scratch files, gone however ingest ends
     try:
-        counts, evidence = _validated_partitions(source, facts, id_type, items, work, staged, cfg)
+        counts, evidence = _validated_partitions(source, facts, id_type, items, work, staged, layout, cfg)
         suspects = _suspected_profiles(work, staged, evidence) if evidence is not None else None
-        digests, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
+        written, partitions = _write_snapshot(work, staged, counts, suspects, items, bad_items, cfg)
         for name in ("interactions", "users"):
             counts.setdefault(f"quarantined_{name}", 0)
         counts.update(source.counts)
-        snapshot_hash = snapshot_digest(digests, cfg)
-        final = layout.snapshot(snapshot_hash)
+        snapshot_hash = snapshot_digest({name: w["digest"] for name, w in written.items()}, cfg)
+        final = layout.at.snapshot(snapshot_hash)
         if is_complete(final):
             log.info("snapshot %s already exists: nothing to do", final)
             return Snapshot.open(final)
-        write_manifest(
-            work / "out",
-            {
-                "snapshot_hash": snapshot_hash,
-                "id_type": id_type,
-                "format": source.format,
-                "counts": dict(counts),
-                "sources": _describe_sources(Path(cfg.ingest.source), source.files),
-                "split": dataclasses.asdict(cfg.split),
-                "ingest": {"on_bad_rows": cfg.ingest.on_bad_rows, "min_rating": cfg.ingest.min_rating},
-                "ignored_columns": _ignored(facts),
-                "partitioning": {"by": "user_id", "scheme": PARTITION_SCHEME, "partitions": partitions},
-            },
-        )
-        publish_dir(work / "out", final)
+        fields = {
+            "snapshot_hash": snapshot_hash,
+            "id_type": id_type,
+            "format": source.format,
+            "counts": dict(counts),
+            "sources": _describe_sources(Path(cfg.ingest.source), source.files),
+            "split": dataclasses.asdict(cfg.split),
+            "ingest": {"on_bad_rows": cfg.ingest.on_bad_rows, "min_rating": cfg.ingest.min_rating},
+            "ignored_columns": _ignored(facts),
+            "partitioning": {"by": "user_id", "scheme": PARTITION_SCHEME, "partitions": partitions},
+        }
+        files = {name: {"bytes": w["bytes"], "sha256": w["sha256"]} for name, w in written.items()}
+        publish_written(work.join("out"), final, fields, files)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     log.info("published snapshot %s (%s)", final, dict(counts))
     return Snapshot.open(final)
 

@@ -1,7 +1,8 @@
 """Ingest's work on the per-user tables, run as Ray tasks: the driver adds up small records, never rows.
 
 Each task reads its own scratch files (``data/staging.py``), writes its output
-beside them or into the snapshot folder, and returns a record: counts, the
+beside them (``fs.Location``s under the run root, which every node reaches: a
+local root's shared disk or an object store), and returns a record: counts, the
 tallies of bad rows (count + first examples per check), file digests,
 per-item evidence. A record grows with the items or the bad rows' examples,
 never with the users, so the driver's memory follows the catalog and the
@@ -13,7 +14,7 @@ of one process doing the partitions in turn.
     check_partition    validate, erase, injected-profile evidence            -> CheckRecord
     write_deviation    the partition's profiles scored against the item means (written beside)
     write_partition    set suspects aside, split, write the snapshot's files  -> WriteRecord
-    write_quarantine   one quarantine table gathered in source order, written -> its digest
+    write_quarantine   one quarantine table gathered in source order, written -> its digest + record
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import datetime as dt
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recbatch.config import SplitConfig
 from recbatch.data.profiles import ProfileEvidence, profile_evidence, rating_deviation, set_aside
@@ -46,7 +45,10 @@ from recbatch.data.validate import (
 )
 from recbatch.erasure.suppression import SuppressionList, without_erased_users
 from recbatch.errors import RecbatchError
+from recbatch.folders import write_parquet_part
+from recbatch.fs import Location
 from recbatch.layout import RunLayout
+from recbatch.parquet_io import read_parquet
 from recbatch.schemas import TIMESTAMP_TYPE, IdType
 
 ROW_GROUP_ROWS = 1 << 20
@@ -123,13 +125,13 @@ def table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def write_table(folder: Path, name: str, frame: pl.DataFrame) -> dict[str, str]:
-    """Write one snapshot file (`name` inside `folder`); returns ``{name: content digest}``."""
+def write_table(folder: Location, name: str, frame: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Write one snapshot file (`name` inside `folder`); returns ``{name: {"digest": its content digest,
+    "bytes", "sha256": its manifest record}}`` (the digest names the snapshot, the record is checked
+    against the file)."""
     table = _arrow(frame)
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
-    return {name: table_digest(table)}
+    record = write_parquet_part(table, folder.join(name), row_group_size=ROW_GROUP_ROWS)
+    return {name: {"digest": table_digest(table), **record}}
 
 
 # --------------------------------------------------------------------------- stage
@@ -142,14 +144,14 @@ class StageTask:
     facts: dict[str, TableFacts]
     id_type: IdType
     partitions: int
-    work: Path
+    work: Location
 
 
 def stage_table(task: StageTask, table: tuple[RawTable, tuple[ColumnSpec, ...]]) -> None:
     """Parse one source table and stream it into ``raw/<table>/part-PPPPP.parquet``."""
     raw, specs = table
     with raw.reading():
-        stage_by_user(parse_table(raw, specs, task.facts[raw.name], task.id_type), task.work / "raw" / raw.name,
+        stage_by_user(parse_table(raw, specs, task.facts[raw.name], task.id_type), task.work.join("raw", raw.name),
                       task.partitions)
 
 
@@ -161,9 +163,9 @@ class CheckTask:
     """What every staged partition's check needs: the good items, the source's settings, the root."""
 
     context: SourceChecks
-    root: Path  # its erasure/ folder holds recbatch forget's suppression list
+    layout: RunLayout  # its erasure/ folder holds recbatch forget's suppression list
     detect_profiles: bool  # ingest.detect_injected_profiles
-    work: Path
+    work: Location
 
 
 @dataclass
@@ -180,21 +182,23 @@ class CheckRecord:
 def check_partition(task: CheckTask, partition: int) -> CheckRecord:
     """Validate and erase one staged partition, write its clean and bad rows, and gather its evidence."""
     work = task.work
-    users = pl.read_parquet(part_path(work / "raw" / "users", partition)) if task.context.users_path is not None else None
-    part = validate_partition(pl.read_parquet(part_path(work / "raw" / "interactions", partition)), users,
+    users = None
+    if task.context.users_path is not None:
+        users = read_parquet([part_path(work.join("raw", "users"), partition)])
+    part = validate_partition(read_parquet([part_path(work.join("raw", "interactions"), partition)]), users,
                               task.context)
     counts: Counter = Counter(valid_interactions=part.interactions.height)
     reasons: Counter = Counter()
     if "interactions" in part.quarantine:
         reasons.update(dict(part.quarantine["interactions"]["reason"].value_counts().iter_rows()))
-    suppressed = SuppressionList.load(RunLayout.of(task.root))  # recbatch forget's requests
+    suppressed = SuppressionList.load(task.layout)  # recbatch forget's requests
     if suppressed is not None:
         part, erased = without_erased_users(part, suppressed)
         counts.update(erased)
-    write_part(work / "clean" / "interactions", partition, part.interactions)
-    write_part(work / "clean" / "users", partition, part.users)
+    write_part(work.join("clean", "interactions"), partition, part.interactions)
+    write_part(work.join("clean", "users"), partition, part.users)
     for name, bad in part.quarantine.items():
-        write_part(work / "bad" / name, partition, bad)
+        write_part(work.join("bad", name), partition, bad)
         counts[f"quarantined_{name}"] += bad.height
     counts["users"] += part.users.height
     evidence = profile_evidence(part.interactions) if task.detect_profiles else None
@@ -207,13 +211,13 @@ def check_partition(task: CheckTask, partition: int) -> CheckRecord:
 @dataclass(frozen=True)
 class DeviationTask:
     means: pl.DataFrame  # item_id, mean: every rated item's mean rating
-    work: Path
+    work: Location
 
 
 def write_deviation(task: DeviationTask, partition: int) -> None:
     """Score one staged partition's profiles against the item means, into ``deviation/``."""
-    interactions = pl.read_parquet(part_path(task.work / "clean" / "interactions", partition))
-    write_part(task.work / "deviation", partition, rating_deviation(interactions, task.means))
+    interactions = read_parquet([part_path(task.work.join("clean", "interactions"), partition)])
+    write_part(task.work.join("deviation"), partition, rating_deviation(interactions, task.means))
 
 
 # --------------------------------------------------------------------------- write
@@ -229,43 +233,43 @@ class WriteTask:
     split: SplitConfig
     cutoff: dt.datetime | None  # the time cut (split.global_cutoff), None for per-user protocols
     min_rating: float | None
-    work: Path
+    work: Location
 
 
 @dataclass
 class WriteRecord:
     """What the driver learns of one written snapshot partition."""
 
-    digests: dict[str, str]  # snapshot file -> content digest
+    written: dict[str, dict[str, Any]]  # snapshot file -> content digest and manifest record (write_table)
     counts: Counter  # interactions, rows per split, quarantined_profile_interactions, below_min_rating
     warm_items: pl.Series  # items with a train interaction here (the rest of the catalog is cold)
 
 
 def write_partition(task: WriteTask, partition: int) -> WriteRecord:
     """One snapshot partition: set the suspects aside, split, write interactions, users and split."""
-    clean, out = task.work / "clean", task.work / "out"
-    interactions = read_partition(clean / "interactions", partition, task.partitions, task.staged)
-    users = read_partition(clean / "users", partition, task.partitions, task.staged)
+    clean, out = task.work.join("clean"), task.work.join("out")
+    interactions = read_partition(clean.join("interactions"), partition, task.partitions, task.staged)
+    users = read_partition(clean.join("users"), partition, task.partitions, task.staged)
     counts: Counter = Counter()
     if task.suspects is not None:
         interactions, users, moved = set_aside(interactions, users, task.suspects)
         counts["quarantined_profile_interactions"] += moved.height
         if moved.height:
-            write_part(task.work / "bad" / "profiles", partition, moved)
+            write_part(task.work.join("bad", "profiles"), partition, moved)
     split = split_interactions(interactions.drop(ROW), task.split, task.cutoff)
-    digests = write_table(out, partition_file_name("interactions", partition), split.drop("split"))
-    digests |= write_table(out, partition_file_name("users", partition), users.sort("user_id"))
-    digests |= write_table(out, partition_file_name("split", partition), split)
+    written = write_table(out, partition_file_name("interactions", partition), split.drop("split"))
+    written |= write_table(out, partition_file_name("users", partition), users.sort("user_id"))
+    written |= write_table(out, partition_file_name("split", partition), split)
     counts["interactions"] += split.height
     counts.update(split_counts(split))
     if task.min_rating is not None and "rating" in split.columns:
         # kept in the snapshot (training skips them as positives); counted so it is never silent
         counts["below_min_rating"] += int((split["rating"] < task.min_rating).sum())
-    return WriteRecord(digests, counts, train_items(split))
+    return WriteRecord(written, counts, train_items(split))
 
 
-def write_quarantine(work: Path, name: str) -> dict[str, str]:
+def write_quarantine(work: Location, name: str) -> dict[str, dict[str, Any]]:
     """``quarantine/<name>.parquet`` from every partition's bad rows, in the source's row order."""
     order = ROW if name == "profiles" else "source_row"
-    bad = scan_parts(work / "bad" / name).sort(order).collect(engine="streaming")
-    return write_table(work / "out", f"quarantine/{name}.parquet", bad.drop(ROW, strict=False))
+    bad = scan_parts(work.join("bad", name)).sort(order).collect(engine="streaming")
+    return write_table(work.join("out"), f"quarantine/{name}.parquet", bad.drop(ROW, strict=False))

@@ -17,6 +17,11 @@ A user's rows are in partition ``p`` of every per-user table (``data/partition.p
 so a worker reads one partition of each and holds every row of those users
 (erasure may rename a rewritten part ``part-PPPPP-<token>.parquet``: still partition ``p``).
 Snapshots written before partitioning hold one ``<table>.parquet`` each: one partition.
+
+On an object-store root (``s3://``) the files are under the committed attempt
+its ``_SUCCESS`` marker names (recbatch/objectstore.py), and the tables are read
+as the reader contract says: marker, manifest, exactly the files it names (a
+pyarrow dataset over the Location's filesystem, scanned lazily by polars).
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ import polars as pl
 import pyarrow as pa
 
 from recbatch.data.partition import user_partition
+from recbatch.folders import read_committed
+from recbatch.fs import Location, local
+from recbatch.layout import local_path
+from recbatch.parquet_io import scan_parquet
 from recbatch.schemas import IdType
-from recbatch.storage import read_manifest
 
 TABLES = ("interactions", "items", "users", "split")
 PARTITIONED = ("interactions", "users", "split")  # one file per user partition
@@ -61,17 +69,24 @@ def partitioned_files(tables: dict[str, pa.Table], partitions: int) -> Iterator[
 
 @dataclass(frozen=True)
 class Snapshot:
-    path: Path
+    location: Location  # the snapshot folder, on a local root or an object store
     hash: str
     id_type: IdType
     manifest: dict[str, Any]
+    files_at: Location  # where the manifest's file names are: the folder, or on an object store its attempt
 
     @classmethod
-    def open(cls, path: str | Path) -> "Snapshot":
+    def open(cls, path: str | Path | Location) -> "Snapshot":
         """Open a published snapshot (raises IntegrityError when incomplete)."""
-        path = Path(path)
-        manifest = read_manifest(path)
-        return cls(path=path, hash=manifest["snapshot_hash"], id_type=manifest["id_type"], manifest=manifest)
+        location = path if isinstance(path, Location) else local(path)
+        manifest, files_at = read_committed(location)
+        return cls(location, manifest["snapshot_hash"], manifest["id_type"], manifest, files_at)
+
+    @property
+    def path(self) -> Path:
+        """The folder on a local root, for the stages that still read it with local file APIs
+        (a UsageError on an object-store root: read through ``scan``/``scan_partition`` there)."""
+        return local_path(self.location)
 
     @property
     def partitions(self) -> int:
@@ -93,12 +108,24 @@ class Snapshot:
         return sorted(path.glob(f"part-{partition:05d}*.parquet"))
 
     def scan(self, table: str) -> pl.LazyFrame:
+        if self.location.is_object_store:
+            return scan_parquet(self._named_files(table))
         path = self.table_path(table)
         return pl.scan_parquet(path / "*.parquet" if path.is_dir() else path)
 
     def scan_partition(self, table: str, partition: int) -> pl.LazyFrame:
         """The rows of one user partition: every row of those users, and no other user's."""
+        if self.location.is_object_store:
+            assert table in PARTITIONED and 0 <= partition < self.partitions, (table, partition)
+            return scan_parquet(self._named_files(table, f"part-{partition:05d}"))
         return pl.scan_parquet(self.partition_files(table, partition))
+
+    def _named_files(self, table: str, prefix: str = "") -> list[Location]:
+        """The manifest's files of `table` (its folder's files starting with `prefix`, or its one file)."""
+        assert table in TABLES, table
+        names = [n for n in sorted(self.manifest["files"]) if n == f"{table}.parquet"
+                 or (n.startswith(f"{table}/{prefix}") and n.endswith(".parquet"))]
+        return [self.files_at.join(n) for n in names]
 
     def rows_of(self, table: str, users: pl.Series, where: pl.Expr | None = None) -> pl.DataFrame:
         """Every row of `table` (matching `where`) of the given users, read a user partition at a time.

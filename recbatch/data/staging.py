@@ -13,11 +13,13 @@ of a partition are its first rows that fail.
 
 Rows without a user id go to partition 0 (they are bad rows anyway, and the
 duplicate-id check then sees all of them together, as it would whole).
+
+The scratch folder is a ``fs.Location`` under the run root, on a local disk or
+an object store: the Ray tasks that write and read these files may run on any
+node, so they must not be on the driver's disk.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -26,13 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recbatch.data.partition import matching_partitions, user_partition
+from recbatch.fs import Location, list_files
+from recbatch.parquet_io import read_parquet, scan_parquet, sink_parquet, write_parquet
 
 BATCH_ROWS = 1 << 18  # rows per streamed batch: ~tens of MB of parsed rows, whatever the table's size
 SCRATCH_COMPRESSION = "lz4"  # scratch files are read once, soon: cheap compression beats small files
 
 
-def part_path(folder: Path, partition: int) -> Path:
-    return folder / f"part-{partition:05d}.parquet"
+def part_path(folder: Location, partition: int) -> Location:
+    return folder.join(f"part-{partition:05d}.parquet")
 
 
 def _partition_of(user_ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.ndarray:
@@ -46,17 +50,18 @@ def _partition_of(user_ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.n
     return of_row
 
 
-def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
+def stage_by_user(frame: pl.LazyFrame, folder: Location, partitions: int) -> None:
     """Stream `frame` into ``folder/part-PPPPP.parquet``, one file per user partition (every one written,
     perhaps empty), rows in the frame's order within each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    whole = folder / "_whole.parquet"
-    frame.sink_parquet(whole, row_group_size=BATCH_ROWS, compression=SCRATCH_COMPRESSION, engine="streaming")
-    source = pq.ParquetFile(whole)
+    whole = folder.join("_whole.parquet")
+    sink_parquet(frame, whole, row_group_size=BATCH_ROWS, compression=SCRATCH_COMPRESSION)
+    source = pq.ParquetFile(whole.path, filesystem=whole.filesystem)
     writers: dict[int, pq.ParquetWriter] = {}
     try:
         for p in range(partitions):
-            writers[p] = pq.ParquetWriter(part_path(folder, p), source.schema_arrow, compression=SCRATCH_COMPRESSION)
+            part = part_path(folder, p)
+            writers[p] = pq.ParquetWriter(part.path, source.schema_arrow, filesystem=part.filesystem,
+                                          compression=SCRATCH_COMPRESSION)
         for group in range(source.num_row_groups):
             table = source.read_row_group(group)
             of_row = _partition_of(table.column("user_id"), partitions)
@@ -71,29 +76,33 @@ def stage_by_user(frame: pl.LazyFrame, folder: Path, partitions: int) -> None:
         for writer in writers.values():
             writer.close()
         source.close()
-        whole.unlink()
+        whole.filesystem.delete_file(whole.path)
 
 
-def write_part(folder: Path, partition: int, frame: pl.DataFrame) -> None:
+def write_part(folder: Location, partition: int, frame: pl.DataFrame) -> None:
     """One partition's scratch file of a table (``read_partition`` reads it back)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(part_path(folder, partition), compression=SCRATCH_COMPRESSION)
+    write_parquet(frame, part_path(folder, partition), compression=SCRATCH_COMPRESSION)
 
 
-def read_partition(folder: Path, partition: int, partitions: int, staged_partitions: int) -> pl.DataFrame:
+def read_partition(folder: Location, partition: int, partitions: int, staged_partitions: int) -> pl.DataFrame:
     """Partition `partition` (of `partitions`) read from files staged with `staged_partitions` partitions.
 
     Both counts are powers of two, so the users of one partition are in the
     staged files ``matching_partitions`` names; rows of other users there are dropped.
     """
     parts = [part_path(folder, q) for q in matching_partitions(partition, partitions, staged_partitions)]
-    frame = pl.read_parquet(parts)
+    frame = read_parquet(parts)
     if staged_partitions >= partitions or frame.is_empty():
         return frame
     keep = _partition_of(frame["user_id"].to_arrow(), partitions) == partition
     return frame.filter(pl.Series(keep))
 
 
-def scan_parts(folder: Path) -> pl.LazyFrame:
+def staged_parts(folder: Location) -> list[Location]:
+    """The parts written to one scratch table (none when nothing was written there)."""
+    return list_files(folder, prefix="part-")
+
+
+def scan_parts(folder: Location) -> pl.LazyFrame:
     """Every staged part of a table, as one lazy frame (for streaming whole-table questions)."""
-    return pl.scan_parquet(sorted(folder.glob("part-*.parquet")))
+    return scan_parquet(staged_parts(folder))

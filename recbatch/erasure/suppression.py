@@ -25,17 +25,27 @@ import polars as pl
 import pyarrow as pa
 
 from recbatch.data.validate import Partition
+from recbatch.fs import access, is_file
 from recbatch.layout import RunLayout
+from recbatch.parquet_io import read_parquet
 from recbatch.storage import replacing_file
 
 KEY_BYTES = 32
 
 
-def _key(layout: RunLayout, create: bool) -> bytes | None:
+def _read_key(layout: RunLayout) -> bytes | None:
+    """The root's key (on either kind of root), or None before its first erasure."""
+    key = layout.at.erasure_key
+    if not is_file(key):
+        return None
+    with access(key, "read the erasure key"), key.filesystem.open_input_stream(key.path) as f:
+        return bytes.fromhex(f.read().decode().strip())
+
+
+def _key(layout: RunLayout) -> bytes:
+    """The root's key, made on first use (recbatch forget: local roots)."""
     path = layout.erasure_key
     if not path.exists():
-        if not create:
-            return None
         path.parent.mkdir(parents=True, exist_ok=True)
         try:  # O_EXCL: two requests at once still end with one key
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -43,7 +53,9 @@ def _key(layout: RunLayout, create: bool) -> bytes | None:
                 f.write(secrets.token_hex(KEY_BYTES))
         except FileExistsError:
             pass
-    return bytes.fromhex(path.read_text().strip())
+    key = _read_key(layout)
+    assert key is not None  # made above
+    return key
 
 
 def hash_ids(key: bytes, ids: list) -> list[str]:
@@ -61,10 +73,10 @@ class SuppressionList:
     @classmethod
     def load(cls, layout: RunLayout) -> "SuppressionList | None":
         """The root's list, or None when nobody was ever erased there."""
-        key = _key(layout, create=False)
-        if key is None or not layout.suppression_list.exists():
+        key = _read_key(layout)
+        if key is None or not is_file(layout.at.suppression_list):
             return None
-        hashes = pl.read_parquet(layout.suppression_list, columns=["user_hash"])["user_hash"]
+        hashes = read_parquet([layout.at.suppression_list], columns=["user_hash"])["user_hash"]
         return cls(key, frozenset(hashes.to_list()))
 
     def erased_ids(self, ids: pl.Series) -> pl.Series:
@@ -90,7 +102,7 @@ def add_to_suppression_list(layout: RunLayout, ids: pa.Array, request_id: str) -
     Written to a temporary file and renamed over the list, so a reader finds
     the old list or the new one, never a torn file.
     """
-    key = _key(layout, create=True)
+    key = _key(layout)
     new = pl.DataFrame({"user_hash": hash_ids(key, ids.to_pylist()), "request_id": request_id})
     path = layout.suppression_list
     if path.exists():

@@ -1,0 +1,67 @@
+"""Polars frames to and from Parquet files at ``fs.Location``s, on either kind of root.
+
+Local files go through polars' own reader and writer, as they did before a root
+could be an object store. Files on an object store go through the Location's
+pyarrow filesystem: the one endpoint and credential chain of recbatch/fs.py, no
+second client with settings of its own. Lazy scans there are pyarrow datasets
+read a record batch at a time (``pl.scan_pyarrow_dataset``), so they stay as
+bounded as polars' own streaming scans.
+
+These take the files to read as a list: a caller knows them (its own parts, or
+a manifest's names, recbatch/folders.py); nothing here lists a folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import polars as pl
+import pyarrow.dataset as ds
+
+from recbatch.fs import Location, access, make_parent
+
+
+def _object_store(files: Sequence[Location]) -> bool:
+    """Whether `files` (all on one filesystem) are on an object store; refuses an empty list."""
+    if not files:
+        raise ValueError("no Parquet files to read")
+    return files[0].is_object_store
+
+
+def read_parquet(files: Sequence[Location], columns: list[str] | None = None) -> pl.DataFrame:
+    """The rows of `files` (those `columns`, default all), in order, as one frame."""
+    if not _object_store(files):
+        return pl.read_parquet([f.path for f in files], columns=columns)
+    frames = []
+    for f in files:
+        with access(f, f"read {f.key}"), f.filesystem.open_input_file(f.path) as source:
+            frames.append(pl.read_parquet(source, columns=columns))
+    return pl.concat(frames)
+
+
+def scan_parquet(files: Sequence[Location]) -> pl.LazyFrame:
+    """A lazy frame over `files`, in order (read when collected)."""
+    if not _object_store(files):
+        return pl.scan_parquet([f.path for f in files])
+    dataset = ds.dataset([f.path for f in files], filesystem=files[0].filesystem, format="parquet")
+    return pl.scan_pyarrow_dataset(dataset)
+
+
+def write_parquet(frame: pl.DataFrame, file: Location, **options: Any) -> None:
+    """Write `frame` to `file` (``options``: polars' ``write_parquet`` keywords)."""
+    make_parent(file)
+    if not file.is_object_store:
+        frame.write_parquet(file.path, **options)
+        return
+    with access(file, f"write {file.key}"), file.filesystem.open_output_stream(file.path) as out:
+        frame.write_parquet(out, **options)
+
+
+def sink_parquet(frame: pl.LazyFrame, file: Location, **options: Any) -> None:
+    """Stream `frame` into `file` with polars' streaming engine (``options``: ``sink_parquet`` keywords)."""
+    make_parent(file)
+    if not file.is_object_store:
+        frame.sink_parquet(file.path, engine="streaming", **options)
+        return
+    with access(file, f"write {file.key}"), file.filesystem.open_output_stream(file.path) as out:
+        frame.sink_parquet(out, engine="streaming", **options)
