@@ -22,6 +22,7 @@ peaks bounded by the partition and block sizes (``ingest.users_per_partition``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -143,7 +144,9 @@ def main() -> None:
     counts = sorted(int(u) for u in args.users.split(","))
     print(f"load before: {open('/proc/loadavg').read().strip()}")
     results = []
-    with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
+    # --keep: the runs stay there for a look afterwards; otherwise a temporary folder, removed at the end
+    kept = contextlib.nullcontext(tempfile.mkdtemp(prefix="bench-scale-", dir=args.keep)) if args.keep else None
+    with kept or tempfile.TemporaryDirectory() as tmp:
         encoder = tiny_encoder(Path(tmp) / "tiny-bert")
         for users in counts:
             work = Path(tmp) / f"u{users}"
