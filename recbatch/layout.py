@@ -50,7 +50,8 @@ from typing import Any
 
 from recbatch.config import StorageConfig
 from recbatch.errors import UsageError
-from recbatch.fs import Location, is_object_store_uri, locate
+from recbatch.fs import Location, is_object_store_uri, list_folders, local, locate
+from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
@@ -64,9 +65,10 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = ", ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
     return (
-        f"only {supported} does so far, the other stages still write through local paths; use a local or "
+        f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
         "shared-filesystem root for them (docs/operations.md, 'Object stores')"
     )
 
@@ -96,6 +98,9 @@ class RootLocations:
         """The folder whose staging copies (``folders.staging_for``) hold one ingest's scratch files."""
         return self.snapshots.join("ingest")
 
+    def latest_snapshot(self) -> Location | None:
+        return latest_complete(self.snapshots)
+
     # models ------------------------------------------------------------------
     @property
     def models(self) -> Location:
@@ -104,6 +109,9 @@ class RootLocations:
     def model(self, model_version: str) -> Location:
         return self.models.join(model_version)
 
+    def latest_model(self) -> Location | None:
+        return latest_complete(self.models)
+
     @property
     def checkpoints(self) -> Location:
         return self.root.join("checkpoints")
@@ -111,6 +119,11 @@ class RootLocations:
     def training_run(self, snapshot_hash: str, stamp: str) -> Location:
         """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
         return self.checkpoints.join(f"{snapshot_hash[:12]}-{stamp}")
+
+    def training_runs(self, snapshot_hash: str | None = None) -> list[Location]:
+        """Training run folders (of one snapshot, or all), oldest first (the UTC time in their names)."""
+        runs = list_folders(self.checkpoints, f"{snapshot_hash[:12]}-" if snapshot_hash else "")
+        return [run for run in runs if "-" in run.name]
 
     # embeddings --------------------------------------------------------------
     def embeddings(self, model_version: str, kind: str) -> Location:
@@ -185,7 +198,8 @@ class RunLayout:
         return local_path(self.at.snapshot(snapshot_hash))
 
     def latest_snapshot(self) -> Path | None:
-        return _latest_complete(self.snapshots)
+        latest = self.at.latest_snapshot()
+        return local_path(latest) if latest else None
 
     # models ------------------------------------------------------------------
     @property
@@ -196,7 +210,8 @@ class RunLayout:
         return local_path(self.at.model(model_version))
 
     def latest_model(self) -> Path | None:
-        return _latest_complete(self.models)
+        latest = self.at.latest_model()
+        return local_path(latest) if latest else None
 
     @property
     def checkpoints(self) -> Path:
@@ -208,10 +223,7 @@ class RunLayout:
 
     def training_runs(self, snapshot_hash: str | None = None) -> list[Path]:
         """Training run folders (of one snapshot, or all), oldest first."""
-        if not self.checkpoints.exists():
-            return []
-        pattern = f"{snapshot_hash[:12]}-*" if snapshot_hash else "*-*"
-        return sorted(p for p in self.checkpoints.glob(pattern) if p.is_dir())
+        return [local_path(run) for run in self.at.training_runs(snapshot_hash)]
 
     @staticmethod
     def training_run_snapshot(run: Path) -> str:
@@ -281,6 +293,14 @@ def _date_str(run_date: dt.date | str) -> str:
     if isinstance(run_date, dt.date):
         return run_date.isoformat()
     return dt.date.fromisoformat(run_date).isoformat()  # validates the format
+
+
+def latest_complete(parent: Location) -> Location | None:
+    """The most recently published complete child folder of `parent`, on either kind of root."""
+    if parent.is_object_store:
+        return latest_committed(parent)
+    latest = _latest_complete(Path(parent.path))
+    return local(latest) if latest else None
 
 
 def _latest_complete(parent: Path) -> Path | None:
