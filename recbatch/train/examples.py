@@ -361,6 +361,12 @@ class CatalogTensors:
         return CatalogTensors(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
+def read_parts(folder: Location) -> pl.DataFrame:
+    """The rows of a prepared folder of parts (examples or validation), in part order: the run's own
+    tasks wrote them, so they are found by name, not through a manifest."""
+    return read_parquet(list_files(folder, "part-"))
+
+
 def load_catalog(path: str | Path | Location, tokenizer, max_text_tokens: int) -> CatalogTensors:
     catalog = read_parquet([as_location(path)])
     tokens = tokenizer(
@@ -395,8 +401,8 @@ class ValidationTensors:
 
 
 def load_validation(folder: str | Path | Location, history_length: int, spec: UserFeatureSpec) -> ValidationTensors:
-    """The validation users of a prepared inputs folder: its parts, written by this run's own tasks."""
-    frame = read_parquet(list_files(as_location(folder), "part-"))
+    """The validation users of a prepared inputs folder."""
+    frame = read_parts(as_location(folder))
     n = frame.height
 
     def feature(column: str, width: int, dtype: torch.dtype) -> torch.Tensor:
