@@ -55,7 +55,7 @@ from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
