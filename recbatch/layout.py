@@ -23,11 +23,12 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   kind of root. Stages converted to object-store roots use only this face and
   write and read through recbatch/folders.py: so far the snapshot stage
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
-  ``layout.at.ingest_scratch``).
+  ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
+  latest snapshot by commit marker, inputs and Ray Train checkpoints under
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (train, embed, score, evaluate, publish, load, gc, forget, the
-  nightly). On an object-store root it refuses with a UsageError instead of
+  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
   handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
@@ -37,8 +38,11 @@ with a message naming the stage. Converting a stage: take its outputs from
 ``write_parquet_part``, ``write_manifest``, ``publish``, or ``publish_written``
 for a content-addressed output), read through ``folders.open_folder`` /
 ``read_committed`` (manifest, then exactly its files: never a listing), keep its
-scratch under the root (Ray tasks on other nodes read it), then add the command
-to ``OBJECT_STORE_STAGES`` and test it on the SeaweedFS root (tests/s3_helpers.py).
+scratch under the root (Ray tasks on other nodes read it), hand Ray Train a
+run folder as ``storage_path`` plus ``storage_filesystem`` (the Location's
+filesystem), pass workers Locations or URIs plus ``cfg.storage`` (never keys),
+then add the command to ``OBJECT_STORE_STAGES`` and test it on the SeaweedFS
+root (tests/s3_helpers.py; tests/test_train_objectstore.py is the latest example).
 """
 
 from __future__ import annotations
