@@ -21,7 +21,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -104,6 +104,11 @@ def local(path: str | os.PathLike[str]) -> Location:
     return Location(pafs.LocalFileSystem(), str(Path(path).expanduser().absolute()), "file")
 
 
+def as_location(path: "str | os.PathLike[str] | Location") -> Location:
+    """`path` as a Location: a Location as it is, any other path as a local one (``local``)."""
+    return path if isinstance(path, Location) else local(path)
+
+
 def object_store(scheme: str, storage: StorageConfig) -> pafs.FileSystem:
     """The pyarrow filesystem for `scheme` as `storage` configures it; credentials from the default chain.
 
@@ -176,18 +181,41 @@ def list_files(folder: Location, prefix: str = "") -> list[Location]:
     For a writer's own scratch files only: a published folder is read through
     its manifest (recbatch/folders.py), never listed.
     """
+    return _listed(folder, prefix, pafs.FileType.File)
+
+
+def _listed(folder: Location, prefix: str, kind: pafs.FileType) -> list[Location]:
+    """The entries of `kind` directly in `folder` whose names start with `prefix`, by name."""
     selector = pafs.FileSelector(folder.path, recursive=False, allow_not_found=True)
     with access(folder, "list"):
         infos = folder.filesystem.get_file_info(selector)
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(prefix))
+    names = sorted(i.base_name for i in infos if i.type == kind and i.base_name.startswith(prefix))
     return [folder.join(name) for name in names]
+
+
+def remove_file(location: Location) -> None:
+    """Delete the file (object) at `location`, if it is there (a writer's own scratch)."""
+    _remove(location, location.filesystem.delete_file)
+
+
+def list_folders(folder: Location, prefix: str = "") -> list[Location]:
+    """The folders (object-store prefixes) directly in `folder` whose names start with `prefix`, by name.
+
+    For outputs that are not published folders (Ray Train's run folders): a
+    published folder is found through its marker (recbatch/folders.py), never listed.
+    """
+    return _listed(folder, prefix, pafs.FileType.Directory)
 
 
 def remove_tree(location: Location) -> None:
     """Delete `location` and everything under it, if it is there (scratch nobody will publish)."""
+    _remove(location, location.filesystem.delete_dir)
+
+
+def _remove(location: Location, delete: Callable[[str], None]) -> None:
     with access(location, f"delete {location.key if location.is_object_store else location.path}"):
         try:
-            location.filesystem.delete_dir(location.path)
+            delete(location.path)
         except FileNotFoundError:
             pass
 

@@ -23,11 +23,12 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   kind of root. Stages converted to object-store roots use only this face and
   write and read through recbatch/folders.py: so far the snapshot stage
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
-  ``layout.at.ingest_scratch``).
+  ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
+  latest snapshot by commit marker, inputs and Ray Train checkpoints under
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (train, embed, score, evaluate, publish, load, gc, forget, the
-  nightly). On an object-store root it refuses with a UsageError instead of
+  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
   handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
@@ -37,8 +38,11 @@ with a message naming the stage. Converting a stage: take its outputs from
 ``write_parquet_part``, ``write_manifest``, ``publish``, or ``publish_written``
 for a content-addressed output), read through ``folders.open_folder`` /
 ``read_committed`` (manifest, then exactly its files: never a listing), keep its
-scratch under the root (Ray tasks on other nodes read it), then add the command
-to ``OBJECT_STORE_STAGES`` and test it on the SeaweedFS root (tests/s3_helpers.py).
+scratch under the root (Ray tasks on other nodes read it), hand Ray Train a
+run folder as ``storage_path`` plus ``storage_filesystem`` (the Location's
+filesystem), pass workers Locations or URIs plus ``cfg.storage`` (never keys),
+then add the command to ``OBJECT_STORE_STAGES`` and test it on the SeaweedFS
+root (tests/s3_helpers.py; tests/test_train_objectstore.py is the latest example).
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ from typing import Any
 
 from recbatch.config import StorageConfig
 from recbatch.errors import UsageError
-from recbatch.fs import Location, is_object_store_uri, locate
+from recbatch.fs import Location, is_object_store_uri, list_folders, local, locate
+from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -64,9 +69,10 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = ", ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
     return (
-        f"only {supported} does so far, the other stages still write through local paths; use a local or "
+        f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
         "shared-filesystem root for them (docs/operations.md, 'Object stores')"
     )
 
@@ -96,6 +102,9 @@ class RootLocations:
         """The folder whose staging copies (``folders.staging_for``) hold one ingest's scratch files."""
         return self.snapshots.join("ingest")
 
+    def latest_snapshot(self) -> Location | None:
+        return latest_complete(self.snapshots)
+
     # models ------------------------------------------------------------------
     @property
     def models(self) -> Location:
@@ -104,6 +113,9 @@ class RootLocations:
     def model(self, model_version: str) -> Location:
         return self.models.join(model_version)
 
+    def latest_model(self) -> Location | None:
+        return latest_complete(self.models)
+
     @property
     def checkpoints(self) -> Location:
         return self.root.join("checkpoints")
@@ -111,6 +123,11 @@ class RootLocations:
     def training_run(self, snapshot_hash: str, stamp: str) -> Location:
         """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
         return self.checkpoints.join(f"{snapshot_hash[:12]}-{stamp}")
+
+    def training_runs(self, snapshot_hash: str | None = None) -> list[Location]:
+        """Training run folders (of one snapshot, or all), oldest first (the UTC time in their names)."""
+        runs = list_folders(self.checkpoints, f"{snapshot_hash[:12]}-" if snapshot_hash else "")
+        return [run for run in runs if "-" in run.name]
 
     # embeddings --------------------------------------------------------------
     def embeddings(self, model_version: str, kind: str) -> Location:
@@ -185,7 +202,8 @@ class RunLayout:
         return local_path(self.at.snapshot(snapshot_hash))
 
     def latest_snapshot(self) -> Path | None:
-        return _latest_complete(self.snapshots)
+        latest = self.at.latest_snapshot()
+        return local_path(latest) if latest else None
 
     # models ------------------------------------------------------------------
     @property
@@ -196,7 +214,8 @@ class RunLayout:
         return local_path(self.at.model(model_version))
 
     def latest_model(self) -> Path | None:
-        return _latest_complete(self.models)
+        latest = self.at.latest_model()
+        return local_path(latest) if latest else None
 
     @property
     def checkpoints(self) -> Path:
@@ -208,10 +227,7 @@ class RunLayout:
 
     def training_runs(self, snapshot_hash: str | None = None) -> list[Path]:
         """Training run folders (of one snapshot, or all), oldest first."""
-        if not self.checkpoints.exists():
-            return []
-        pattern = f"{snapshot_hash[:12]}-*" if snapshot_hash else "*-*"
-        return sorted(p for p in self.checkpoints.glob(pattern) if p.is_dir())
+        return [local_path(run) for run in self.at.training_runs(snapshot_hash)]
 
     @staticmethod
     def training_run_snapshot(run: Path) -> str:
@@ -281,6 +297,14 @@ def _date_str(run_date: dt.date | str) -> str:
     if isinstance(run_date, dt.date):
         return run_date.isoformat()
     return dt.date.fromisoformat(run_date).isoformat()  # validates the format
+
+
+def latest_complete(parent: Location) -> Location | None:
+    """The most recently published complete child folder of `parent`, on either kind of root."""
+    if parent.is_object_store:
+        return latest_committed(parent)
+    latest = _latest_complete(Path(parent.path))
+    return local(latest) if latest else None
 
 
 def _latest_complete(parent: Path) -> Path | None:

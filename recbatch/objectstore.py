@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, check_access, remove_tree
+from recbatch.fs import Location, access, check_access, list_folders, remove_tree
 from recbatch.storage import (
     MANIFEST,
     RETIRED_GRACE_SECONDS,
@@ -201,6 +201,18 @@ def remove_stale_staging(parent: Location, now_ns: int | None = None) -> list[Lo
         if info.type == pafs.FileType.Directory:
             removed += remove_stale_attempts(parent.join(info.base_name), now_ns)
     return removed
+
+
+def latest_committed(parent: Location) -> Location | None:
+    """The folder directly under `parent` committed last (its marker's commit time, then its
+    attempt's start time), or None when none is committed. The folders are listed, their
+    markers read: nothing else under them."""
+    committed = []
+    for folder in list_folders(parent):
+        marker = None if folder.name.startswith((".", "_")) else read_marker(folder)
+        if marker is not None:
+            committed.append(((marker["committed_at"], marker["attempt"]), folder))
+    return max(committed, key=lambda c: c[0])[1] if committed else None
 
 
 def read_manifest(folder: Location) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from recbatch.config import Config
 from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.eval.gate import FLOOR_BASELINE
-from recbatch.layout import RunLayout, model_version_of
+from recbatch.layout import RunLayout, local_path, model_version_of
 from recbatch.lease import root_lease
 from recbatch.metrics import nightly_metrics, push
 from recbatch.storage import is_complete, read_manifest, remove_stale_staging
@@ -264,7 +264,7 @@ def _run_stages(
         due, reason = decide_training(cfg, latest, run_date, force_train)
         rec.details["reason"] = reason
         if due:
-            model_dir = train(cfg, snapshot, trained_for=run_date)
+            model_dir = local_path(train(cfg, snapshot, trained_for=run_date))  # the nightly runs on local roots
         else:
             model_dir = latest
             rec.status = "skipped"

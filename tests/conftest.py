@@ -489,6 +489,33 @@ def redis_cluster_tls(tmp_path):
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
 
 
+@pytest.fixture()
+def ray_with_credentials(ray_local):
+    """The session's Ray, with workers that hold the test server's keys.
+
+    A worker resolves its own credentials from its environment (in production,
+    its node's role); ``ray_local`` starts Ray with the keys set. A Ray started
+    otherwise (a multi-node test's) is restarted here with them.
+    """
+    from s3_helpers import ACCESS_KEY, credentials_env
+
+    from recbatch.config import RayConfig
+    from recbatch.runtime import ensure_ray
+
+    @ray_local.remote(num_cpus=0)
+    def worker_key() -> str | None:
+        import os
+
+        return os.environ.get("AWS_ACCESS_KEY_ID")
+
+    if ray_local.get(worker_key.remote()) != ACCESS_KEY:
+        ray_local.shutdown()
+        with pytest.MonkeyPatch.context() as env:
+            credentials_env(env)
+            ensure_ray(RayConfig(num_cpus=4))
+    return ray_local
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS) for the whole session; stopped at its end. See tests/s3_helpers.py."""

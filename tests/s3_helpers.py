@@ -177,6 +177,13 @@ class S3Root:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
+def storage_flags(root: S3Root) -> list[str]:
+    """The CLI flags that point a command at the test server (``cfg.storage``)."""
+    storage = root.storage
+    return ["--set", f"storage.endpoint={storage.endpoint}", "--set", f"storage.scheme={storage.scheme}",
+            "--set", f"storage.region={storage.region}"]
+
+
 def credentials_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -> None:
     """Credentials as a deployment gives them: the standard AWS variables (pyarrow's and boto3's default chain)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)

@@ -18,6 +18,7 @@ import pytest
 
 from recbatch.config import load_config
 from recbatch.model.features import UserFeatureSpec
+from recbatch.fs import Location
 from recbatch.train.examples import PAD, prepare_inputs
 
 L = 4
@@ -45,8 +46,9 @@ def snapshots(tmp_path_factory):
     return four, one
 
 
-def _read(path: Path) -> pl.DataFrame:
-    """A prepared table: one file, or a folder of parts."""
+def _read(prepared: Location) -> pl.DataFrame:
+    """A prepared table: one file, or a folder of parts (on a local root)."""
+    path = Path(prepared.path)
     return pl.read_parquet(path / "*.parquet" if path.is_dir() else path)
 
 
@@ -121,7 +123,7 @@ def test_examples_are_each_users_previous_train_rows_written_per_partition(ray_l
     assert prepared.num_examples == len(everything) == train_rows
     assert_same_examples(actual_examples(_read(prepared.examples)), everything)
 
-    parts = sorted(prepared.examples.glob("*.parquet"))
+    parts = sorted(Path(prepared.examples.path).glob("*.parquet"))
     assert [p.name for p in parts] == [f"part-{p:05d}.parquet" for p in range(four.partitions)]
     for p, part in enumerate(parts):  # a part holds exactly its partition's users' examples
         assert_same_examples(actual_examples(pl.read_parquet(part)), expected[p])
@@ -158,8 +160,8 @@ def test_validation_users_are_sampled_per_partition_deterministically(ray_local,
         assert set(seen) == set(train[user]) and len(seen) == len(set(seen))
         assert set(targets) == validation[user]
     partition = _partition_of(four)
-    parts = sorted(first.validation.glob("part-*.parquet"))
-    assert first.validation.is_dir() and sum(pl.read_parquet(part).height for part in parts) == 20
+    parts = sorted(Path(first.validation.path).glob("part-*.parquet"))
+    assert Path(first.validation.path).is_dir() and sum(pl.read_parquet(part).height for part in parts) == 20
     assert len({partition[u] for u in users}) > 1  # drawn from every partition, not the first ones
     for part in parts:
         p = int(part.stem.split("-")[1])

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from s3_helpers import storage_flags
 
 from recbatch import objectstore
 from recbatch.cli import main
-from recbatch.config import GenerateConfig, RayConfig, load_config
+from recbatch.config import GenerateConfig, load_config
 from recbatch.data.generate import generate_demo
 from recbatch.data.ingest import ingest
 from recbatch.data.snapshot import PARTITIONED, TABLES, Snapshot
@@ -26,32 +27,6 @@ from recbatch.layout import RunLayout
 
 SMALL = dict(users=60, items=40, topics=4, interactions_per_user=12, id_type="string")
 USERS_PER_PARTITION = 20  # 60 users -> 4 partitions: the per-partition work runs as Ray tasks
-
-
-@pytest.fixture()
-def ray_with_credentials(ray_local):
-    """The session's Ray, with workers that hold the test server's keys.
-
-    A worker resolves its own credentials from its environment (in production,
-    its node's role); ``ray_local`` starts Ray with the keys set. A Ray started
-    otherwise (a multi-node test's) is restarted here with them.
-    """
-    from s3_helpers import ACCESS_KEY, credentials_env
-
-    from recbatch.runtime import ensure_ray
-
-    @ray_local.remote(num_cpus=0)
-    def worker_key() -> str | None:
-        import os
-
-        return os.environ.get("AWS_ACCESS_KEY_ID")
-
-    if ray_local.get(worker_key.remote()) != ACCESS_KEY:
-        ray_local.shutdown()
-        with pytest.MonkeyPatch.context() as env:
-            credentials_env(env)
-            ensure_ray(RayConfig(num_cpus=4))
-    return ray_local
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +42,6 @@ def source(tmp_path_factory) -> Path:
         rating=(row % 10 + 1) / 2,
     ).write_parquet(folder / "interactions.parquet")
     return folder
-
-
-def _storage_flags(s3_root) -> list[str]:
-    storage = s3_root.storage
-    return ["--set", f"storage.endpoint={storage.endpoint}", "--set", f"storage.scheme={storage.scheme}",
-            "--set", f"storage.region={storage.region}"]
 
 
 def _config(root: str, source: Path, s3_root):
@@ -141,7 +110,7 @@ def test_a_bad_source_publishes_nothing_and_leaves_no_scratch(source, s3_root, r
     """The unknown items fail the source (ingest.on_bad_rows: fail), found by the partition tasks
     after the scratch files were written."""
     code = main(["ingest", "--root", s3_root.uri, "--source", str(source),
-                 "--set", f"ingest.users_per_partition={USERS_PER_PARTITION}", *_storage_flags(s3_root)])
+                 "--set", f"ingest.users_per_partition={USERS_PER_PARTITION}", *storage_flags(s3_root)])
     assert code == 3
     err = capsys.readouterr().err
     assert "unknown item_id" in err and "interactions.parquet" in err
@@ -153,7 +122,7 @@ def test_wrong_credentials_name_the_bucket_and_exit_non_zero(source, s3_root, mo
 
     wrong = "wr0ng-Secret-Key-7a2b"
     credentials_env(monkeypatch, secret=wrong)
-    code = main(["ingest", "--root", s3_root.uri, "--source", str(source), *_storage_flags(s3_root)])
+    code = main(["ingest", "--root", s3_root.uri, "--source", str(source), *storage_flags(s3_root)])
     err = capsys.readouterr().err
     assert code == 9
     assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
@@ -162,12 +131,12 @@ def test_wrong_credentials_name_the_bucket_and_exit_non_zero(source, s3_root, mo
 
 def test_stages_not_converted_yet_refuse_an_s3_root(tmp_path, s3_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a path "s3://..." would have become a local folder "s3:"
-    for command in ("train", "nightly", "gc"):
-        code = main([command, "--root", s3_root.uri, *_storage_flags(s3_root)])
+    for command in ("embed", "nightly", "gc"):
+        code = main([command, "--root", s3_root.uri, *storage_flags(s3_root)])
         err = capsys.readouterr().err
         assert code == 2, (command, err)
         assert f"recbatch {command} does not run on an object-store root ({s3_root.uri}) yet" in err
-        assert "only recbatch ingest does so far" in err
+        assert "only recbatch ingest and recbatch train do so far" in err
     layout = RunLayout.of(s3_root.uri, s3_root.storage)
     assert layout.at.snapshot("abc").uri == f"{s3_root.uri}/snapshots/abc"
     with pytest.raises(UsageError, match=f"{s3_root.uri}/models is on an object store, where this stage cannot run"):

@@ -296,7 +296,7 @@ def test_training_examples_carry_their_age_in_days(ray_local, small_snapshot, tm
     from recbatch.train.examples import prepare_inputs
 
     prepared = prepare_inputs(small_snapshot, tmp_path, history_length=4, use_item_ids=True, validate_users=10)
-    ages = pl.read_parquet(prepared.examples)["age_days"]
+    ages = pl.read_parquet(prepared.examples.path)["age_days"]
     train_ts = small_snapshot.split("train").collect()["ts"]
     expected = sorted((train_ts.max() - t).total_seconds() / 86400 for t in train_ts.to_list())
     assert ages.len() == len(expected) and min(expected) == 0.0 and max(expected) > 1.0

@@ -207,7 +207,7 @@ def test_zero2_two_workers_survive_a_killed_worker_and_beat_popularity(ray_local
         **{"train.zero_stage": 2, "train.epochs": 2, "train.checkpoint_every_steps": 25,
            "train.max_failures": 1, "train.keep_checkpoints": 2},
     )
-    artifact = train(cfg, snapshot)
+    artifact = Path(train(cfg, snapshot).path)  # a local root
 
     card = json.loads((artifact / "model_card.json").read_text())
     run_dir = Path(card["train_run"])
@@ -245,7 +245,7 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
 
     root, snapshot = demo_snapshot
     cfg = _train_config(root, tiny_bert_dir, **{"train.zero_stage": 3, "train.max_steps": 4, "train.checkpoint_every_steps": 1000})
-    artifact = train(cfg, snapshot)
+    artifact = Path(train(cfg, snapshot).path)  # a local root
     card = json.loads((artifact / "model_card.json").read_text())
     assert card["step"] == 4
     checkpoint = next(p for p in sorted(Path(card["train_run"]).glob("checkpoint_*")) if p.is_dir())
@@ -264,7 +264,7 @@ def test_zero3_checkpoint_exports_an_artifact_with_the_engines_scores(ray_local,
     assert snapshot == Snapshot.open(snapshot.path)
 
     # resume: the stopped run continues from its latest checkpoint (already at max_steps: same model)
-    resumed = train(cfg, snapshot, resume=True)
+    resumed = Path(train(cfg, snapshot, resume=True).path)
     assert resumed == artifact
     assert json.loads((resumed / "model_card.json").read_text())["train_run"] == card["train_run"]
 
@@ -287,7 +287,7 @@ def test_frozen_encoder_trains_the_towers_only_and_beats_popularity(ray_local, d
         **{"model.encoder": "minilm", "model.freeze_encoder": True, "model.id_dropout": 0.2,
            "train.num_workers": 1, "train.epochs": 4, "train.checkpoint_every_steps": 1000},
     )
-    artifact = train(cfg, snapshot)
+    artifact = Path(train(cfg, snapshot).path)  # a local root
     art = load_artifact(artifact)
     pretrained = AutoModel.from_pretrained(resolve_encoder("minilm")).state_dict()
     trained = art.model.item_tower.encoder.state_dict()

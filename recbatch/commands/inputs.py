@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recbatch.config import StorageConfig
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import UsageError
+from recbatch.fs import locate
 from recbatch.layout import RunLayout
 
 
-def snapshot_from(given: str | None, layout: RunLayout) -> Snapshot:
-    """The snapshot at `given`, else the latest under the root (a clear error when none)."""
-    folder = Path(given) if given else layout.latest_snapshot()
+def snapshot_from(given: str | None, layout: RunLayout, storage: StorageConfig | None = None) -> Snapshot:
+    """The snapshot at `given` (a local path, or ``s3://...`` reached as `storage` says), else the
+    latest under the root, of either kind (a clear error when none)."""
+    folder = locate(given, storage or StorageConfig()) if given else layout.at.latest_snapshot()
     if folder is None:
-        raise UsageError(f"no --snapshot given and no snapshot under {layout.snapshots}: run `recbatch ingest` first")
+        raise UsageError(f"no --snapshot given and no snapshot under {layout.at.snapshots}: run `recbatch ingest` first")
     return Snapshot.open(folder)
 
 

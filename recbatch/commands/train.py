@@ -3,9 +3,11 @@
     recbatch train --root runs/demo                                  # latest snapshot
     recbatch train --snapshot runs/demo/snapshots/<hash> --workers 2 --zero-stage 3 --max-steps 200
     recbatch train --root runs/demo --resume                         # continue the last run of that snapshot
+    recbatch train --root s3://bucket/recs --set storage.endpoint=...  # an object-store root
     recbatch train --config cluster/presets/gpu-bert-large-zero3.yaml
 
-Prints the published model artifact folder (``models/<model_version>``).
+Prints the published model artifact folder (``models/<model_version>``), a local path
+or ``s3://...`` on an object-store root (its inputs and checkpoints are there too).
 """
 
 from __future__ import annotations
@@ -46,13 +48,15 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import snapshot_from
+    from recbatch.fs import check_access
     from recbatch.layout import RunLayout
     from recbatch.model.artifact import read_model_card
     from recbatch.train.trainer import train
 
-    layout = RunLayout.of(cfg.root)
-    artifact = train(cfg, snapshot_from(args.snapshot, layout), resume=args.resume)
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    check_access(layout.at.root)  # wrong credentials or bucket: refused, naming the bucket (exit 9)
+    artifact = train(cfg, snapshot_from(args.snapshot, layout, cfg.storage), resume=args.resume)
     card = read_model_card(artifact)
-    print(json.dumps({"model": str(artifact), "model_version": card["model_version"], "step": card["step"],
+    print(json.dumps({"model": artifact.uri, "model_version": card["model_version"], "step": card["step"],
                       "metrics": card["metrics"]}, indent=2))
     return 0

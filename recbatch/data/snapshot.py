@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from recbatch.data.partition import user_partition
 from recbatch.folders import read_committed
-from recbatch.fs import Location, local
+from recbatch.fs import Location, as_location
 from recbatch.layout import local_path
 from recbatch.parquet_io import scan_parquet
 from recbatch.schemas import IdType
@@ -78,7 +78,7 @@ class Snapshot:
     @classmethod
     def open(cls, path: str | Path | Location) -> "Snapshot":
         """Open a published snapshot (raises IntegrityError when incomplete)."""
-        location = path if isinstance(path, Location) else local(path)
+        location = as_location(path)
         manifest, files_at = read_committed(location)
         return cls(location, manifest["snapshot_hash"], manifest["id_type"], manifest, files_at)
 

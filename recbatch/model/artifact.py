@@ -11,6 +11,11 @@
 ``model_version`` is a hash of every weight, the model config and the id
 vocabulary, so two artifacts with the same version score identically and the
 embedding stage may safely reuse rows keyed by it.
+
+The models folder is a ``fs.Location``: on an object-store root the artifact is
+published through recbatch/folders.py (attempt, manifest, marker) and read back
+through its marker and manifest; Hugging Face and torch read and write local
+files, so the files pass through a temporary local folder on the way.
 """
 
 from __future__ import annotations
@@ -20,20 +25,24 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+import pyarrow.fs as pafs
+
+from recbatch import folders, storage
 from recbatch.errors import IntegrityError
+from recbatch.fs import Location, access, as_location
 from recbatch.model.features import UserFeatureSpec
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig
 from recbatch.runtime import Precision, torch_dtype
-from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
 
 ARTIFACT_FORMAT = 1
 ENCODER_DIR = "encoder"
@@ -59,10 +68,15 @@ def model_version_of(model: TwoTower, item_ids: Sequence[Any], card_model: dict[
     return h.hexdigest()[:16]
 
 
-def save_artifact(
+def save_artifact(model: TwoTower, tokenizer: Any, models_dir: str | Path, **fields: Any) -> Path:
+    """``publish_artifact`` into a local folder, for callers that hold local paths."""
+    return Path(publish_artifact(model, tokenizer, as_location(models_dir), **fields).path)
+
+
+def publish_artifact(
     model: TwoTower,
     tokenizer: Any,
-    models_dir: str | Path,
+    models: Location,
     *,
     item_ids: Sequence[Any],
     user_features: UserFeatureSpec,
@@ -74,7 +88,7 @@ def save_artifact(
     loss_curve: list[dict[str, float]] | None = None,
     extra_card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the artifact to ``models_dir/<model_version>`` atomically; return that path.
+    """Publish the artifact as ``models/<model_version>``, complete or absent; return that folder.
 
     `item_ids` lists the warm ids in id-embedding row order (row i + 1).
     """
@@ -82,9 +96,45 @@ def save_artifact(
         raise ValueError(f"{len(item_ids)} item ids for {model.config.num_item_ids} id-embedding rows")
     model_cfg = dataclasses.asdict(model.config)
     version = model_version_of(model, item_ids, model_cfg)
-    final = Path(models_dir) / version
-    staging = staging_dir_for(final)
+    final = models.join(version)
+    attempt = folders.staging_for(final)
+    with _written_locally(attempt) as staging:
+        _write_files(staging, model, tokenizer, item_ids, id_type, loss_curve, {
+            "format": ARTIFACT_FORMAT,
+            "model_version": version,
+            "model": model_cfg,
+            "max_text_tokens": max_text_tokens,
+            "user_features": dataclasses.asdict(user_features),
+            "id_type": id_type,
+            "snapshot_hash": snapshot_hash,
+            "step": step,
+            "metrics": metrics or {},
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **(extra_card or {}),
+        })
+    folders.write_manifest(attempt, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
+    return folders.publish(attempt, final)
 
+
+@contextlib.contextmanager
+def _written_locally(staging: Location) -> Iterator[Path]:
+    """A local folder whose files end up in `staging`: the folder itself on a local root; on an
+    object store a temporary one, copied into the attempt when the block ends without error."""
+    if not staging.is_object_store:
+        yield Path(staging.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="recbatch-artifact-") as folder:
+        yield Path(folder)
+        with access(staging, f"upload the model files into {staging.key}"):
+            pafs.copy_files(folder, staging.path, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=staging.filesystem)
+
+
+def _write_files(
+    staging: Path, model: TwoTower, tokenizer: Any, item_ids: Sequence[Any], id_type: str,
+    loss_curve: list[dict[str, float]] | None, card: dict[str, Any],
+) -> None:
+    """The artifact's files (everything but the manifest) into a local folder."""
     encoder = model.item_tower.encoder
     encoder.save_pretrained(staging / ENCODER_DIR)
     tokenizer.save_pretrained(staging / ENCODER_DIR)
@@ -93,29 +143,14 @@ def save_artifact(
     id_arrow = pa.int64() if id_type == "int" else pa.string()
     pq.write_table(pa.table({"item_id": pa.array(list(item_ids), type=id_arrow)}), staging / VOCAB_FILE)
     (staging / LOSS_CURVE_FILE).write_text(json.dumps(loss_curve or []))
-    card = {
-        "format": ARTIFACT_FORMAT,
-        "model_version": version,
-        "model": model_cfg,
-        "max_text_tokens": max_text_tokens,
-        "user_features": dataclasses.asdict(user_features),
-        "id_type": id_type,
-        "snapshot_hash": snapshot_hash,
-        "step": step,
-        "metrics": metrics or {},
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra_card or {}),
-    }
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True))
-    write_manifest(staging, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
-    return publish_dir(staging, final)
 
 
 @dataclass
 class Artifact:
     """A loaded model ready to encode items and users (eval mode, no grad)."""
 
-    path: Path
+    path: Location  # where it was published
     model: TwoTower
     tokenizer: Any
     card: dict[str, Any]
@@ -189,23 +224,57 @@ def trained_temperature(card: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
-def read_model_card(model_dir: str | Path, *, check_complete: bool = True) -> dict[str, Any]:
+def read_model_card(model_dir: str | Path | Location, *, check_complete: bool = True) -> dict[str, Any]:
     """The card of a model artifact, without loading weights: the one reader of ``model_card.json``.
 
     `check_complete` first verifies the folder's manifest (a published artifact);
     retention reads the cards of folders that may be half-written and passes False.
+    On an object store the card is read from the committed attempt (always a published artifact).
     """
+    location = as_location(model_dir)
     if check_complete:
-        verify_manifest(model_dir, checksums=False)
-    return json.loads((Path(model_dir) / CARD_FILE).read_text())
+        folders.verify_manifest(location, checksums=False)
+    if not location.is_object_store:
+        return json.loads((Path(location.path) / CARD_FILE).read_text())
+    _, files_at = folders.read_committed(location)
+    card = files_at.join(CARD_FILE)
+    with access(card, f"read {card.key}"), card.filesystem.open_input_stream(card.path) as f:
+        return json.loads(f.read())
 
 
-def load_artifact(path: str | Path, device: str = "cpu", precision: Precision = "fp32") -> Artifact:
-    """Load a published artifact (verifies its manifest first)."""
+@contextlib.contextmanager
+def local_copy(model_dir: str | Path | Location) -> Iterator[Path]:
+    """A published artifact as a local folder, checked against its manifest (sizes and sha256 on an
+    object store, sizes locally): the folder itself on a local root; on an object store exactly the
+    manifest's files of the committed attempt, copied into a temporary folder for the block."""
+    location = as_location(model_dir)
+    if not location.is_object_store:
+        storage.verify_manifest(location.path, checksums=False)
+        yield Path(location.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="recbatch-model-") as folder, folders.open_folder(location) as pinned:
+        for name, source in pinned.files.items():
+            target = Path(folder) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with access(location, f"read {name}"):
+                target.write_bytes(source.read())
+        (Path(folder) / storage.MANIFEST).write_text(json.dumps(pinned.manifest))
+        (Path(folder) / storage.SUCCESS).touch()
+        storage.verify_manifest(folder)  # what is loaded is what was published
+        yield Path(folder)
+
+
+def load_artifact(path: str | Path | Location, device: str = "cpu", precision: Precision = "fp32") -> Artifact:
+    """Load a published artifact, on either kind of root (verifies its manifest first)."""
+    with local_copy(path) as folder:
+        return _load(folder, as_location(path), device, precision)
+
+
+def _load(path: Path, published: Location, device: str, precision: Precision) -> Artifact:
+    """Load the artifact in the local folder `path` (``published``: where it was published)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(path)
-    card = read_model_card(path)
+    card = json.loads((path / CARD_FILE).read_text())
     if card.get("format") != ARTIFACT_FORMAT:
         raise IntegrityError(f"{path}: model artifact format {card.get('format')} is not {ARTIFACT_FORMAT}")
     encoder = AutoModel.from_pretrained(path / ENCODER_DIR, trust_remote_code=False, local_files_only=True)
@@ -220,7 +289,7 @@ def load_artifact(path: str | Path, device: str = "cpu", precision: Precision = 
     torch_device = torch.device(device)
     model.to(torch_device).eval()
     return Artifact(
-        path=path,
+        path=published,
         model=model,
         tokenizer=tokenizer,
         card=card,

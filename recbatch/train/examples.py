@@ -25,7 +25,10 @@ workers index tensors directly. In the training run's inputs folder:
 
 A user's rows all lie in one partition of the snapshot (``data/partition.py``),
 so each task reads only its partition and writes its own parts; the driver
-sees only (file, rows) records and the validation sample's keys. Histories
+sees only (file, rows) records and the validation sample's keys. The inputs
+folder is a ``fs.Location``: on an object-store root it is under the root
+(``checkpoints/<run>/inputs``), where every Ray task and training worker
+reads it, never on the driver's disk. Histories
 are built with per-user ``shift`` expressions (O(n * L)), not by slicing each
 user's whole sequence per row (O(sum of squared lengths)).
 
@@ -58,9 +61,12 @@ from recbatch.data.partition import user_hash
 from recbatch.data.snapshot import Snapshot
 from recbatch.data.split import days_before_newest
 from recbatch.errors import DataValidationError
+from recbatch.fs import Location, as_location, list_files, remove_file, remove_tree
 from recbatch.model.features import UserFeatureSpec, render_item_text
+from recbatch.parquet_io import read_parquet, write_parquet
 
 PAD = -1
+CATALOG_FILE = "catalog.parquet"
 EXAMPLES_DIR = "examples"
 VALIDATION_DIR = "validation"
 _CANDIDATES_DIR = "validation-candidates"  # each partition's smallest sample keys, before the global cut
@@ -70,9 +76,9 @@ EXAMPLES_ROW_GROUP = 8192
 
 @dataclass
 class PreparedInputs:
-    catalog: Path
-    examples: Path  # folder of part-PPPPP.parquet
-    validation: Path  # folder of part-PPPPP.parquet
+    catalog: Location
+    examples: Location  # folder of part-PPPPP.parquet
+    validation: Location  # folder of part-PPPPP.parquet
     warm_item_ids: list
     user_features: UserFeatureSpec
     num_examples: int
@@ -80,8 +86,8 @@ class PreparedInputs:
     catalog_items: int  # M: rows of catalog.parquet
 
 
-def part_file(folder: Path, partition: int) -> Path:
-    return folder / f"part-{partition:05d}.parquet"
+def part_file(folder: Location, partition: int) -> Location:
+    return folder.join(f"part-{partition:05d}.parquet")
 
 
 def _positives(lf: pl.LazyFrame, min_rating: float | None) -> pl.LazyFrame:
@@ -194,7 +200,7 @@ class PartitionTask:
     min_rating: float | None
     validate_users: int
     seed: int
-    out: Path
+    out: Location
     objective: str = "per_interaction"  # train.objective
 
 
@@ -234,8 +240,7 @@ def prepare_partition(task: PartitionTask, partition: int) -> PartitionRecord:
         .collect()
         .sample(fraction=1.0, shuffle=True, seed=_part_seed(task.seed, partition))
     )
-    examples_dir = task.out / EXAMPLES_DIR
-    examples.write_parquet(part_file(examples_dir, partition), row_group_size=EXAMPLES_ROW_GROUP)
+    write_parquet(examples, part_file(task.out.join(EXAMPLES_DIR), partition), row_group_size=EXAMPLES_ROW_GROUP)
 
     per_user = train.group_by("user_id").agg(
         seen=pl.col("row").unique(maintain_order=True),
@@ -253,19 +258,19 @@ def prepare_partition(task: PartitionTask, partition: int) -> PartitionRecord:
     candidates = candidates.with_columns(sample_key=pl.Series(keys, dtype=pl.UInt64)).sort("sample_key").head(
         task.validate_users
     )
-    candidates.write_parquet(part_file(task.out / _CANDIDATES_DIR, partition))
+    write_parquet(candidates, part_file(task.out.join(_CANDIDATES_DIR), partition))
     return PartitionRecord(examples.height, candidates["sample_key"].to_list())
 
 
 def keep_sampled(task: PartitionTask, partition: int, threshold: int | None) -> int:
     """Cut one partition's candidates to the sampled users (key <= `threshold`; all when None)."""
-    candidates = part_file(task.out / _CANDIDATES_DIR, partition)
-    frame = pl.read_parquet(candidates)
+    candidates = part_file(task.out.join(_CANDIDATES_DIR), partition)
+    frame = read_parquet([candidates])
     if threshold is not None:
         frame = frame.filter(pl.col("sample_key") <= threshold)
     frame = frame.drop("sample_key").sort("user_id")
-    frame.write_parquet(part_file(task.out / VALIDATION_DIR, partition))
-    candidates.unlink()
+    write_parquet(frame, part_file(task.out.join(VALIDATION_DIR), partition))
+    remove_file(candidates)
     return frame.height
 
 
@@ -276,7 +281,7 @@ def _merge_smallest(smallest: list[int], keys: list[int], validate_users: int) -
 
 def prepare_inputs(
     snapshot: Snapshot,
-    out_dir: str | Path,
+    out_dir: str | Path | Location,
     *,
     history_length: int,
     use_item_ids: bool,
@@ -285,7 +290,8 @@ def prepare_inputs(
     seed: int = 0,
     objective: str = "per_interaction",
 ) -> PreparedInputs:
-    """Write the catalog (driver) and the examples and validation parts (Ray tasks) into `out_dir`.
+    """Write the catalog (driver) and the examples and validation parts (Ray tasks) into `out_dir`
+    (a local folder, or a Location under an object-store root that every task reaches).
 
     `objective` (``train.objective``) says what an example is: an interaction or a causal window.
 
@@ -293,11 +299,9 @@ def prepare_inputs(
     """
     import ray
 
-    out = Path(out_dir)
-    for folder in (out, out / EXAMPLES_DIR, out / VALIDATION_DIR, out / _CANDIDATES_DIR):
-        folder.mkdir(parents=True, exist_ok=True)
+    out = as_location(out_dir)
     catalog = build_catalog(snapshot, use_item_ids, min_rating)
-    catalog.frame.write_parquet(out / "catalog.parquet")
+    write_parquet(catalog.frame, out.join(CATALOG_FILE))
     rows = catalog.frame.select("item_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
     spec = UserFeatureSpec.from_users(snapshot.users())
     task = ray.put(PartitionTask(
@@ -324,11 +328,11 @@ def prepare_inputs(
     threshold = smallest[validate_users - 1] if len(smallest) > validate_users else None
     keep = ray.remote(num_cpus=1)(keep_sampled)
     validation_users = sum(ray.get([keep.remote(task, p, threshold) for p in partitions]))
-    (out / _CANDIDATES_DIR).rmdir()
+    remove_tree(out.join(_CANDIDATES_DIR))  # empty by now: each task removed its own part
     return PreparedInputs(
-        catalog=out / "catalog.parquet",
-        examples=out / EXAMPLES_DIR,
-        validation=out / VALIDATION_DIR,
+        catalog=out.join(CATALOG_FILE),
+        examples=out.join(EXAMPLES_DIR),
+        validation=out.join(VALIDATION_DIR),
         warm_item_ids=catalog.warm_item_ids,
         user_features=spec,
         num_examples=num_examples,
@@ -357,8 +361,14 @@ class CatalogTensors:
         return CatalogTensors(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
-def load_catalog(path: str | Path, tokenizer, max_text_tokens: int) -> CatalogTensors:
-    catalog = pl.read_parquet(path)
+def read_parts(folder: Location) -> pl.DataFrame:
+    """The rows of a prepared folder of parts (examples or validation), in part order: the run's own
+    tasks wrote them, so they are found by name, not through a manifest."""
+    return read_parquet(list_files(folder, "part-"))
+
+
+def load_catalog(path: str | Path | Location, tokenizer, max_text_tokens: int) -> CatalogTensors:
+    catalog = read_parquet([as_location(path)])
     tokens = tokenizer(
         catalog["text"].to_list(), max_length=max_text_tokens, padding=True, truncation=True, return_tensors="pt"
     )
@@ -390,8 +400,9 @@ class ValidationTensors:
     user_num: torch.Tensor  # [U, F] float32
 
 
-def load_validation(path: str | Path, history_length: int, spec: UserFeatureSpec) -> ValidationTensors:
-    frame = pl.read_parquet(path)
+def load_validation(folder: str | Path | Location, history_length: int, spec: UserFeatureSpec) -> ValidationTensors:
+    """The validation users of a prepared inputs folder."""
+    frame = read_parts(as_location(folder))
     n = frame.height
 
     def feature(column: str, width: int, dtype: torch.dtype) -> torch.Tensor:

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from recbatch.config import TrainConfig
+from recbatch.config import StorageConfig, TrainConfig
+from recbatch.fs import Location, is_file, locate, make_parent
 from recbatch.testing import FAIL_AT_STEP
 from recbatch.model.features import UserFeatureSpec
 from recbatch.model.loss import candidate_log_q, full_softmax_loss, two_tower_loss
@@ -88,12 +89,17 @@ class LoopConfig:
     extra_negatives: int
     freeze_encoder: bool
     max_text_tokens: int
-    catalog_path: str
+    catalog_path: str  # a local path or an object-store URI (reached as `storage` says)
     validation_path: str
     total_steps: int
     objective: str = "per_interaction"  # train.objective
     full_softmax: bool = False  # causal: every position scored against the whole catalog (it fits)
     fail_at_step: int | None = None  # test-only fault hook (recbatch.testing): the last rank dies once here
+    storage: dict[str, Any] = field(default_factory=dict)  # cfg.storage: how an object-store path is reached
+
+    def locate(self, path: str) -> Location:
+        """One of the paths above as a Location (this worker resolves its own credentials)."""
+        return locate(path, StorageConfig(**self.storage))
 
 
 def parameter_groups(model: TwoTower, train: TrainConfig) -> tuple[list[dict[str, Any]], list[float]]:
@@ -271,10 +277,12 @@ def die_once(cfg: LoopConfig, step: int, rank: int) -> None:
     Once per run even if the restart begins before the controller has registered
     the last checkpoint: a marker beside the prepared inputs says it fired.
     """
-    marker = Path(cfg.catalog_path).parent / "fault_injected"
-    if marker.exists():
+    marker = cfg.locate(cfg.catalog_path).parent.join("fault_injected")
+    if is_file(marker):
         return
-    marker.touch()
+    make_parent(marker)
+    with marker.filesystem.open_output_stream(marker.path):
+        pass
     if cfg.train["max_failures"] != 0:
         # Let the controller register the last reported checkpoint first (it polls
         # workers every few seconds), so the restart resumes from it as a real
@@ -373,8 +381,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
     model, tokenizer = build_two_tower(cfg.encoder_dir, TwoTowerConfig(**cfg.tower), cfg.freeze_encoder)
     spec = UserFeatureSpec(**cfg.user_features)
-    catalog = load_catalog(cfg.catalog_path, tokenizer, cfg.max_text_tokens)
-    validation = load_validation(cfg.validation_path, model.config.history_length, spec)
+    catalog = load_catalog(cfg.locate(cfg.catalog_path), tokenizer, cfg.max_text_tokens)
+    validation = load_validation(cfg.locate(cfg.validation_path), model.config.history_length, spec)
 
     groups, peaks = parameter_groups(model, train_cfg)
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate)

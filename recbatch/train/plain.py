@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import polars as pl
 import torch
 
 from recbatch.config import Config
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
-from recbatch.train.examples import PreparedInputs, load_catalog
+from recbatch.train.examples import PreparedInputs, load_catalog, read_parts
 from recbatch.train.loop import LoopConfig, batch_tensors, parameter_groups, step_loss
 from recbatch.train.validation import pooled_catalog
 
@@ -41,7 +40,7 @@ def train_plain(cfg: Config, loop: LoopConfig, prepared: PreparedInputs, steps: 
     catalog = load_catalog(prepared.catalog, tokenizer, loop.max_text_tokens)
     groups, _ = parameter_groups(model, cfg.train)
     optimizer = torch.optim.AdamW(groups)
-    examples = pl.read_parquet(prepared.examples)
+    examples = read_parts(prepared.examples)
     B = cfg.train.batch_size
     model.eval()
     pooled = pooled_catalog(model, catalog, torch.arange(catalog.size), torch.device("cpu"))

@@ -11,6 +11,11 @@ Train's storage for that run (checkpoints, kept per ``train.keep_checkpoints``)
 plus ``inputs/`` (the prepared catalog and Parquet parts, train/examples.py).
 ``resume=True`` reopens the most recent run of the same snapshot; Ray Train then
 hands every worker its latest checkpoint, exactly as after a worker failure.
+
+The root may be an object store (``s3://``): the run folder is then a prefix
+there, handed to Ray Train as ``storage_path`` plus the root's pyarrow
+filesystem, so the inputs and checkpoints are where every worker on every node
+reads them, and the artifact is published through recbatch/folders.py.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from recbatch import testing
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import StageFailed, UsageError
+from recbatch.fs import Location, check_access
 from recbatch.layout import RunLayout
-from recbatch.model.artifact import save_artifact, tower_config
+from recbatch.model.artifact import publish_artifact, tower_config
 from recbatch.model.encoder import resolve_encoder
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
 from recbatch.runtime import ensure_ray, require_resources, resolve_use_gpu
@@ -41,15 +47,15 @@ log = logging.getLogger(__name__)
 INPUTS_DIR = "inputs"
 
 
-def run_directory(layout: RunLayout, snapshot: Snapshot, resume: bool) -> Path:
+def run_directory(layout: RunLayout, snapshot: Snapshot, resume: bool) -> Location:
     """A new run folder, or with `resume` the most recent one for this snapshot."""
     if resume:
-        runs = layout.training_runs(snapshot.hash)
+        runs = layout.at.training_runs(snapshot.hash)
         if not runs:
-            raise UsageError(f"--resume: no training run of snapshot {snapshot.hash} under {layout.checkpoints}")
+            raise UsageError(f"--resume: no training run of snapshot {snapshot.hash} under {layout.at.checkpoints}")
         return runs[-1]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    return layout.training_run(snapshot.hash, stamp)
+    return layout.at.training_run(snapshot.hash, stamp)
 
 
 def steps_per_epoch(num_examples: int, cfg: Config) -> int:
@@ -85,8 +91,8 @@ def _check_cpus_left_for_data(cfg: Config) -> None:
     )
 
 
-def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt.date | None = None) -> Path:
-    """Fine-tune the two towers on `snapshot` with Ray Train + DeepSpeed; return the artifact dir.
+def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt.date | None = None) -> Location:
+    """Fine-tune the two towers on `snapshot` with Ray Train + DeepSpeed; return the artifact folder.
 
     `trained_for`: the nightly run date this model is for, kept in the card (``trained_for``) so the
     retraining cadence counts in run dates, never by the wall clock.
@@ -96,14 +102,15 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     from ray.train.torch import TorchTrainer
 
     fail_at_step = _fault_injection(cfg)
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    check_access(layout.at.root)  # a wrong bucket or credentials: refused, naming the bucket, before any work
     ensure_ray(cfg.ray)
     _check_cpus_left_for_data(cfg)
-    layout = RunLayout.of(cfg.root)
     encoder_dir = resolve_encoder(cfg.model.encoder)
     run_dir = run_directory(layout, snapshot, resume)
     prepared = prepare_inputs(
         snapshot,
-        run_dir / INPUTS_DIR,
+        run_dir.join(INPUTS_DIR),
         history_length=cfg.model.history_length,
         use_item_ids=cfg.model.use_item_id_embedding,
         validate_users=cfg.train.validate_users,
@@ -123,7 +130,8 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
         resources["GPU"] = 1
     # The parts are read in a new seeded order every epoch (see train/examples.py: why no global shuffle).
     dataset = ray.data.read_parquet(
-        str(prepared.examples),
+        prepared.examples.path,
+        filesystem=prepared.examples.filesystem,
         shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed, reseed_after_execution=True),
         override_num_blocks=max(4, 2 * cfg.train.num_workers),
     )
@@ -133,7 +141,7 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent.resolve()),
+            **_run_storage(run_dir.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg)},
@@ -153,12 +161,19 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
             encoder_dir,
             tower,
             prepared,
-            layout.models,
+            layout.at.models,
             cfg=cfg,
             snapshot=snapshot,
-            extra_card={"train_run": str(run_dir), "total_steps": total_steps, "num_workers": cfg.train.num_workers,
+            extra_card={"train_run": run_dir.uri, "total_steps": total_steps, "num_workers": cfg.train.num_workers,
                         **({"trained_for": trained_for.isoformat()} if trained_for else {})},
         )
+
+
+def _run_storage(checkpoints: Location) -> dict[str, Any]:
+    """Ray Train's ``storage_path`` (and on an object store ``storage_filesystem``) for `checkpoints`."""
+    if checkpoints.is_object_store:
+        return {"storage_path": checkpoints.path, "storage_filesystem": checkpoints.filesystem}
+    return {"storage_path": str(Path(checkpoints.path).resolve())}
 
 
 def make_loop_config(
@@ -177,8 +192,9 @@ def make_loop_config(
         extra_negatives=cfg.model.extra_negatives,
         freeze_encoder=cfg.model.freeze_encoder,
         max_text_tokens=cfg.model.max_text_tokens,
-        catalog_path=str(prepared.catalog),
-        validation_path=str(prepared.validation),
+        catalog_path=prepared.catalog.uri,
+        validation_path=prepared.validation.uri,
+        storage=dataclasses.asdict(cfg.storage),
         total_steps=total_steps,
         objective=cfg.train.objective,
         full_softmax=prepared.catalog_items <= cfg.model.full_softmax_items,
@@ -218,20 +234,20 @@ def export_artifact(
     encoder_dir: str,
     tower: TwoTowerConfig,
     prepared: PreparedInputs,
-    models_dir: Path,
+    models: Location,
     *,
     cfg: Config,
     snapshot: Snapshot,
     extra_card: dict[str, Any] | None = None,
-) -> Path:
-    """Turn a training checkpoint into the DeepSpeed-free inference artifact (published atomically)."""
+) -> Location:
+    """Turn a training checkpoint into the DeepSpeed-free inference artifact (published complete or absent)."""
     model, tokenizer = build_two_tower(encoder_dir, dataclasses.replace(tower))
     load_weights(model, consolidated_state_dict(checkpoint_dir), checkpoint_dir)
     state = TrainState(**json.loads((checkpoint_dir / STATE_FILE).read_text()))
-    return save_artifact(
+    return publish_artifact(
         model,
         tokenizer,
-        models_dir,
+        models,
         item_ids=prepared.warm_item_ids,
         user_features=prepared.user_features,
         max_text_tokens=cfg.model.max_text_tokens,

@@ -1,0 +1,110 @@
+"""The train stage on an object-store root (``s3://``), against a real S3 server (SeaweedFS).
+
+``recbatch train`` on an ``s3://`` root reads the snapshot there, prepares its
+inputs and keeps Ray Train's checkpoints under the root (where every worker
+reaches them), and publishes the artifact there through the object-store
+protocol; the artifact loads from the store and scores as the same training on
+a local root does. Nothing lands in a local folder named ``s3:``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from s3_helpers import credentials_env, storage_flags
+
+from recbatch import objectstore
+from recbatch.cli import main
+from recbatch.folders import publish, read_committed, staging_for, write_manifest, write_parquet_part
+from recbatch.layout import RunLayout
+from recbatch.model.artifact import load_artifact, read_model_card
+
+# A few steps of a tiny model: the test is about where things are written, not about learning.
+TRAIN = ["--workers", "1", "--max-steps", "2", "--batch-size", "8", "--epochs", "3", "--zero-stage", "1",
+         "--precision", "fp32", "--gpu", "false", "--set", "model.embedding_dim=8", "--set", "model.history_length=4",
+         "--set", "model.max_text_tokens=16", "--set", "train.validate_users=10"]
+
+
+def _printed(out: str) -> dict:
+    return json.loads(out[out.index("{"):])
+
+
+def test_train_on_an_s3_root_publishes_there_what_a_local_root_gets_and_resumes(
+    tmp_path, s3_root, tiny_bert_dir, ray_with_credentials, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # where a path "s3://..." would have become a local folder "s3:"
+    source, local_root = tmp_path / "source", tmp_path / "root"
+    flags = [*TRAIN, "--encoder", str(tiny_bert_dir), *storage_flags(s3_root)]
+    assert main(["generate", "--out", str(source), "--users", "40", "--items", "30", "--root", str(local_root)]) == 0
+    for root in (str(local_root), s3_root.uri):
+        assert main(["ingest", "--source", str(source), "--root", root, *storage_flags(s3_root)]) == 0
+    capsys.readouterr()
+
+    assert main(["train", "--root", str(local_root), *flags]) == 0
+    here = _printed(capsys.readouterr().out)
+    assert main(["train", "--root", s3_root.uri, *flags]) == 0
+    there = _printed(capsys.readouterr().out)
+
+    # the same seed and data: the same weights, so the same model version, published on the store
+    assert there["model_version"] == here["model_version"] and there["step"] == here["step"] == 2
+    model = s3_root.locate("models", there["model_version"])
+    assert there["model"] == model.uri
+    manifest, files_at = read_committed(model)
+    assert {"encoder/config.json", "towers.pt", "model_card.json", "item_vocab.parquet"} <= set(manifest["files"])
+    card = read_model_card(model)
+    assert card["model_version"] == there["model_version"] and card["trained"] is True
+
+    # it loads from the store and scores exactly as the local one
+    mine, theirs = load_artifact(model), load_artifact(here["model"])
+    assert mine.path == model and mine.item_index == theirs.item_index
+    texts, ids = ["a quiet drama", "space opera lasers"], list(theirs.item_index)[:2]
+    assert torch.equal(mine.encode_items(texts, ids), theirs.encode_items(texts, ids))
+
+    # inputs and checkpoints are under the root on the store (every worker reads them there)
+    run = card["train_run"]
+    assert run.startswith(f"{s3_root.uri}/checkpoints/")
+    run_keys = [k for k in s3_root.keys() if f"s3://{k}".startswith(run + "/")]
+    assert any("/checkpoint_" in k and k.endswith("/state/mp_rank_00_model_states.pt") for k in run_keys), run_keys
+    assert any(k.endswith("/inputs/examples/part-00000.parquet") for k in run_keys), run_keys
+    local_names = {p.name for p in Path(tmp_path).rglob("*")}
+    assert not any(n.startswith("s3:") for n in local_names) and s3_root.bucket not in local_names
+
+    # --resume continues the last run of the snapshot from its checkpoint there (already at max-steps)
+    marker = objectstore.read_marker(model)
+    assert main(["train", "--root", s3_root.uri, "--resume", *flags]) == 0
+    resumed = _printed(capsys.readouterr().out)
+    assert resumed["model_version"] == there["model_version"]
+    assert read_model_card(model)["train_run"] == run and objectstore.read_marker(model)["attempt"] != marker["attempt"]
+
+
+def test_train_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    wrong = "wr0ng-Secret-Key-7a2b"
+    credentials_env(monkeypatch, secret=wrong)
+    code = main(["train", "--root", s3_root.uri, *TRAIN, *storage_flags(s3_root)])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
+    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "model"])
+def test_the_latest_output_on_an_s3_root_is_the_last_committed(s3_root, kind):
+    """``recbatch train`` without --snapshot takes the latest snapshot: on a store, by commit marker."""
+    layout = RunLayout.of(s3_root.uri, s3_root.storage)
+    parent = layout.at.snapshots if kind == "snapshot" else layout.at.models
+    latest = layout.at.latest_snapshot if kind == "snapshot" else layout.at.latest_model
+    assert latest() is None
+    for name in ("b-first", "a-second"):  # committed in this order: names do not decide
+        folder = parent.join(name)
+        attempt = staging_for(folder)
+        record = write_parquet_part(pa.table({"x": [1]}), attempt.join("part-00000.parquet"))
+        write_manifest(attempt, {}, files={"part-00000.parquet": record})
+        publish(attempt, folder)
+    stray = parent.join("c-uncommitted")  # a killed writer's attempt: no marker, never the latest
+    write_parquet_part(pa.table({"x": [1]}), staging_for(stray).join("part-00000.parquet"))
+    assert latest() == parent.join("a-second")
