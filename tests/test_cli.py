@@ -147,32 +147,3 @@ def test_evaluate_config_baselines_on_the_validation_split(ray_local, tmp_path, 
     model.mkdir()
     code = cli.main(["evaluate", "--model", f"m={model}", "--split", "validation", *common])
     assert code == 2 and "--model is evaluated on the test split only" in capsys.readouterr().err
-
-
-@pytest.mark.ray
-def test_train_flags_reach_the_published_model(ray_local, tmp_path, tiny_bert_dir, capsys):
-    """``recbatch train`` on the latest snapshot: the flags land in the model card, the printed
-    folder is a complete artifact of that version."""
-    import json
-
-    root, source = tmp_path / "root", tmp_path / "src"
-    common = ["--root", str(root)]
-    assert cli.main(["generate", "--out", str(source), "--users", "40", "--items", "30", *common]) == 0
-    assert cli.main(["ingest", "--source", str(source), *common]) == 0
-    capsys.readouterr()
-    code = cli.main(["train", *common, "--workers", "1", "--max-steps", "2", "--batch-size", "8", "--epochs", "3",
-                     "--encoder", str(tiny_bert_dir), "--zero-stage", "1", "--precision", "fp32", "--gpu", "false",
-                     "--set", "model.embedding_dim=8", "--set", "model.history_length=4",
-                     "--set", "model.max_text_tokens=16", "--set", "train.validate_users=10"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    printed = json.loads(out[out.index("{"):])
-    model = Path(printed["model"])
-    assert model.parent == RunLayout.of(root).models and model.name == printed["model_version"]
-    verify_manifest(model)
-    card = json.loads((model / "model_card.json").read_text())
-    assert printed["step"] == card["step"] == card["total_steps"] == 2  # --max-steps caps --epochs
-    train = card["config"]["train"]
-    assert (train["num_workers"], train["batch_size"], train["epochs"], train["zero_stage"]) == (1, 8, 3, 1)
-    assert (train["precision"], train["use_gpu"]) == ("fp32", "false")
-    assert card["config"]["model"]["encoder"] == str(tiny_bert_dir) and "trained_for" not in card
