@@ -3,6 +3,7 @@
     .venv/bin/python bench/quality.py [--data ../shared/data/ml-latest-small] [--root /tmp/recbatch-quality]
         [--model leave_last_n=DIR --model temporal=DIR]   # two-tower artifacts trained on that protocol's snapshot
         [--backtest-model temporal=DIR]                   # one trained on the temporal backtest snapshot
+        [--protocols leave_last_n] [--baselines bpr,sasrec] [--set train.seed=1 ...]   # a part; another seed
     .venv/bin/python bench/quality.py --scale-users 1000000   # evaluation time and peak memory at scale
     .venv/bin/python bench/quality.py --write-history DIR      # ml-latest-small minus each user's last 5, as a release
     .venv/bin/python bench/quality.py --next-items NAME=RUN_DIR [--next-items ...]   # published lists vs the last 5
@@ -53,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recbatch.config import Config  # noqa: E402
+from recbatch.config import Config, parse_override  # noqa: E402
 from recbatch.data.ingest import ingest  # noqa: E402
 from recbatch.eval.baselines import run_baseline  # noqa: E402
 from recbatch.eval.holdout import evaluate_model  # noqa: E402
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PROTOCOL=DIR")
     parser.add_argument("--backtest-model", action="append", default=[], metavar="PROTOCOL=DIR",
                         help="temporal: a model trained on the backtest snapshot, to pick the scoring settings on")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key of every protocol (repeatable): train.seed=1 seeds the baselines")
     parser.add_argument("--scale-users", type=int, help="only measure evaluation at this many users")
     parser.add_argument("--write-history", metavar="DIR", help="write ml-latest-small minus each user's last 5 to DIR")
     parser.add_argument("--next-items", action="append", default=[], metavar="NAME=RUN_DIR",
@@ -93,7 +96,7 @@ def main() -> None:
     backtest_models = dict(spec.split("=", 1) for spec in args.backtest_model)
 
     for protocol in args.protocols.split(","):
-        cfg = protocol_config(protocol, args.data, args.root)
+        cfg = protocol_config(protocol, args.data, args.root, dict(parse_override(o) for o in args.overrides))
         started = time.perf_counter()
         snapshot = ingest(cfg)
         counts = snapshot.counts
@@ -127,9 +130,10 @@ def main() -> None:
         print(f"report: {report}")
 
 
-def protocol_config(protocol: str, data: str | Path, root: str | Path) -> Config:
+def protocol_config(protocol: str, data: str | Path, root: str | Path, overrides: dict | None = None) -> Config:
     """The config `protocol`'s snapshot is ingested with and every model on it ranked (K = 100) and scored with."""
-    return Config().with_overrides({"root": str(root), "ingest.source": str(data), "score.k": 100, **PROTOCOLS[protocol]})
+    return Config().with_overrides(
+        {"root": str(root), "ingest.source": str(data), "score.k": 100, **PROTOCOLS[protocol], **(overrides or {})})
 
 
 def run_baselines(names: list[str], snapshot, cfg: Config, root: Path) -> tuple[list, dict[str, float]]:

@@ -7,7 +7,8 @@ what a simple method gets on the same split. So every baseline here
 - picks its hyper-parameters from a small grid by ``eval.gate_metric`` on the
   ``validation`` carve-out (fit on ``train``, rank for validation users),
   then refits on ``train`` + ``validation`` -- everything before the test rows,
-  exactly the history the two-tower scores from,
+  exactly the history the two-tower scores from -- reusing what the chosen fit
+  picked on its own (``Baseline.refit_params``: SASRec's epoch count),
 - ranks through the scoring stage's own rules (``score/ranking.py``, bound
   to a catalog by `ListRules`: eligibility, ``score.filter_seen``,
   ``filter_unavailable``, ``blocklist``, kernel settings, ties by item id) and
@@ -234,6 +235,11 @@ class Baseline:
     def fit(self, data: TrainingData) -> None:
         self._user_vectors, self._item_vectors = self.vectors(data)
 
+    def refit_params(self) -> dict[str, Any]:
+        """What this fit chose on its own that the refit on train + validation reuses (default:
+        nothing); SASRec's early-stopped epoch count, so the refit does not search for it again."""
+        return {}
+
     def vectors(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -369,7 +375,11 @@ class SASRecBaseline(Baseline):
     The sequential reference for a model whose user tower is itself a
     transformer over recent items. The architecture is the paper's; the
     learning rate is picked on validation (on small logs the lower one plateaus
-    before early stopping lets it learn the order), the epochs by early stopping.
+    before early stopping lets it learn the order), the epochs by early stopping
+    on the grid's fits (each user's last train item). The refit on train +
+    validation trains at most the chosen fit's epoch count (``max_epochs``), still
+    keeping its best check on each user's validation item: the epoch search, the
+    costly part on a CPU, is paid once per grid point and not again.
     """
 
     name = "sasrec"
@@ -378,8 +388,12 @@ class SASRecBaseline(Baseline):
     def vectors(self, data):
         from recbatch.eval.sasrec import SASRecConfig, fit_sasrec, user_vectors
 
-        model = fit_sasrec(data.sequences, data.matrix.shape[1], SASRecConfig(seed=self.seed, **self.params))
+        model, self.training = fit_sasrec(
+            data.sequences, data.matrix.shape[1], SASRecConfig(seed=self.seed, **self.params))
         return user_vectors(model, data.sequences), model.item_vectors().detach().numpy()  # [U, H], [N, H]
+
+    def refit_params(self):
+        return {"max_epochs": self.training.best_epochs}
 
 
 class DenseScoreBaseline(Baseline):
@@ -507,7 +521,8 @@ def tune(
     """Pick the grid point with the best ``eval.gate_metric`` on the validation split.
 
     `users` limits the validation users ranked (the gate's fixed slice); None = all.
-    Returns (best params, one record per grid point with its validation value).
+    Returns (the refit's params: the best point's, plus what its fit chose itself
+    (``Baseline.refit_params``), one record per grid point with its validation value).
     """
     cls = baseline_class(name)
     metric = cfg.eval.gate_metric
@@ -533,10 +548,10 @@ def tune(
             recs.lazy(), validation, snapshot.split("train"), snapshot.items(),
             ks=[k], name=name, source=f"{name} validation lists", max_k=k,
         )
-        trials.append({"params": params, metric: result.metrics()[metric]})
+        trials.append({"params": params, metric: result.metrics()[metric], "refit": model.refit_params()})
         log.info("%s %s: validation %s = %.4f", name, params, metric, trials[-1][metric])
     best = max(trials, key=lambda t: t[metric])
-    return best["params"], trials
+    return {**best["params"], **best["refit"]}, trials
 
 
 @dataclass

@@ -143,11 +143,11 @@ def topk(
 
     starts = range(0, n_users, user_block)
     if device.type != "cpu" or threads <= 1:
-        with _torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+        with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
             for start in starts:
                 score_block(start)
         return out_idx, out_val
-    with _torch_threads(1), ThreadPoolExecutor(threads) as pool:
+    with torch_threads(1), ThreadPoolExecutor(threads) as pool:
         list(pool.map(score_block, starts))  # list(): re-raise any block's error
     return out_idx, out_val
 
@@ -178,7 +178,8 @@ def _native_kernel(kernel: str, device: torch.device, build: native.NativeBuild 
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch's intra-op pool at `n` threads, then restore it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
