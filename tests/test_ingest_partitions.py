@@ -195,3 +195,21 @@ def test_bad_input_found_in_a_task_reaches_the_driver_as_its_own_error(tmp_path)
     with pytest.raises(DataValidationError) as raised:
         next(results)
     assert str(raised.value) == f"{tmp_path}: partition 1 is bad"
+
+
+def test_tasks_run_a_window_at_a_time_and_a_closed_map_submits_no_more(tmp_path, ray_local):
+    """At most a task per cluster CPU is in flight; once the caller stops, the running ones are waited
+    for (never ``ray.cancel``led: that races a finishing task inside Ray) and nothing more is submitted."""
+    drawn: list[int] = []
+
+    def keys():
+        for key in range(100):
+            drawn.append(key)
+            yield key
+
+    window = int(ray_local.cluster_resources()["CPU"])
+    results = map_tasks(lambda folder, key: key * 2, tmp_path, keys(), on_workers=True)
+    assert [next(results) for _ in range(3)] == [0, 2, 4]  # in key order
+    assert len(drawn) == window + 3 < 100  # the window, refilled one task per record taken
+    results.close()
+    assert len(drawn) == window + 3

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections import Counter
+import itertools
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -64,12 +65,16 @@ Key = TypeVar("Key")
 def map_tasks(
     fn: Callable[[Shared, Key], Any], shared: Shared, keys: Iterable[Key], *, on_workers: bool = True
 ) -> Iterator[Any]:
-    """``fn(shared, key)`` as one Ray task per key, all submitted at once; the results in key order.
+    """``fn(shared, key)`` as one Ray task per key, at most a task per cluster CPU in flight; results in key order.
 
     `shared` goes to the object store once. A task's expected failure (a
     ``RecbatchError``: bad input) is raised here as itself, its message intact.
     However the caller stops, every task has ended when this generator closes,
-    so none still writes into a scratch folder the caller then removes.
+    so none still writes into a scratch folder the caller then removes. Tasks
+    are waited for, never cancelled: a ``ray.cancel`` that races a finishing
+    task aborts the driver inside Ray (``Check failed: it !=
+    submissible_tasks_.end()``, ray-project/ray#54846), and the window bounds
+    that wait to the tasks already running.
     ``on_workers=False`` runs the same calls in this process, in turn: for a
     source of one user partition, where a task would hold the same rows and
     only add a worker's start-up.
@@ -82,22 +87,29 @@ def map_tasks(
 
     remote = ray.remote(num_cpus=TASK_CPUS)(fn)
     shared_ref = ray.put(shared)
-    refs = [remote.remote(shared_ref, key) for key in keys]
+    window = max(1, int(ray.cluster_resources().get("CPU", 1) // TASK_CPUS))
+    pending = iter(keys)
+    in_flight: deque[Any] = deque()  # object refs, in key order
+
+    def submit(n: int) -> None:
+        for key in itertools.islice(pending, n):
+            in_flight.append(remote.remote(shared_ref, key))
+
     try:
-        for i, ref in enumerate(refs):
-            refs[i] = None  # the caller holds the record: the object store may drop it
+        submit(window)
+        while in_flight:
+            ref = in_flight.popleft()  # the caller holds the record: the object store may drop it
             try:
-                yield ray.get(ref)
+                record = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, RecbatchError):
                     raise exc.cause from None
                 raise
+            submit(1)
+            yield record
     finally:
-        left = [ref for ref in refs if ref is not None]
-        for ref in left:
-            ray.cancel(ref)
-        if left:
-            ray.wait(left, num_returns=len(left))
+        if in_flight:
+            ray.wait(list(in_flight), num_returns=len(in_flight))
 
 
 # --------------------------------------------------------------------------- snapshot files
