@@ -178,7 +178,8 @@ class RootLocations:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """A root's layout: ``at`` for Locations (either kind of root), the properties below for local Paths."""
+    """A root's layout: ``at`` for Locations (either kind of root), the properties below for local Paths:
+    the same names as ``RootLocations`` (documented there), each through ``local_path``."""
 
     at: RootLocations
 
@@ -222,11 +223,9 @@ class RunLayout:
         return local_path(self.at.checkpoints)
 
     def training_run(self, snapshot_hash: str, stamp: str) -> Path:
-        """A Ray Train run folder: ``<snapshot hash[:12]>-<UTC time>``."""
         return local_path(self.at.training_run(snapshot_hash, stamp))
 
     def training_runs(self, snapshot_hash: str | None = None) -> list[Path]:
-        """Training run folders (of one snapshot, or all), oldest first."""
         return [local_path(run) for run in self.at.training_runs(snapshot_hash)]
 
     @staticmethod
@@ -247,7 +246,6 @@ class RunLayout:
         return local_path(self.at.recommendations_for(run_date))
 
     def staged_for(self, run_date: dt.date | str) -> Path:
-        """Scored but not yet gated/published output for a run date."""
         return local_path(self.at.staged_for(run_date))
 
     def published_runs(self) -> list[Path]:
@@ -257,7 +255,6 @@ class RunLayout:
         return sorted(p for p in self.recommendations.glob("dt=*") if (p / SUCCESS).exists())
 
     def baseline_run(self, snapshot_hash: str, name: str) -> Path:
-        """A baseline's recommendations for a snapshot (``recbatch evaluate --baselines``)."""
         return local_path(self.at.baseline_run(snapshot_hash, name))
 
     # reports and summaries ---------------------------------------------------
@@ -273,12 +270,10 @@ class RunLayout:
         return local_path(self.at.erasure)
 
     def erasure_request(self, request_id: str) -> Path:
-        """The log of one erasure request: what was done and when, never the ids."""
         return local_path(self.at.erasure_request(request_id))
 
     @property
     def suppression_list(self) -> Path:
-        """Keyed hashes of every erased user, read by ingest (recbatch/erasure/suppression.py)."""
         return local_path(self.at.suppression_list)
 
     @property

@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-
-import pyarrow.fs as pafs
 
 from recbatch import folders, storage
 from recbatch.errors import IntegrityError
