@@ -31,7 +31,7 @@ from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.incremental import ReusePlan, plan_reuse
 from recbatch.embed.items import ItemEncoder, item_hashes
-from recbatch.embed.store import publish_embeddings, read_hashes, read_matrix
+from recbatch.embed.store import EmbeddingsFolder, publish_embeddings, read_hashes, read_matrix
 from recbatch.embed.users import PartitionEncoder
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.layout import RunLayout
@@ -39,7 +39,7 @@ from recbatch.model.features import UserFeatureSpec
 from recbatch.runtime import ensure_ray, require_resources, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
 from recbatch.parts import PARTITION, commit_parts
-from recbatch.storage import is_complete, publish_dir, staging_dir_for, verify_manifest
+from recbatch.storage import is_complete, publish_dir, staging_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: 
     started = time.perf_counter()
     previous = None
     if cfg.incremental and is_complete(final):
-        previous = (str(final), verify_manifest(final, checksums=False))
+        previous = EmbeddingsFolder.open(final)
     staging = staging_dir_for(final)
     try:
         partitions = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],

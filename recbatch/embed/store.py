@@ -9,6 +9,7 @@ rerun can read the previous set while it writes the next.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from ray.data.datasource import FilenameProvider
 
+from recbatch import folders
 from recbatch.errors import IntegrityError
+from recbatch.fs import Location, as_location
 from recbatch.storage import is_complete, publish_dir, staging_dir_for, write_manifest
 
 
@@ -31,33 +34,80 @@ class PartFilenames(FilenameProvider):
         return f"part-{task_index:05d}-{write_uuid}.parquet"
 
 
-def _dataset(folder: Path) -> pads.Dataset:
-    return pads.dataset(folder, format="parquet")  # skips "_manifest.json", "_SUCCESS", ".staging-*"
+@dataclass(frozen=True)
+class EmbeddingsFolder:
+    """A complete embeddings folder, pinned by its manifest: what embed, score and evaluate read.
+
+    `files_at` is where the manifest's file names are (the folder itself, or on
+    an object store its committed attempt, recbatch/folders.py), so every read
+    goes through the manifest and never lists the folder. Small and picklable:
+    Ray workers get one and read their own partitions.
+    """
+
+    location: Location
+    manifest: dict[str, Any]
+    files_at: Location
+
+    @classmethod
+    def open(cls, folder: str | Path | Location) -> "EmbeddingsFolder":
+        """The folder as published; IntegrityError naming it when it is missing or incomplete."""
+        location = as_location(folder)
+        if not folders.is_complete(location):
+            raise IntegrityError(f"{location}: embeddings are missing or incomplete")
+        manifest, files_at = folders.read_committed(location)
+        return cls(location, manifest, files_at)
+
+    @property
+    def rows(self) -> int:
+        """Its manifest's row count, else the Parquet footers' (no data read)."""
+        if isinstance(self.manifest.get("rows"), int):
+            return self.manifest["rows"]
+        files = self.parquet_files()
+        return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem,
+                            format="parquet").count_rows() if files else 0
+
+    def parquet_files(self, partitions: set[int] | None = None) -> list[Location]:
+        """The manifest's Parquet files (only those of user `partitions`, when given)."""
+        from recbatch.parts import partition_of_name
+
+        names = sorted(n for n in self.manifest["files"] if n.endswith(".parquet"))
+        if partitions is not None:
+            names = [n for n in names if partition_of_name(n) in partitions]
+        return [self.files_at.join(n) for n in names]
+
+    def read(self, columns: list[str], files: list[Location] | None = None) -> pa.Table:
+        """`columns` of the given files (default: all of the folder's)."""
+        files = self.parquet_files() if files is None else files
+        if not files:
+            return self.schema(columns).empty_table()
+        return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem,
+                            format="parquet").to_table(columns=columns)
+
+    def schema(self, columns: list[str]) -> pa.Schema:
+        """The schema of `columns`, from the first file's footer (there is always one: an empty set
+        is written as one typed empty file, ``publish_embeddings``)."""
+        first = self.parquet_files()[0]
+        schema = pads.dataset(first.path, filesystem=first.filesystem, format="parquet").schema
+        return pa.schema([schema.field(c) for c in columns])
 
 
-def read_hashes(folder: str | Path, id_column: str) -> pa.Table | None:
+def read_hashes(folder: str | Path | Location, id_column: str) -> pa.Table | None:
     """``(id, input_hash)`` of a complete embeddings folder, or None if there is none.
 
     Only ids and hashes are read (not the vectors): this is what decides reuse.
     """
-    folder = Path(folder)
-    if not is_complete(folder):
+    if not folders.is_complete(as_location(folder)):
         return None
-    return _dataset(folder).to_table(columns=[id_column, "input_hash"])
+    return EmbeddingsFolder.open(folder).read([id_column, "input_hash"])
 
 
-def read_matrix(folder: str | Path, id_column: str) -> tuple[pa.Array, np.ndarray]:
+def read_matrix(folder: str | Path | Location, id_column: str) -> tuple[pa.Array, np.ndarray]:
     """All ids and their vectors as one float32 matrix ``[N, D]`` (row i is ids[i])."""
-    folder = Path(folder)
-    if not is_complete(folder):
-        raise IntegrityError(f"{folder}: embeddings are missing or incomplete")
-    table = _dataset(folder).to_table(columns=[id_column, "embedding"])
+    table = EmbeddingsFolder.open(folder).read([id_column, "embedding"])
     return table.column(id_column).combine_chunks(), list_column_to_matrix(table.column("embedding"))
 
 
-def read_user_partition(
-    folder: str | Path, manifest: dict[str, Any], partition: int, partitions: int, columns: list[str]
-) -> pa.Table:
+def read_user_partition(users: EmbeddingsFolder, partition: int, partitions: int, columns: list[str]) -> pa.Table:
     """The rows of user partition `partition` (of `partitions`) of a user embeddings folder.
 
     A folder written with the same partition count holds them in its
@@ -67,19 +117,10 @@ def read_user_partition(
     filtered (slow at scale: the next embed run rewrites it partitioned).
     """
     from recbatch.data.partition import matching_partitions, user_partition
-    from recbatch.parts import partition_of_name
 
-    folder = Path(folder)
-    written = manifest.get("partitioning", {}).get("partitions")
-    if written is None:
-        files = sorted(str(folder / name) for name in manifest["files"] if name.endswith(".parquet"))
-    else:
-        wanted = set(matching_partitions(partition, partitions, written))
-        files = sorted(str(folder / name) for name in manifest["files"]
-                       if name.endswith(".parquet") and partition_of_name(name) in wanted)
-    table = pads.dataset(files, format="parquet").to_table(columns=columns) if files else None
-    if table is None:
-        return pa.schema([pads.dataset(folder, format="parquet").schema.field(c) for c in columns]).empty_table()
+    written = users.manifest.get("partitioning", {}).get("partitions")
+    wanted = None if written is None else set(matching_partitions(partition, partitions, written))
+    table = users.read(columns, users.parquet_files(wanted))
     if partitions > 1 and (written is None or written < partitions):
         table = table.filter(pa.array(user_partition(table.column("user_id"), partitions) == partition))
     return table
@@ -126,5 +167,5 @@ def publish_embeddings(
         pq.write_table(schema.empty_table(), staging / "part-00000-empty.parquet")
     if started is not None:
         fields = {**fields, "seconds": round(time.perf_counter() - started, 3)}
-    write_manifest(staging, {**fields, "rows": _dataset(staging).count_rows()})
+    write_manifest(staging, {**fields, "rows": pads.dataset(staging, format="parquet").count_rows()})
     return publish_dir(staging, final)

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.actor import EncoderActor
+from recbatch.embed.store import EmbeddingsFolder
 from recbatch.model.features import user_histories, user_input_hash
 from recbatch.runtime import Precision
 from recbatch.schemas import embeddings_schema
@@ -162,7 +163,7 @@ class PartitionEncoder(UserEncoder):
         self,
         snapshot: Snapshot,
         item_hashes: Any,  # pa.Table (item_id, input_hash) of every snapshot item, or a ref
-        previous: tuple[str, dict[str, Any]] | None,  # (folder, manifest) of the last embeddings to reuse
+        previous: EmbeddingsFolder | None,  # the last embeddings of this model version, to reuse
         write_to: str,
         **encoder: Any,
     ) -> None:
@@ -189,8 +190,7 @@ class PartitionEncoder(UserEncoder):
         )
         before = None
         if self.previous is not None:
-            folder, manifest = self.previous
-            before = read_user_partition(folder, manifest, partition, self.snapshot.partitions,
+            before = read_user_partition(self.previous, partition, self.snapshot.partitions,
                                          ["user_id", "embedding", "input_hash", "model_version"])
         plan = plan_reuse(inputs.select(["user_id", "input_hash"]), before, "user_id")
         todo = inputs.filter(pc.is_in(inputs.column("user_id"), value_set=plan.encode_ids))

@@ -28,11 +28,13 @@ from typing import Any, Iterator
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
-from recbatch.embed.store import list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition
+from recbatch.embed.store import (
+    EmbeddingsFolder, list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition,
+)
+from recbatch.fs import Location
 from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.layout import RunLayout, model_version_of
@@ -72,7 +74,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     timings: dict[str, float] = {}
     started = time.perf_counter()
     items_manifest = verify_manifest(items_dir, checksums=False)
-    users_manifest = verify_manifest(users_dir, checksums=False)
+    users = EmbeddingsFolder.open(users_dir)
     model_version = model_version_of(items_manifest, Path(items_dir).parent)  # embeddings/<version>/items
     catalog = load_catalog(snapshot, items_dir, cfg.score)
     user_value = None
@@ -88,22 +90,22 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     staged = RunLayout.of(cfg.root).staged_for(run_date)
     staging = staging_dir_for(staged)
     try:
-        users = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
-                                    override_num_blocks=snapshot.partitions)
-        users = users.map_batches(
+        partitions = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
+                                         override_num_blocks=snapshot.partitions)
+        partitions = partitions.map_batches(
             partition_users, batch_size=1, batch_format="pyarrow",
             # Args from a function keep Ray Data from fusing these tasks into the scorer actors: one
             # partition then feeds every scorer, instead of one scorer reading and scoring it alone.
             ray_remote_args_fn=_prepare_task_args,
-            fn_kwargs={"snapshot": snapshot, "users_dir": str(users_dir), "users_manifest": users_manifest,
+            fn_kwargs={"snapshot": snapshot, "users": users,
                        "item_ids": ray.put(catalog.ids), "dim": catalog.vectors.shape[1], "cfg": cfg.score,
                        "user_value": user_value},
         )
-        finished = score_dataset(users, catalog, model_version, cfg.score, staging, snapshot.id_type)
+        finished = score_dataset(partitions, catalog, model_version, cfg.score, staging, snapshot.id_type)
         records = [row for batch in finished.iter_batches(batch_format="pyarrow", batch_size=None)
                    for row in batch.to_pylist()]  # one small record per part written
         timings["score_and_write"] = round(time.perf_counter() - t0, 3)
-        scored, expected = sum(r["rows"] for r in records), _rows(users_dir, users_manifest)
+        scored, expected = sum(r["rows"] for r in records), users.rows
         if scored != expected:  # never leave a short run looking complete
             raise IntegrityError(f"{staged}: scored {scored} users of the {expected} in {users_dir}")
         commit_parts(staging, records, {
@@ -125,14 +127,6 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
     publish_dir(staging, staged)
     log.info("scored %d users x %d items (k=%d) in %s", scored, catalog.size, cfg.score.k, timings)
     return staged
-
-
-def _rows(folder: str | Path, manifest: dict[str, Any]) -> int:
-    """Rows of an output folder: its manifest's count, else the Parquet footers' (no data read)."""
-    if isinstance(manifest.get("rows"), int):
-        return manifest["rows"]
-    files = [str(Path(folder) / name) for name in manifest["files"] if name.endswith(".parquet")]
-    return pads.dataset(files, format="parquet").count_rows()
 
 
 def _prepare_task_args() -> dict[str, Any]:
@@ -208,7 +202,7 @@ def load_catalog(snapshot: Snapshot, items_dir: str | Path, cfg: ScoreConfig) ->
 
 
 def partition_users(
-    batch: pa.Table, *, snapshot: Snapshot, users_dir: str, users_manifest: dict[str, Any], item_ids: Any,
+    batch: pa.Table, *, snapshot: Snapshot, users: EmbeddingsFolder, item_ids: Any,
     dim: int, cfg: ScoreConfig, user_value: float | None,
 ) -> Iterator[pa.Table]:
     """``user_id, embedding, seen, blocked, partition`` for the users of one partition (a Ray task).
@@ -221,13 +215,12 @@ def partition_users(
     """
     (partition,) = batch.column(PARTITION).to_pylist()
     item_ids = resolve_ref(item_ids)
-    users = pl.from_arrow(read_user_partition(users_dir, users_manifest, partition, snapshot.partitions,
-                                              ["user_id", "embedding"]))
-    _check_user_vectors(users, users_dir, dim)
-    exclusions = user_exclusions(serving_events(snapshot, partition), users.lazy().select("user_id"), item_ids,
+    rows = pl.from_arrow(read_user_partition(users, partition, snapshot.partitions, ["user_id", "embedding"]))
+    _check_user_vectors(rows, users.location, dim)
+    exclusions = user_exclusions(serving_events(snapshot, partition), rows.lazy().select("user_id"), item_ids,
                                  cfg, snapshot)
     rows = (
-        users.lazy().join(exclusions, on="user_id", how="left", maintain_order="left")
+        rows.lazy().join(exclusions, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.lit(partition, dtype=pl.Int32).alias(PARTITION))
         .collect().to_arrow()
     )
@@ -238,7 +231,7 @@ def partition_users(
         yield rows.slice(start, step)
 
 
-def _check_user_vectors(users: pl.DataFrame, users_dir: str, dim: int) -> None:
+def _check_user_vectors(users: pl.DataFrame, users_dir: Location, dim: int) -> None:
     """Every user vector has the item dimension and only finite values (else nothing is scored)."""
     if not users.height:
         return
