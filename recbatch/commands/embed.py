@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     layout = RunLayout.of(cfg.root)
     snapshot = snapshot_from(args.snapshot, layout)
-    model_dir = model_from(args.model, layout)
+    model_dir = model_from(args.model, layout, cfg.storage)
     result = embed(cfg, snapshot, model_dir)
     print(
         f"model {result.model_version}: items {result.items_encoded} encoded, {result.items_reused} reused; "

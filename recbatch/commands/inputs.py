@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from recbatch.config import StorageConfig
 from recbatch.data.snapshot import Snapshot
 from recbatch.errors import UsageError
-from recbatch.fs import locate
+from recbatch.fs import Location, locate
 from recbatch.layout import RunLayout
 
 
@@ -20,9 +18,12 @@ def snapshot_from(given: str | None, layout: RunLayout, storage: StorageConfig |
     return Snapshot.open(folder)
 
 
-def model_from(given: str | None, layout: RunLayout, alternative: str = "") -> Path:
-    """The model artifact at `given`, else the latest under the root (a clear error when none)."""
-    folder = Path(given) if given else layout.latest_model()
+def model_from(
+    given: str | None, layout: RunLayout, storage: StorageConfig | None = None, alternative: str = ""
+) -> Location:
+    """The model artifact at `given` (a local path, or ``s3://...`` reached as `storage` says), else
+    the latest under the root, of either kind (a clear error when none)."""
+    folder = locate(given, storage or StorageConfig()) if given else layout.at.latest_model()
     if folder is None:
-        raise UsageError(f"no --model{alternative} given and no model under {layout.models}: run `recbatch train` first")
+        raise UsageError(f"no --model{alternative} given and no model under {layout.at.models}: run `recbatch train` first")
     return folder

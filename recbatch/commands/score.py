@@ -52,6 +52,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import model_from, snapshot_from
     from recbatch.layout import RunLayout, model_version_of
+    from recbatch import folders
     from recbatch.score.stage import score
     from recbatch.storage import read_manifest
 
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.items and args.users:
         items_dir, users_dir = Path(args.items), Path(args.users)
     else:
-        model_dir = model_from(args.model, layout, alternative=" (or --items and --users)")
-        version = model_version_of(read_manifest(model_dir), model_dir)
+        model_dir = model_from(args.model, layout, cfg.storage, alternative=" (or --items and --users)")
+        version = model_version_of(folders.read_manifest(model_dir), model_dir.path)
         items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
         users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
     for name, folder in (("items", items_dir), ("users", users_dir)):
