@@ -230,3 +230,24 @@ def check_access(location: Location) -> None:
         raise StorageAccessError(
             f"{location.uri}: bucket '{location.bucket}' does not exist (recbatch never creates one)"
         )
+
+
+def read_bytes(location: Location) -> bytes:
+    """The whole file (object) at `location` (FileNotFoundError when absent)."""
+    with access(location, f"read {location.key if location.is_object_store else location.path}"):
+        with location.filesystem.open_input_stream(location.path) as f:
+            return f.read()
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write one small file whole: an object PUT on a store; a temporary file renamed into place locally,
+    so a reader never sees half of it either way."""
+    make_parent(location)
+    if location.is_object_store:
+        with access(location, f"write {location.key}"), location.filesystem.open_output_stream(location.path) as out:
+            out.write(data)
+        return
+    temporary = f"{location.path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as out:
+        out.write(data)
+    os.replace(temporary, location.path)

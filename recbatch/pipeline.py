@@ -26,10 +26,11 @@ from recbatch.config import Config
 from recbatch.erasure.models import retrain_reason
 from recbatch.errors import RecbatchError, StageFailed, UsageError
 from recbatch.eval.gate import FLOOR_BASELINE
-from recbatch.layout import RunLayout, local_path, model_version_of
+from recbatch.folders import is_complete, read_manifest, remove_stale_staging
+from recbatch.fs import Location, check_access, remove_file, write_bytes
+from recbatch.layout import RootLocations, RunLayout, model_version_of
 from recbatch.lease import root_lease
 from recbatch.metrics import nightly_metrics, push
-from recbatch.storage import is_complete, read_manifest, remove_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class NightlySummary:
     stages: list[StageRecord] = field(default_factory=list)
     output: str | None = None
     report: str | None = None
+    run_summary: str | None = None  # where this summary is written
     failed_stage: str | None = None
     stop_after: str | None = None
 
@@ -71,7 +73,7 @@ class NightlySummary:
             lines.append(f"recommendations: {self.output}")
         if self.report:
             lines.append(f"report:          {self.report}")
-        lines.append(f"run summary:     {RunLayout.of(self.root).run_summary(self.run_date)}")
+        lines.append(f"run summary:     {self.run_summary}")
         if self.failed_stage:
             lines.append(f"FAILED at stage: {self.failed_stage}")
         return "\n".join(lines)
@@ -84,18 +86,19 @@ def preflight(cfg: Config) -> None:
     """Fail before any work on configuration that cannot succeed.
 
     Catches the 3 a.m. classics early: an encoder path that does not exist, an
-    output root that cannot be written, a serving URL env var that is unset.
-    (Value ranges such as K <= 0 are already refused by config validation.)
+    output root that cannot be written (a missing bucket, wrong credentials), a
+    serving URL env var that is unset. (Value ranges such as K <= 0 are already
+    refused by config validation.)
     """
     from recbatch.model.encoder import resolve_encoder
 
     resolve_encoder(cfg.model.encoder)  # raises UsageError naming the path
-    root = Path(cfg.root)
+    root = RunLayout.of(cfg.root, cfg.storage).at.root
+    check_access(root)  # an object store: the bucket, named, before the probe
+    probe = root.join(f".write-probe-{uuid.uuid4().hex[:6]}")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe-{uuid.uuid4().hex[:6]}"
-        probe.write_text("")
-        probe.unlink()
+        write_bytes(probe, b"")
+        remove_file(probe)
     except OSError as exc:
         raise UsageError(f"output root '{root}' is not writable: {exc.strerror or exc}") from None
     if cfg.ingest.source and not Path(cfg.ingest.source).exists():
@@ -113,7 +116,7 @@ def preflight(cfg: Config) -> None:
 WEEKLY_RETRAIN_DAYS = 7
 
 
-def trained_for(model_dir: Path) -> dt.date:
+def trained_for(model_dir: Location) -> dt.date:
     """The run date a model was trained for: its card's ``trained_for`` (set by the nightly run),
     else the UTC day the card was written (a model trained by hand with ``recbatch train``).
 
@@ -148,7 +151,7 @@ def train_due(
     return due, f"latest model was trained for {trained}, {age} days before the run date (weekly cadence)"
 
 
-def decide_training(cfg: Config, latest: Path | None, run_date: dt.date, force: bool) -> tuple[bool, str]:
+def decide_training(cfg: Config, latest: Location | None, run_date: dt.date, force: bool) -> tuple[bool, str]:
     """`train_due` over what the root holds: the latest model's run date and its erasure marker."""
     if latest is None:
         return train_due(cfg.train.cadence, None, run_date, force)
@@ -156,7 +159,7 @@ def decide_training(cfg: Config, latest: Path | None, run_date: dt.date, force: 
     return train_due(cfg.train.cadence, trained_for(latest), run_date, force, erasure=erasure)
 
 
-def _same_inputs(folder: Path, **expected: str) -> bool:
+def _same_inputs(folder: Location, **expected: str) -> bool:
     """A complete folder whose manifest names the same inputs can be reused."""
     if not is_complete(folder):
         return False
@@ -213,8 +216,9 @@ def run_nightly(
     from recbatch.runtime import ensure_ray
 
     run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
-    layout = RunLayout.of(cfg.root)
-    summary = NightlySummary(run_date=run_date.isoformat(), root=str(layout.root), stop_after=stop_after)
+    layout = RunLayout.of(cfg.root, cfg.storage).at
+    summary = NightlySummary(run_date=run_date.isoformat(), root=layout.root.uri, stop_after=stop_after,
+                             run_summary=layout.run_summary(run_date).uri)
     summary.stages = [StageRecord(name) for name in STAGES]
     preflight(cfg)  # before the try: a refused config writes nothing, not even a summary
     with root_lease(cfg.root, cfg.storage, f"nightly {run_date.isoformat()}"):  # a second run on the root: refused likewise
@@ -226,9 +230,7 @@ def run_nightly(
                 if s.status == "pending":
                     s.status = "not run"
         finally:
-            path = layout.run_summary(run_date)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(summary.to_json())
+            write_bytes(layout.run_summary(run_date), summary.to_json().encode())
             push(cfg.metrics, "nightly", nightly_metrics(summary))  # logs, never raises
     return summary
 
@@ -236,7 +238,7 @@ def run_nightly(
 def _run_stages(
     cfg: Config,
     run_date: dt.date,
-    layout: RunLayout,
+    layout: RootLocations,
     summary: NightlySummary,
     force_train: bool,
     force_publish: bool,
@@ -264,11 +266,11 @@ def _run_stages(
         due, reason = decide_training(cfg, latest, run_date, force_train)
         rec.details["reason"] = reason
         if due:
-            model_dir = local_path(train(cfg, snapshot, trained_for=run_date))  # the nightly runs on local roots
+            model_dir = train(cfg, snapshot, trained_for=run_date)
         else:
             model_dir = latest
             rec.status = "skipped"
-        model_version = model_version_of(read_manifest(model_dir), model_dir)
+        model_version = model_version_of(read_manifest(model_dir), model_dir.path)
         rec.details["model_version"] = model_version
 
     inputs = {"model_version": model_version, "snapshot_hash": snapshot.hash}
@@ -310,12 +312,12 @@ def _run_stages(
         popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
-        sections = [injected_profiles_section(snapshot.path)] if cfg.ingest.detect_injected_profiles else []
+        sections = [injected_profiles_section(snapshot)] if cfg.ingest.detect_injected_profiles else []
         summary.report = str(write_report([result, *popular], layout.report(run_date), context=context,
                                           gate_metric=cfg.eval.gate_metric, sections=sections))
         headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
         rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
-        previous = [p for p in layout.published_runs() if p.name != final.name]
+        previous = [run for run in layout.published_runs() if run.name != final.name]
         last_manifest = read_manifest(previous[-1]) if previous else None
         floor = next(r for r in popular if r.name == FLOOR_BASELINE)
         gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish or forced_before,
@@ -330,7 +332,7 @@ def _run_stages(
             rec.details["reason"] = "already published for these inputs"
         else:
             publish_run(staged, final, {"metrics": metrics, "gate": asdict(gate)})
-        summary.output = str(final)
+        summary.output = final.uri
 
     with _stage(summary, "load") as rec:
         if not (cfg.serving.redis_url or cfg.serving.redis_url_env):

@@ -22,16 +22,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from recbatch.fs import Location, as_location, is_file, read_bytes
 from recbatch.layout import RunLayout
 from recbatch.storage import is_complete, read_manifest, replacing_file
 
 MARKER = "_erasure.json"
 
 
-def read_marker(model_dir: Path) -> dict[str, Any] | None:
-    """The erasure marker of a model, or None when it is not marked."""
-    path = Path(model_dir) / MARKER
-    return json.loads(path.read_text()) if path.exists() else None
+def read_marker(model_dir: str | Path | Location) -> dict[str, Any] | None:
+    """The erasure marker of a model on either kind of root, or None when it is not marked."""
+    marker = as_location(model_dir).join(MARKER)
+    return json.loads(read_bytes(marker)) if is_file(marker) else None
 
 
 def mark_models(layout: RunLayout, erased_snapshots: set[str], request_id: str) -> list[dict[str, str]]:
@@ -62,7 +63,7 @@ def _add_mark(model_dir: Path, request_id: str, reason: str) -> None:
         tmp.write_text(json.dumps(marker, indent=2))
 
 
-def retrain_reason(model_dir: Path, run_date: dt.date, within_days: int) -> str | None:
+def retrain_reason(model_dir: Path | Location, run_date: dt.date, within_days: int) -> str | None:
     """Why the nightly must retrain now because `model_dir` is marked, or None (not marked / not due yet)."""
     marker = read_marker(model_dir)
     if not marker:
