@@ -23,12 +23,16 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   kind of root. Stages converted to object-store roots use only this face and
   write and read through recbatch/folders.py: so far the snapshot stage
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
-  ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
+  ``layout.at.ingest_scratch``), the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
-  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``),
+  the serving load (``recbatch load``: a run read through its marker and
+  manifest, recbatch/serving/published_run.py), retention (``recbatch gc``:
+  recbatch/retention.py, deleting with ``fs.remove_tree``) and ``recbatch
+  rollback`` (Redis only: it reads nothing under the root).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
+  file APIs (embed, score, evaluate, publish, forget, the nightly). On an object-store root it refuses with a UsageError instead of
   handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
@@ -59,7 +63,7 @@ from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "load", "gc", "rollback"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
