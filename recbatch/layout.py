@@ -32,8 +32,9 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   rollback`` (Redis only: it reads nothing under the root).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, evaluate, publish, forget, the nightly). On an object-store root it refuses with a UsageError instead of
-  handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
+  file APIs (embed, score, evaluate, publish, forget, the nightly). On an
+  object-store root it refuses with a UsageError instead of handing out a local
+  path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
 does), so an unconverted stage on an object-store root fails before any work
