@@ -136,7 +136,8 @@ def _commit(folder: Location, fields: dict) -> Location:
 
 def test_gc_on_s3_removes_what_no_kept_run_needs_and_keeps_the_served_one(s3_root, redis_server, capsys):
     """Five nights, each with its snapshot, model and embeddings; Redis serves night 1; keep 2 runs:
-    nights 2 and 3 go with everything only they needed, an old training run and a killed writer's attempt."""
+    nights 2 and 3 go with everything only they needed, an old training run, a staged run never published
+    and a killed writer's attempt (every leftover counts as old: staged_max_age_hours=0)."""
     s3 = s3_root.locate()
     at = RunLayout.of(s3).at
     old_training = at.training_run("snap-2", "20260102T000000")
@@ -150,9 +151,11 @@ def test_gc_on_s3_removes_what_no_kept_run_needs_and_keeps_the_served_one(s3_roo
     load_run(runs[1], ServingConfig(redis_url=redis_server.url))  # Redis serves the oldest: it must stay
     killed = folders.staging_for(runs[5])  # a writer killed before its commit
     folders.write_parquet_part(pa.table({"x": [1]}), killed.join("part-00000.parquet"))
+    never_published = _commit(at.staged_for(_run_date(6)), {"run_date": _run_date(6)})
     live_attempt = folders.read_committed(runs[5])[1]
     gone = [runs[2], runs[3], at.model("model-2"), at.model("model-3"), at.root.join("embeddings", "model-2"),
-            at.root.join("embeddings", "model-3"), old_training, at.snapshot("snap-2"), at.snapshot("snap-3"), killed]
+            at.root.join("embeddings", "model-3"), old_training, at.snapshot("snap-2"), at.snapshot("snap-3"),
+            never_published, killed]
     before = s3_root.keys()
     gc = ["gc", "--root", s3_root.uri, *storage_flags(s3_root), "--keep-runs", "2", "--redis-url", redis_server.url,
           "--set", "retention.staged_max_age_hours=0"]
