@@ -73,7 +73,8 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    *others, last = [f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES)]
+    supported = f"{', '.join(others)} and {last}" if others else last
     verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
     return (
         f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
