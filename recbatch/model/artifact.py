@@ -85,7 +85,7 @@ def publish_artifact(
     metrics: dict[str, float] | None = None,
     loss_curve: list[dict[str, float]] | None = None,
     extra_card: dict[str, Any] | None = None,
-) -> Path:
+) -> Location:
     """Publish the artifact as ``models/<model_version>``, complete or absent; return that folder.
 
     `item_ids` lists the warm ids in id-embedding row order (row i + 1).
