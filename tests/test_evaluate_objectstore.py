@@ -1,10 +1,11 @@
 """``recbatch evaluate`` and the gate's inputs on an object-store root (``s3://``, a real S3 server: SeaweedFS).
 
-On an ``s3://`` root the evaluation reads the snapshot, a model, item-less
-runs and its baselines through their commit markers and manifests, publishes
-the baselines and the report there, and measures exactly what the same
-evaluation on a local root measures. The gate compares with the runs the root
-has published: on a store, only folders committed by marker count.
+On an ``s3://`` root the evaluation reads the snapshot, a model, a run made
+elsewhere and its baselines through their commit markers and manifests,
+publishes the baselines and the report there, and measures exactly what the
+same evaluation on a local root measures; wrong credentials exit 9 naming the
+bucket. The gate compares with the runs the root has published: on a store,
+only folders committed by marker count.
 """
 
 from __future__ import annotations
@@ -115,3 +116,16 @@ def test_the_gate_compares_with_the_last_committed_run_of_either_kind_of_root(tm
     assert [run.name for run in at.published_runs()] == ["dt=2026-11-27", "dt=2026-11-29"]
     assert last_published_manifest(at, "dt=2026-11-30")["run_date"] == "2026-11-29"
     assert last_published_manifest(at, "dt=2026-11-29")["run_date"] == "2026-11-27"  # a rerun of that night
+
+
+def test_evaluate_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
+    from s3_helpers import credentials_env
+
+    monkeypatch.chdir(tmp_path)
+    wrong = "wr0ng-Secret-Key-7a2b"
+    credentials_env(monkeypatch, secret=wrong)
+    code = main(["evaluate", "--root", s3_root.uri, *EVAL, *storage_flags(s3_root)])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
+    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
