@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from eval_helpers import write_run
-from s3_helpers import storage_flags
+from s3_helpers import refused_with_wrong_credentials, storage_flags
 
 from recbatch import folders
 from recbatch.cli import main
@@ -119,13 +119,5 @@ def test_the_gate_compares_with_the_last_committed_run_of_either_kind_of_root(tm
 
 
 def test_evaluate_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
-    from s3_helpers import credentials_env
-
     monkeypatch.chdir(tmp_path)
-    wrong = "wr0ng-Secret-Key-7a2b"
-    credentials_env(monkeypatch, secret=wrong)
-    code = main(["evaluate", "--root", s3_root.uri, *EVAL, *storage_flags(s3_root)])
-    err = capsys.readouterr().err
-    assert code == 9, err
-    assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
-    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
+    refused_with_wrong_credentials(["evaluate", "--root", s3_root.uri, *EVAL], s3_root, monkeypatch, capsys, tmp_path)
