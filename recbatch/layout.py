@@ -40,7 +40,8 @@ does), so an unconverted stage on an object-store root fails before any work
 with a message naming the stage. Converting a stage: take its outputs from
 ``layout.at``, write through ``folders`` (``staging_for``,
 ``write_parquet_part``, ``write_manifest``, ``publish``, or ``publish_written``
-for a content-addressed output), read through ``folders.open_folder`` /
+for a content-addressed output, or ``building``/``publish_built`` for files only
+a local file API writes), read through ``folders.open_folder`` /
 ``read_committed`` (manifest, then exactly its files: never a listing), keep its
 scratch under the root (Ray tasks on other nodes read it), hand Ray Train a
 run folder as ``storage_path`` plus ``storage_filesystem`` (the Location's
