@@ -244,7 +244,7 @@ def _run_stages(
 ) -> None:
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
-    from recbatch.eval.gate import check_gate
+    from recbatch.eval.gate import check_gate, last_published_manifest
     from recbatch.eval.holdout import evaluate_baseline, evaluate_model, holdout_metrics
     from recbatch.eval.report import injected_profiles_section, write_report
     from recbatch.publish import publish_run
@@ -310,13 +310,12 @@ def _run_stages(
         popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
-        sections = [injected_profiles_section(snapshot.path)] if cfg.ingest.detect_injected_profiles else []
+        sections = [injected_profiles_section(snapshot)] if cfg.ingest.detect_injected_profiles else []
         summary.report = str(write_report([result, *popular], layout.report(run_date), context=context,
                                           gate_metric=cfg.eval.gate_metric, sections=sections))
         headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
         rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
-        previous = [p for p in layout.published_runs() if p.name != final.name]
-        last_manifest = read_manifest(previous[-1]) if previous else None
+        last_manifest = last_published_manifest(layout.at, final.name)
         floor = next(r for r in popular if r.name == FLOOR_BASELINE)
         gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish or forced_before,
                           floor_metrics=floor.metrics())
