@@ -162,7 +162,7 @@ def main() -> None:
     report = write_report(list(clean_results.values()), root / "reports" / "attacks", headline_k=K,
                           context={"snapshot": clean.hash, "target": target, "share": args.share,
                                    "spread_days": args.spread_days}, sections=[section])
-    print(f"\nreport: {report / 'report.md'}")
+    print(f"\nreport: {report.join('report.md')}")
 
 
 if __name__ == "__main__":

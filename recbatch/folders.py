@@ -16,14 +16,24 @@ promise: a reader sees the whole previous output or the whole new one.
 A content-addressed output (a snapshot, named by the hash of what it holds)
 learns its folder's name only once it is written: it is written to scratch
 first and put in place with ``publish_written``.
+
+An output made by libraries that write only local files (matplotlib's plots,
+the report's pages) is built in a local folder and published whole:
+
+    with building(final) as built:
+        render_into(built)
+        publish_built(built, final, {"kind": "report"})
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,6 +119,43 @@ def publish_written(
         list(pool.map(copy, sorted(files)))
     objectstore.write_manifest(staging, fields, files)
     return objectstore.publish(staging, final)
+
+
+@contextlib.contextmanager
+def building(final: Location) -> Iterator[Path]:
+    """A local folder to build `final`'s next content in with local file APIs; publish it with
+    ``publish_built`` before the block ends. Its staging folder on a local root (published by a
+    rename); a local temporary folder for an object store (uploaded). Removed if not published.
+    """
+    if final.is_object_store:
+        built = Path(tempfile.mkdtemp(prefix="recbatch-build-"))
+    else:
+        built = storage.staging_dir_for(final.path)
+    try:
+        yield built
+    finally:
+        shutil.rmtree(built, ignore_errors=True)  # published on a local root: already gone
+
+
+def publish_built(built: Path, final: Location, fields: dict[str, Any]) -> dict[str, Any]:
+    """Publish the data files in `built` (from ``building``) as `final`'s content, with a manifest of
+    them and `fields`; returns the manifest. On an object store each file is uploaded into a fresh
+    attempt, its record taken from the local bytes (nothing is read back from the store)."""
+    if not final.is_object_store:
+        manifest = storage.write_manifest(built, fields)
+        storage.publish_dir(built, final.path)
+        return manifest
+    staging = staging_for(final)
+    files = {}
+    for path in storage.data_files(built):
+        name = path.relative_to(built).as_posix()
+        part = staging.join(name)
+        with access(part, f"write {part.key}"), part.filesystem.open_output_stream(part.path) as out:
+            out.write(path.read_bytes())
+        files[name] = {"bytes": path.stat().st_size, "sha256": storage.sha256_file(path)}
+    manifest = objectstore.write_manifest(staging, fields, files)
+    objectstore.publish(staging, final)
+    return manifest
 
 
 def open_folder(folder: Location) -> storage.OpenFolder:

@@ -23,20 +23,30 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   kind of root. Stages converted to object-store roots use only this face and
   write and read through recbatch/folders.py: so far the snapshot stage
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
-  ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
+  ``layout.at.ingest_scratch``), the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
-  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``),
+  the evaluate stage (``recbatch evaluate``: runs, models and item vectors
+  read through their manifests, baselines at ``layout.at.baseline_run(...)``,
+  the report at ``layout.at.report(date)``; the gate compares with
+  ``layout.at.published_runs()``, complete by commit marker), the serving load
+  (``recbatch load``: a run read through its marker and manifest,
+  recbatch/serving/published_run.py), retention (``recbatch gc``:
+  recbatch/retention.py, deleting with ``fs.remove_tree``) and ``recbatch
+  rollback`` (Redis only: it reads nothing under the root).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
-  handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
+  file APIs (embed, score, publish, forget, the nightly). On an
+  object-store root it refuses with a UsageError instead of handing out a local
+  path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
 does), so an unconverted stage on an object-store root fails before any work
 with a message naming the stage. Converting a stage: take its outputs from
 ``layout.at``, write through ``folders`` (``staging_for``,
 ``write_parquet_part``, ``write_manifest``, ``publish``, or ``publish_written``
-for a content-addressed output), read through ``folders.open_folder`` /
+for a content-addressed output, or ``building``/``publish_built`` for files only
+a local file API writes), read through ``folders.open_folder`` /
 ``read_committed`` (manifest, then exactly its files: never a listing), keep its
 scratch under the root (Ray tasks on other nodes read it), hand Ray Train a
 run folder as ``storage_path`` plus ``storage_filesystem`` (the Location's
@@ -55,11 +65,11 @@ from typing import Any
 from recbatch.config import StorageConfig
 from recbatch.errors import UsageError
 from recbatch.fs import Location, is_object_store_uri, list_folders, local, locate
-from recbatch.objectstore import latest_committed
+from recbatch.objectstore import latest_committed, read_marker
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "evaluate", "load", "gc", "rollback"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -69,7 +79,8 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    *others, last = [f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES)]
+    supported = f"{', '.join(others)} and {last}" if others else last
     verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
     return (
         f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
@@ -145,6 +156,17 @@ class RootLocations:
     def staged_for(self, run_date: dt.date | str) -> Location:
         """Scored but not yet gated/published output for a run date."""
         return self.root.join("staged", f"dt={_date_str(run_date)}")
+
+    def published_runs(self) -> list[Location]:
+        """Complete recommendation runs, oldest first (``dt=`` names sort by date): what the gate
+        compares with. A run is complete by its commit marker (recbatch/objectstore.py) on an object
+        store, by its ``_SUCCESS`` file on a local root; hidden folders (staging, retired) never are."""
+        if self.root.is_object_store:
+            return [run for run in list_folders(self.recommendations, "dt=") if read_marker(run) is not None]
+        folder = Path(self.recommendations.path)
+        if not folder.exists():
+            return []
+        return [self.recommendations.join(p.name) for p in sorted(folder.glob("dt=*")) if (p / SUCCESS).exists()]
 
     def baseline_run(self, snapshot_hash: str, name: str) -> Location:
         """A baseline's recommendations for a snapshot (``recbatch evaluate --baselines``)."""
@@ -249,10 +271,7 @@ class RunLayout:
         return local_path(self.at.staged_for(run_date))
 
     def published_runs(self) -> list[Path]:
-        """Complete recommendation runs, oldest first."""
-        if not self.recommendations.exists():
-            return []
-        return sorted(p for p in self.recommendations.glob("dt=*") if (p / SUCCESS).exists())
+        return [local_path(run) for run in self.at.published_runs()]
 
     def baseline_run(self, snapshot_hash: str, name: str) -> Path:
         return local_path(self.at.baseline_run(snapshot_hash, name))

@@ -178,14 +178,19 @@ def retired_copies(final: Location, now_ns: int | None = None) -> list[Location]
     return [final.join(r["attempt"]) for r in marker.get("retired", []) if not _expired(r, now_ns)]
 
 
-def remove_stale_attempts(final: Location, now_ns: int | None = None) -> list[Location]:
-    """Delete every attempt of `final` that readers cannot reach any more: never committed
-    (a killed writer) or retired past the grace period. Only under the root's lease:
-    an attempt being written right now is also uncommitted."""
+def stale_attempts(final: Location, now_ns: int | None = None) -> list[Location]:
+    """The attempts of `final` that readers cannot reach any more: never committed (a killed
+    writer, or one at work right now) or retired past the grace period. Reads only."""
     marker = read_marker(final)
     keep = {marker["attempt"]} if marker else set()
     keep |= {r.name for r in retired_copies(final, now_ns)}
-    removed = [a for a in attempts(final) if a.name not in keep]
+    return [a for a in attempts(final) if a.name not in keep]
+
+
+def remove_stale_attempts(final: Location, now_ns: int | None = None) -> list[Location]:
+    """Delete ``stale_attempts(final)``. Only under the root's lease: an attempt being
+    written right now is also uncommitted."""
+    removed = stale_attempts(final, now_ns)
     for attempt in removed:
         remove_tree(attempt)
     return removed

@@ -246,7 +246,7 @@ def _run_stages(
 ) -> None:
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
-    from recbatch.eval.gate import check_gate
+    from recbatch.eval.gate import check_gate, last_published_manifest
     from recbatch.eval.holdout import evaluate_baseline, evaluate_model, holdout_metrics
     from recbatch.eval.report import injected_profiles_section, write_report
     from recbatch.publish import publish_run
@@ -317,8 +317,7 @@ def _run_stages(
                                           gate_metric=cfg.eval.gate_metric, sections=sections))
         headline = (cfg.eval.gate_metric, "recall@10", "coverage@10", "holdout_users")
         rec.details.update({k: round(metrics[k], 4) for k in headline if k in metrics})
-        previous = [run for run in layout.published_runs() if run.name != final.name]
-        last_manifest = read_manifest(previous[-1]) if previous else None
+        last_manifest = last_published_manifest(layout, final.name)
         floor = next(r for r in popular if r.name == FLOOR_BASELINE)
         gate = check_gate(metrics, last_manifest, cfg.eval, force=force_publish or forced_before,
                           floor_metrics=floor.metrics())

@@ -184,6 +184,23 @@ def storage_flags(root: S3Root) -> list[str]:
             "--set", f"storage.region={storage.region}"]
 
 
+WRONG_SECRET = "wr0ng-Secret-Key-7a2b"  # a wrong key: refused by the server, and never shown in a message
+
+
+def refused_with_wrong_credentials(argv: list[str], root: S3Root, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str], workdir: Path) -> None:
+    """Run the CLI `argv` (run in the empty `workdir`) with a wrong secret key: it exits 9 naming the
+    bucket and the root, never the key, and writes nothing on the store or locally."""
+    from recbatch.cli import main
+
+    credentials_env(monkeypatch, secret=WRONG_SECRET)
+    code = main([*argv, *storage_flags(root)])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"bucket '{root.bucket}'" in err and root.uri in err and WRONG_SECRET not in err
+    assert root.keys() == [] and list(workdir.iterdir()) == []
+
+
 def credentials_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -> None:
     """Credentials as a deployment gives them: the standard AWS variables (pyarrow's and boto3's default chain)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)

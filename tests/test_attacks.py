@@ -59,7 +59,7 @@ def test_attacks_add_fake_profiles_that_push_the_target_into_train(ray_local, ti
         quarantined = pl.read_parquet(defended.path / "quarantine" / "profiles.parquet")
         assert set(quarantined["user_id"]) == set(fakes)
         assert quarantined["reason"].str.contains(f"item {target}").all()
-        assert quarantined_by_signal(defended.path).row(0) == (BURST_SIGNAL, expected, quarantined.height)
+        assert quarantined_by_signal(defended).row(0) == (BURST_SIGNAL, expected, quarantined.height)
         kept = pl.read_parquet(defended.table_path("interactions"))
         assert kept.sort("user_id", "ts").equals(pl.read_parquet(clean.table_path("interactions")).sort("user_id", "ts"))
 
@@ -108,7 +108,7 @@ def test_ratings_far_from_the_population_catch_a_campaign_spread_over_weeks(
     assert snapshot.partitions > 1
     assert caught[0].equals(caught[1])
     assert set(caught[0]["user_id"]) == set(fakes)
-    by_signal = dict((signal, (n, rows)) for signal, n, rows in quarantined_by_signal(snapshot.path).iter_rows())
+    by_signal = dict((signal, (n, rows)) for signal, n, rows in quarantined_by_signal(snapshot).iter_rows())
     assert by_signal == {BURST_SIGNAL: (0, 0), RATING_SIGNAL: (len(fakes), snapshot.counts["quarantined_profile_interactions"])}
     for reason in caught[0]["reason"]:  # too typical: fillers at their item's mean (the target is pulled up by the fakes)
         assert reason.startswith("ratings far from the population: ") and "closer than real people rate" in reason

@@ -9,6 +9,7 @@ import pytest
 
 from eval_helpers import synthetic_snapshot, write_run
 from recbatch.cli import main
+from recbatch.fs import local
 from recbatch.storage import verify_manifest
 
 
@@ -79,7 +80,8 @@ def test_a_section_measured_elsewhere_is_rendered_and_kept_in_the_json(tmp_path)
     snap = Snapshot.open(synthetic_snapshot(tmp_path / "snapshot"))
     write_run(tmp_path / "run", {1: [1, 2, 3]})
     section = Section("Injected profiles", ["attack", "gain removed"], [["average", "100%"]])
-    out = write_report([evaluate_run(tmp_path / "run", snap, ks=[5, 10])], tmp_path / "report", sections=[section])
+    out = tmp_path / "report"
+    assert write_report([evaluate_run(tmp_path / "run", snap, ks=[5, 10])], out, sections=[section]) == local(out)
     assert "## Injected profiles\n\n| attack | gain removed |" in (out / "report.md").read_text()
     assert "<h2>Injected profiles</h2>" in (out / "report.html").read_text()
     assert json.loads((out / "report.json").read_text())["sections"] == [

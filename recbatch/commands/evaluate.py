@@ -7,6 +7,10 @@
 Every run is read through the same metric code (recbatch.eval.metrics), and
 the baselines are produced through the same writer as the scoring stage, so
 the table compares like with like.
+
+The root and every folder given may be on an object store (``s3://...``,
+reached as ``cfg.storage`` says): runs, models and the snapshot are read
+through their manifests, and the baselines and the report are published there.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from recbatch.config import Config
+from recbatch.config import Config, StorageConfig
 from recbatch.errors import UsageError
+from recbatch.fs import Location, locate
 
 HELP = "evaluate recommendation runs and baselines on a snapshot's test split and write a report"
 
@@ -42,18 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report folder (default: <root>/reports/dt=<today>)")
 
 
-def parse_named_dirs(specs: list[str], flag: str) -> dict[str, Path]:
-    """``["a=dir1", "b=dir2"]`` -> ``{"a": Path("dir1"), ...}``; names must be unique."""
-    runs: dict[str, Path] = {}
+def parse_named_dirs(specs: list[str], flag: str, storage: StorageConfig) -> dict[str, Location]:
+    """``["a=dir1", "b=s3://bucket/dir2"]`` -> ``{"a": <Location dir1>, ...}``; names must be unique.
+
+    A local folder must exist; an object-store one is checked when it is read
+    (through its commit marker, which names it when it is missing)."""
+    runs: dict[str, Location] = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
             raise UsageError(f"{flag} expects NAME=DIR, got {spec!r}")
         if name in runs:
             raise UsageError(f"{flag} name {name!r} given twice")
-        if not Path(folder).is_dir():
+        location = locate(folder, storage)
+        if not location.is_object_store and not Path(location.path).is_dir():
             raise UsageError(f"{flag} {name}: {folder} is not a folder")
-        runs[name] = Path(folder)
+        runs[name] = location
     return runs
 
 
@@ -63,13 +72,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.eval.holdout import evaluate_model
     from recbatch.eval.metrics import evaluate_run
     from recbatch.eval.report import headline_table, write_report
+    from recbatch.folders import is_complete, read_manifest
+    from recbatch.fs import check_access
     from recbatch.layout import RunLayout
-    from recbatch.storage import is_complete, read_manifest
 
-    runs = parse_named_dirs(args.run, "--run")
-    models = parse_named_dirs(args.model, "--model")
-    layout = RunLayout.of(cfg.root)
-    snapshot = snapshot_from(args.snapshot, layout)
+    runs = parse_named_dirs(args.run, "--run", cfg.storage)
+    models = parse_named_dirs(args.model, "--model", cfg.storage)
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    check_access(layout.at.root)  # wrong credentials or bucket: refused, naming the bucket (exit 9)
+    snapshot = snapshot_from(args.snapshot, layout, cfg.storage)
 
     names = []
     if args.baselines:
@@ -77,7 +88,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         for name in names:
             baseline_class(name)  # unknown names fail before any work
     for name in names:
-        folder = layout.baseline_run(snapshot.hash, name)
+        folder = layout.at.baseline_run(snapshot.hash, name)
         if not is_complete(folder) or read_manifest(folder).get("k") != cfg.score.k:
             print(f"training baseline {name} on {snapshot.hash} ...")
             run_baseline(name, snapshot, cfg, folder)
@@ -98,7 +109,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         seconds[name] = round(time.perf_counter() - started, 3)
 
     headline_k = int(cfg.eval.gate_metric.split("@")[1]) if "@" in cfg.eval.gate_metric else 10
-    out = Path(args.out) if args.out else layout.report(dt.datetime.now(dt.timezone.utc).date())
+    out = locate(args.out, cfg.storage) if args.out else layout.at.report(dt.datetime.now(dt.timezone.utc).date())
     context = {
         "snapshot": snapshot.hash,
         "split": args.split,

@@ -49,12 +49,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from recbatch.data.split import lower_quantile
+
+if TYPE_CHECKING:
+    from recbatch.data.snapshot import Snapshot
 
 BURST_HOURS = 2.0  # a profile made in one sitting
 WINDOW_HOURS = 2.0  # sittings that started together
@@ -216,15 +219,19 @@ def merge_suspects(found: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(found).group_by("user_id", maintain_order=True).agg(pl.col("reason").str.join("; "))
 
 
-def quarantined_by_signal(snapshot_dir: Path) -> pl.DataFrame:
+def quarantined_by_signal(snapshot: Snapshot) -> pl.DataFrame:
     """``signal``, ``profiles``, ``interactions``: what each signal set aside in a snapshot (a profile
-    caught by both counts under both), for the nightly report; zeros when nothing was."""
-    path = snapshot_dir / QUARANTINE_FILE
+    caught by both counts under both), for the nightly report; zeros when nothing was.
+    The file is found through the snapshot's manifest, on either kind of root."""
+    from recbatch.parquet_io import scan_parquet
+
+    quarantined = QUARANTINE_FILE in snapshot.manifest["files"]
     rows = []
     for signal in SIGNALS:
         profiles = interactions = 0
-        if path.exists():
-            caught = pl.scan_parquet(path).filter(pl.col("reason").str.contains(f"{signal}:", literal=True))
+        if quarantined:
+            reasons = scan_parquet([snapshot.files_at.join(QUARANTINE_FILE)])
+            caught = reasons.filter(pl.col("reason").str.contains(f"{signal}:", literal=True))
             profiles, interactions = caught.select(pl.col("user_id").n_unique(), pl.len()).collect().row(0)
         rows.append({"signal": signal, "profiles": profiles, "interactions": interactions})
     return pl.DataFrame(rows, schema={"signal": pl.String, "profiles": pl.Int64, "interactions": pl.Int64})

@@ -45,11 +45,13 @@ import pyarrow as pa
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recbatch import folders
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.split import days_before_newest
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
+from recbatch.fs import Location, as_location
 from recbatch.score.ranking import BLOCKED, SEEN, eligible_items, kernel_settings, rank, rank_scores, user_exclusions
 from recbatch.score.writer import write_recommendations
 
@@ -602,26 +604,37 @@ def fit_baseline(
     return FittedBaseline(model, data, ListRules.of(snapshot, cfg.score, data), params, trials, model_version, seconds)
 
 
-def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path) -> dict[str, Any]:
+def run_baseline(name: str, snapshot: Any, cfg: Config, out_dir: str | Path | Location) -> dict[str, Any]:
     """Tune on validation, refit on train + validation, write lists for every user; returns the manifest.
 
     Every user of the snapshot gets a list, as from the nightly scoring stage:
     those with no interaction before the test rows get `Baseline.rank_newcomers`.
+    On an object-store root the lists are written by the scoring stage's writer
+    into a local folder, then published there whole (``folders.publish_built``).
     """
     fitted = fit_baseline(name, snapshot, cfg)
     started = time.perf_counter()
-    manifest = write_recommendations(
-        fitted.lists(snapshot, cfg.score.k),
-        out_dir,
-        id_type=snapshot.id_type,
-        rows_per_file=cfg.score.rows_per_file,
-        manifest_fields={
-            "model_version": fitted.model_version,
-            "snapshot_hash": snapshot.hash,
-            "k": cfg.score.k,
-            "baseline": {"name": name, "params": fitted.params, "validation": fitted.trials,
-                         "newcomers": len(users_without_history(snapshot, fitted.data))},
-            "timings": {**fitted.seconds, "rank_and_write": round(time.perf_counter() - started, 3)},
-        },
-    )
-    return manifest
+    final = as_location(out_dir)
+
+    def write(folder: str | Path) -> dict[str, Any]:
+        return write_recommendations(
+            fitted.lists(snapshot, cfg.score.k),
+            folder,
+            id_type=snapshot.id_type,
+            rows_per_file=cfg.score.rows_per_file,
+            manifest_fields={
+                "model_version": fitted.model_version,
+                "snapshot_hash": snapshot.hash,
+                "k": cfg.score.k,
+                "baseline": {"name": name, "params": fitted.params, "validation": fitted.trials,
+                             "newcomers": len(users_without_history(snapshot, fitted.data))},
+                "timings": {**fitted.seconds, "rank_and_write": round(time.perf_counter() - started, 3)},
+            },
+        )
+
+    if not final.is_object_store:
+        return write(final.path)
+    with folders.building(final) as built:
+        lists = built / "lists"
+        fields = {k: v for k, v in write(lists).items() if k != "files"}
+        return folders.publish_built(lists, final, fields)

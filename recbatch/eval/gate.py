@@ -27,10 +27,13 @@ published manifest so the override stays visible.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recbatch.config import EvalConfig
 from recbatch.errors import QualityGateError
+
+if TYPE_CHECKING:
+    from recbatch.layout import RootLocations
 
 FLOOR_BASELINE = "most_popular"  # the model must do at least as well as this on the same users
 
@@ -58,6 +61,15 @@ class GateResult:
 
     def to_manifest(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def last_published_manifest(root: RootLocations, tonight: str) -> dict[str, Any] | None:
+    """The manifest of the run the gate compares with: the newest run published under `root` other
+    than `tonight` (a rerun's own date folder), read through its marker on either kind of root."""
+    from recbatch import folders
+
+    previous = [run for run in root.published_runs() if run.name != tonight]
+    return folders.read_manifest(previous[-1]) if previous else None
 
 
 def check_gate(

@@ -21,6 +21,12 @@ published lists (``tests/test_score.py::test_published_lists_equal_the_holdout_r
 Steps 1-3 run in a Ray task (``evaluate_model``): the driver finds the slice's
 user ids a partition at a time and scores the lists it gets back, whose size
 ``eval.holdout_users`` and ``eval.ks`` bound.
+
+The model and the item vectors may be on either kind of root: the task is
+handed the ``Snapshot`` and the folders as ``fs.Location``s (never keys: the
+worker resolves its own credentials, recbatch/fs.py) and reads them through
+their manifests (``load_artifact``, ``embed.store.read_matrix``, the
+``Snapshot`` methods).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from recbatch.config import Config
 from recbatch.data.partition import user_hash
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
+from recbatch.fs import Location
 
 HOLDOUT_SALT = 0x601D  # the holdout slice's own hash (not the partition hash): any fixed number
 HISTORY_SPLITS = {"test": ("train", "validation"), "validation": ("train",)}  # what came before each split
@@ -58,7 +65,7 @@ def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Serie
 
 
 def catalog_vectors(
-    artifact: Any, snapshot: Any, items_dir: str | Path | None, batch: int
+    artifact: Any, snapshot: Any, items_dir: str | Path | Location | None, batch: int
 ) -> tuple[pa.Array, np.ndarray]:
     """(item ids sorted ascending [N], unit item vectors [N, D]) for this model version."""
     from recbatch.embed.store import read_matrix
@@ -81,8 +88,8 @@ def catalog_vectors(
 def holdout_lists(
     cfg: Config,
     snapshot: Any,
-    model_dir: str | Path,
-    items_dir: str | Path | None,
+    model_dir: str | Path | Location,
+    items_dir: str | Path | Location | None,
     users: pl.Series,
     k: int,
     split: str = "test",
@@ -165,8 +172,8 @@ def rank_with_history(
 def evaluate_model(
     cfg: Config,
     snapshot: Any,
-    model_dir: str | Path,
-    items_dir: str | Path | None = None,
+    model_dir: str | Path | Location,
+    items_dir: str | Path | Location | None = None,
     name: str = "two_tower",
     split: str = "test",
 ) -> EvalResult:
@@ -181,8 +188,8 @@ def evaluate_model(
 
 
 def _holdout_lists_on_a_worker(
-    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None, users: pl.Series, k: int,
-    split: str,
+    cfg: Config, snapshot: Any, model_dir: str | Path | Location, items_dir: str | Path | Location | None,
+    users: pl.Series, k: int, split: str,
 ) -> pl.DataFrame:
     """``holdout_lists`` in one Ray task: the model, the item matrix, the histories and the ranking live on a
     worker, and the driver receives the slice's lists (``eval.holdout_users`` x `k` rows: bounded by config).
@@ -226,7 +233,7 @@ def _evaluate_slice(
 
 
 def evaluate_holdout(
-    cfg: Config, snapshot: Any, model_dir: str | Path, items_dir: str | Path | None = None
+    cfg: Config, snapshot: Any, model_dir: str | Path | Location, items_dir: str | Path | Location | None = None
 ) -> dict[str, float]:
     """Flat metrics for the gate and the run manifest (``{"ndcg@10": ..., "holdout_users": ...}``)."""
     return holdout_metrics(evaluate_model(cfg, snapshot, model_dir, items_dir))

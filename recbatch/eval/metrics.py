@@ -51,8 +51,10 @@ from typing import Any
 
 import polars as pl
 
+from recbatch import folders
 from recbatch.errors import DataValidationError
-from recbatch.storage import MANIFEST, read_parquet_folder
+from recbatch.fs import Location, as_location
+from recbatch.storage import MANIFEST
 
 RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")
 BEYOND_METRICS: tuple[str, ...] = ("coverage", "gini", "avg_popularity", "seen_share")
@@ -108,17 +110,18 @@ class EvalResult:
 # --------------------------------------------------------------------------- inputs
 
 
-def scan_recommendations(run_dir: str | Path) -> pl.LazyFrame:
+def scan_recommendations(run_dir: str | Path | Location) -> pl.LazyFrame:
     """A recommendations folder as one frame.
 
-    A folder recbatch wrote (it has ``_manifest.json``) is read through the
-    reader contract: exactly the files its manifest names, pinned, so a run
-    republished meanwhile is never read half. A folder of Parquet files from
-    another system (no manifest) is read as listed.
+    A folder recbatch wrote (it has ``_manifest.json``; on an object store,
+    every folder) is read through the reader contract: exactly the files its
+    manifest names, pinned, so a run republished meanwhile is never read half.
+    A local folder of Parquet files from another system (no manifest) is read as listed.
     """
-    run_dir = Path(run_dir)
-    if (run_dir / MANIFEST).exists():
-        return pl.from_arrow(read_parquet_folder(run_dir)).lazy()
+    location = as_location(run_dir)
+    if location.is_object_store or (Path(location.path) / MANIFEST).exists():
+        return pl.from_arrow(folders.read_parquet_folder(location)).lazy()
+    run_dir = Path(location.path)
     parts = sorted(run_dir.glob("*.parquet"))
     if not parts:
         raise DataValidationError(f"{run_dir}: no Parquet files: not a recommendations run")
@@ -402,15 +405,15 @@ def heldout_and_history(snapshot: Any, split: str = "test") -> tuple[pl.LazyFram
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | Location,
     snapshot: Any,
     *,
     ks: list[int],
     split: str = "test",
     name: str | None = None,
 ) -> EvalResult:
-    """Evaluate a recommendations folder on a snapshot's held-out split."""
-    run_dir = Path(run_dir)
+    """Evaluate a recommendations folder (on either kind of root) on a snapshot's held-out split."""
+    run_dir = as_location(run_dir)
     heldout, history = heldout_and_history(snapshot, split)
     return evaluate(
         scan_recommendations(run_dir),

@@ -8,8 +8,10 @@
     popularity.png            share of recommended slots per item-popularity decile, per model
     cold_vs_warm.png          recall and NDCG on cold-item vs warm-item held-out interactions
 
-The folder is written to staging and published atomically with a manifest,
-like every other stage output, so a half-rendered report is never visible.
+The folder is published whole with a manifest, like every other stage output,
+so a half-rendered report is never visible. matplotlib writes local files only,
+so the folder is built locally and published through ``folders.building``: on
+an object-store root it is uploaded into a fresh attempt and committed by marker.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from recbatch import folders
 from recbatch.eval.metrics import POPULARITY_BINS, RANKING_METRICS, EvalResult
-from recbatch.storage import publish_dir, staging_dir_for, write_manifest
+from recbatch.fs import Location, as_location
+
+if TYPE_CHECKING:
+    from recbatch.data.snapshot import Snapshot
 
 HEADLINE_COLUMNS = (
     "precision", "recall", "hit_rate", "mrr", "ndcg", "map",
@@ -76,11 +82,11 @@ def ratio_table(results: list[EvalResult], metric: str) -> tuple[list[str], list
     return header, rows
 
 
-def injected_profiles_section(snapshot_dir: Path) -> Section:
+def injected_profiles_section(snapshot: Snapshot) -> Section:
     """What ingest's injected-profile defence quarantined in the snapshot, per signal (data/profiles.py)."""
     from recbatch.data.profiles import QUARANTINE_FILE, quarantined_by_signal
 
-    counts = quarantined_by_signal(snapshot_dir)
+    counts = quarantined_by_signal(snapshot)
     return Section(f"Injected profiles quarantined at ingest (review: snapshot {QUARANTINE_FILE})",
                    ["signal", "profiles", "interactions"], [[str(v) for v in row] for row in counts.iter_rows()])
 
@@ -164,58 +170,62 @@ def plot_cold_vs_warm(results: list[EvalResult], path: Path, k: int) -> None:
 
 def write_report(
     results: list[EvalResult],
-    out_dir: str | Path,
+    out_dir: str | Path | Location,
     *,
     headline_k: int = 10,
     context: dict[str, Any] | None = None,
     gate_metric: str | None = None,
     sections: list[Section] | None = None,
-) -> Path:
-    """Render tables, JSON and plots for `results` into `out_dir` (atomically); returns it.
+) -> Location:
+    """Render tables, JSON and plots for `results` and publish them as `out_dir`, on either kind of
+    root; returns where it is.
 
     With `gate_metric`, the report opens with the first result against each of
     the others on that metric (see `ratio_table`). `sections` are extra tables a caller
     measured itself (e.g. bench/attacks.py's target exposure with and without the
     defence), rendered after the metric tables and kept in the JSON.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a display
     if not results:
         raise ValueError("no evaluation results to report")
     context = context or {}
-    ks = results[0].ks
-    staging = staging_dir_for(out_dir)
-    try:
-        plot_metrics_at_k(results, staging / "metrics_at_k.png")
-        plot_popularity(results, staging / "popularity.png", ks[-1])
-        plot_cold_vs_warm(results, staging / "cold_vs_warm.png", headline_k)
-        tables = []
-        if gate_metric and len(results) > 1:
-            tables.append((f"{results[0].name} against the others on {gate_metric}", ratio_table(results, gate_metric)))
-        tables += [
-            (f"All models at K = {headline_k}", headline_table(results, headline_k)),
-            ("NDCG and Recall at each K", per_k_table(results, ks)),
-            *[(s.title, (s.header, s.rows)) for s in sections or []],
-        ]
-        facts = ", ".join(f"{k}: {v}" for k, v in context.items() if not isinstance(v, dict))
-        md = [f"# Evaluation report\n\n{facts}\n"]
-        page = [f"<html><head><meta charset='utf-8'><title>Evaluation report</title></head><body>"
-                f"<h1>Evaluation report</h1><p>{html.escape(facts)}</p>"]
-        for title, (header, rows) in tables:
-            md.append(f"## {title}\n\n{_markdown(header, rows)}\n")
-            page.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
-        md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
-        page.append("".join(f"<h2>{p}</h2><img src='{p}'>" for p in PLOTS) + "</body></html>")
-        (staging / "report.md").write_text("\n".join(md))
-        (staging / "report.html").write_text("".join(page))
-        payload = {"context": context, "models": [r.to_dict() for r in results],
-                   "sections": [dataclasses.asdict(s) for s in sections or []]}
-        (staging / "report.json").write_text(json.dumps(payload, indent=2, default=str))
-        write_manifest(staging, {"kind": "report", "models": [r.name for r in results], **context})
-    except BaseException:
-        import shutil
+    final = as_location(out_dir)
+    with folders.building(final) as built:
+        _render(results, built, headline_k, context, gate_metric, sections or [])
+        folders.publish_built(built, final, {"kind": "report", "models": [r.name for r in results], **context})
+    return final
 
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return publish_dir(staging, out_dir)
+
+def _render(
+    results: list[EvalResult], folder: Path, headline_k: int, context: dict[str, Any], gate_metric: str | None,
+    sections: list[Section],
+) -> None:
+    """The report's files, written into the local `folder`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    ks = results[0].ks
+    plot_metrics_at_k(results, folder / "metrics_at_k.png")
+    plot_popularity(results, folder / "popularity.png", ks[-1])
+    plot_cold_vs_warm(results, folder / "cold_vs_warm.png", headline_k)
+    tables = []
+    if gate_metric and len(results) > 1:
+        tables.append((f"{results[0].name} against the others on {gate_metric}", ratio_table(results, gate_metric)))
+    tables += [
+        (f"All models at K = {headline_k}", headline_table(results, headline_k)),
+        ("NDCG and Recall at each K", per_k_table(results, ks)),
+        *[(s.title, (s.header, s.rows)) for s in sections],
+    ]
+    facts = ", ".join(f"{k}: {v}" for k, v in context.items() if not isinstance(v, dict))
+    md = [f"# Evaluation report\n\n{facts}\n"]
+    page = [f"<html><head><meta charset='utf-8'><title>Evaluation report</title></head><body>"
+            f"<h1>Evaluation report</h1><p>{html.escape(facts)}</p>"]
+    for title, (header, rows) in tables:
+        md.append(f"## {title}\n\n{_markdown(header, rows)}\n")
+        page.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
+    md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
+    page.append("".join(f"<h2>{p}</h2><img src='{p}'>" for p in PLOTS) + "</body></html>")
+    (folder / "report.md").write_text("\n".join(md))
+    (folder / "report.html").write_text("".join(page))
+    payload = {"context": context, "models": [r.to_dict() for r in results],
+               "sections": [dataclasses.asdict(s) for s in sections]}
+    (folder / "report.json").write_text(json.dumps(payload, indent=2, default=str))

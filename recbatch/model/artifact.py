@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -86,7 +85,7 @@ def publish_artifact(
     metrics: dict[str, float] | None = None,
     loss_curve: list[dict[str, float]] | None = None,
     extra_card: dict[str, Any] | None = None,
-) -> Path:
+) -> Location:
     """Publish the artifact as ``models/<model_version>``, complete or absent; return that folder.
 
     `item_ids` lists the warm ids in id-embedding row order (row i + 1).
@@ -96,9 +95,8 @@ def publish_artifact(
     model_cfg = dataclasses.asdict(model.config)
     version = model_version_of(model, item_ids, model_cfg)
     final = models.join(version)
-    attempt = folders.staging_for(final)
-    with _written_locally(attempt) as staging:
-        _write_files(staging, model, tokenizer, item_ids, id_type, loss_curve, {
+    with folders.building(final) as built:  # Hugging Face and torch write local files
+        _write_files(built, model, tokenizer, item_ids, id_type, loss_curve, {
             "format": ARTIFACT_FORMAT,
             "model_version": version,
             "model": model_cfg,
@@ -111,22 +109,8 @@ def publish_artifact(
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **(extra_card or {}),
         })
-    folders.write_manifest(attempt, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
-    return folders.publish(attempt, final)
-
-
-@contextlib.contextmanager
-def _written_locally(staging: Location) -> Iterator[Path]:
-    """A local folder whose files end up in `staging`: the folder itself on a local root; on an
-    object store a temporary one, copied into the attempt when the block ends without error."""
-    if not staging.is_object_store:
-        yield Path(staging.path)
-        return
-    with tempfile.TemporaryDirectory(prefix="recbatch-artifact-") as folder:
-        yield Path(folder)
-        with access(staging, f"upload the model files into {staging.key}"):
-            pafs.copy_files(folder, staging.path, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=staging.filesystem)
+        folders.publish_built(built, final, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
+    return final
 
 
 def _write_files(

@@ -3,7 +3,9 @@
 Order of work, and why:
 
 1. Verify the run (``_SUCCESS``, manifest, checksums, schema, row counts):
-   a bad run is refused before a single key is written.
+   a bad run is refused before a single key is written. The run is read
+   through its marker and manifest (published_run.py), on a local or an
+   object-store root alike.
 2. Register a new version namespace (state ``loading``) so that, should this
    process die, the next load's garbage collection finds what it left.
 3. Stream the Parquet in batches of ``serving.batch_size`` rows (memory stays
@@ -24,11 +26,11 @@ on the previous version.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +39,7 @@ import redis
 
 from recbatch.config import ServingConfig
 from recbatch.errors import DataValidationError
+from recbatch.fs import Location
 from recbatch.serving import versions
 from recbatch.serving.codec import encode_batch
 from recbatch.serving.connection import Store, connect, describe, is_cluster, store_errors
@@ -69,7 +72,7 @@ class LoadResult:
 
 
 def load_run(
-    run_dir: str | Path,
+    run: str | os.PathLike[str] | Location,
     cfg: ServingConfig,
     *,
     redis_url: str | None = None,
@@ -78,11 +81,12 @@ def load_run(
 ) -> LoadResult:
     """Load a published run and make it live; raises before writing if the run is bad.
 
+    `run`: a local path, or a Location on either kind of root (``fs.locate(uri, cfg.storage)``).
     `client` reuses an open connection (tests, benchmarks); otherwise one is made
     from `redis_url` or the config. `on_batch` observes progress.
     """
-    with open_published_run(run_dir) as run:
-        return _load(run, cfg, redis_url, client, on_batch)
+    with open_published_run(run) as published:
+        return _load(published, cfg, redis_url, client, on_batch)
 
 
 def _load(
@@ -93,7 +97,7 @@ def _load(
     on_batch: BatchHook | None,
 ) -> LoadResult:
     if run.users == 0:
-        raise DataValidationError(f"{run.path}: the run has no users; refusing to serve an empty version")
+        raise DataValidationError(f"{run.location}: the run has no users; refusing to serve an empty version")
     client = client if client is not None else connect(cfg, redis_url)
     where = describe(client)
     keys = KeyLayout(cfg.key_prefix)
@@ -103,7 +107,7 @@ def _load(
     with store_errors(where, f"registering version {version}"):
         keep = versions_to_keep(versions.history(client, keys), cfg.keep_versions, loading=version)
         versions.register_version(client, keys, version, _meta_of(run), cfg.version_ttl_seconds)
-    log.info("loading %s (%d users) into %s as version %s", run.path, run.users, where, version)
+    log.info("loading %s (%d users) into %s as version %s", run.location, run.users, where, version)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbatch-gc") as pool:
         gc_done = pool.submit(collect_garbage, client, keys, keep, batch_size=cfg.batch_size)
@@ -112,7 +116,7 @@ def _load(
                 written, batches = _write_users(client, keys, version, run, cfg, on_batch)
             if written != run.users:
                 raise DataValidationError(
-                    f"{run.path}: wrote {written} users but the manifest says users = {run.users}"
+                    f"{run.location}: wrote {written} users but the manifest says users = {run.users}"
                 )
             with store_errors(where, f"activating version {version}"):
                 versions.mark_complete(client, keys, version, written)
@@ -129,7 +133,7 @@ def _load(
     return LoadResult(
         version=version,
         previous_version=previous,
-        run_dir=str(run.path),
+        run_dir=run.location.uri,
         run_date=run.run_date,
         model_version=run.model_version,
         users=written,
@@ -144,7 +148,7 @@ def _load(
 
 def _meta_of(run: PublishedRun) -> dict[str, object]:
     return {
-        "run_dir": run.path.name,
+        "run_dir": run.location.name,
         "run_date": run.run_date,
         "model_version": run.model_version,
         "snapshot_hash": run.manifest.get("snapshot_hash"),
@@ -173,7 +177,7 @@ def _write_users(
     root = keys.version_root(version)
     written = batches = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbatch-write") as writer:
-        in_flight: tuple[Future, Path, int] | None = None
+        in_flight: tuple[Future, str, int] | None = None
         for path, batch in _batches(run, cfg.batch_size):
             _check_batch(batch, path, run)
             user_keys = [f"{root}u:{uid}" for uid in batch.column("user_id").to_pylist()]
@@ -207,7 +211,7 @@ def _send_batch(client: Store, pairs: dict[str, bytes], ttl_seconds: int | None)
 
 
 def _acknowledge(
-    in_flight: tuple[Future, Path, int], written: int, batches: int, on_batch: BatchHook | None
+    in_flight: tuple[Future, str, int], written: int, batches: int, on_batch: BatchHook | None
 ) -> tuple[int, int]:
     """Wait for a sent batch; a refused MSETNX means a user already written earlier."""
     sent, path, rows = in_flight
@@ -221,7 +225,7 @@ def _acknowledge(
     return written + rows, batches + 1
 
 
-def _batches(run: PublishedRun, batch_size: int) -> Iterator[tuple[Path, pa.RecordBatch]]:
+def _batches(run: PublishedRun, batch_size: int) -> Iterator[tuple[str, pa.RecordBatch]]:
     """Record batches of every file, read a batch at a time (no whole-row-group pre-buffering)."""
     for path, pinned in run.files:
         parquet = pq.ParquetFile(pinned, pre_buffer=False, buffer_size=1 << 20)
@@ -232,7 +236,7 @@ def _batches(run: PublishedRun, batch_size: int) -> Iterator[tuple[Path, pa.Reco
             yield path, batch
 
 
-def _check_batch(batch: pa.RecordBatch, path: Path, run: PublishedRun) -> None:
+def _check_batch(batch: pa.RecordBatch, path: str, run: PublishedRun) -> None:
     """Row-level contract: no null ids or lists, equal list lengths, <= k, one model version."""
     users = batch.column("user_id")
     _refuse_rows(path, "user_id", "is null", pc.is_null(users), users)
@@ -253,7 +257,7 @@ def _check_batch(batch: pa.RecordBatch, path: Path, run: PublishedRun) -> None:
     _refuse_rows(path, "model_version", f"differs from the manifest's {run.model_version!r}", other, users)
 
 
-def _refuse_rows(path: Path, column: str, problem: str, bad: pa.Array, users: pa.Array) -> None:
+def _refuse_rows(path: str, column: str, problem: str, bad: pa.Array, users: pa.Array) -> None:
     count = pc.sum(pc.fill_null(bad, True)).as_py() or 0
     if count:
         examples = users.filter(pc.fill_null(bad, True)).slice(0, 5).to_pylist()
