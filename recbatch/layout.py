@@ -23,12 +23,14 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   kind of root. Stages converted to object-store roots use only this face and
   write and read through recbatch/folders.py: so far the snapshot stage
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
-  ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
+  ``layout.at.ingest_scratch``), the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
-  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``)
+  and the score stage (``recbatch score``: embeddings through ``EmbeddingsFolder``,
+  the run staged at ``layout.at.staged_for(date)``).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
+  file APIs (embed, evaluate, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
   handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
@@ -59,7 +61,7 @@ from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "score", "train"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -69,8 +71,9 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
-    verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
+    *others, last = [f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES)]
+    supported = f"{', '.join(others)} and {last}" if others else last
+    verb = "do" if others else "does"
     return (
         f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
         "shared-filesystem root for them (docs/operations.md, 'Object stores')"

@@ -136,7 +136,7 @@ def test_stages_not_converted_yet_refuse_an_s3_root(tmp_path, s3_root, monkeypat
         err = capsys.readouterr().err
         assert code == 2, (command, err)
         assert f"recbatch {command} does not run on an object-store root ({s3_root.uri}) yet" in err
-        assert "only recbatch ingest and recbatch train do so far" in err
+        assert "only recbatch ingest, recbatch score and recbatch train do so far" in err
     layout = RunLayout.of(s3_root.uri, s3_root.storage)
     assert layout.at.snapshot("abc").uri == f"{s3_root.uri}/snapshots/abc"
     with pytest.raises(UsageError, match=f"{s3_root.uri}/models is on an object store, where this stage cannot run"):

@@ -15,6 +15,7 @@ from recbatch.cli import main
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.errors import DataValidationError, UsageError
+from recbatch.fs import local
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
 from recbatch.score.kernel import kernel_used
@@ -146,7 +147,9 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     })
     staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
 
-    assert staged == tmp_path / "staged" / "dt=2026-11-29" and (staged / SUCCESS).exists()
+    assert staged == local(tmp_path / "staged" / "dt=2026-11-29")
+    staged = Path(staged.path)
+    assert (staged / SUCCESS).exists()
     manifest = verify_manifest(staged)
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
@@ -232,7 +235,7 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
         "score.k": K, "score.popularity_prior_weight": weight, "score.popularity_half_life_days": half_life,
         "model.temperature": temperature, "score.num_actors": 1, "score.cpus_per_actor": 0.5,
     })
-    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    staged = Path(score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE).path)
 
     # the reference prior, counted by hand: decayed picks + 1, log share; never-picked items get the median
     counts = np.zeros(len(world["items"]))
