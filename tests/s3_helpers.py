@@ -24,6 +24,7 @@ from recbatch.fs import Location, locate
 
 ACCESS_KEY = "recbatch-test"
 SECRET_KEY = "recbatch-test-S3cret-9f4c"  # what a failure message must never show
+WRONG_SECRET = "wr0ng-Secret-Key-7a2b"  # a secret the server does not know: neither may this one show
 REGION = "us-east-1"
 START_ATTEMPTS = 3  # a free port can be taken by another process between picking and binding it
 READY_SECONDS = 60  # generous: a loaded CI box is slow to start four servers in one process
@@ -191,3 +192,18 @@ def credentials_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe on a test machine
+
+
+def assert_refused_with_wrong_credentials(
+    root: S3Root, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command `argv` on `root` with a wrong secret key exits 9 with a message naming the bucket and
+    the root, never the key, and writes nothing there."""
+    from recbatch.cli import main
+
+    credentials_env(monkeypatch, secret=WRONG_SECRET)
+    code = main([*argv, "--root", root.uri, *storage_flags(root)])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"bucket '{root.bucket}'" in err and root.uri in err and WRONG_SECRET not in err
+    assert root.keys() == []

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from s3_helpers import credentials_env, storage_flags
+from s3_helpers import assert_refused_with_wrong_credentials, storage_flags
 
 from recbatch.cli import main
 from recbatch.folders import publish, read_committed, staging_for, write_manifest, write_parquet_part
@@ -91,13 +91,8 @@ def test_train_flags_reach_the_model_and_an_s3_root_gets_what_a_local_root_gets(
 
 def test_train_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    wrong = "wr0ng-Secret-Key-7a2b"
-    credentials_env(monkeypatch, secret=wrong)
-    code = main(["train", "--root", s3_root.uri, *TRAIN, *storage_flags(s3_root)])
-    err = capsys.readouterr().err
-    assert code == 9, err
-    assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
-    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
+    assert_refused_with_wrong_credentials(s3_root, ["train", *TRAIN], monkeypatch, capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["snapshot", "model"])
