@@ -15,13 +15,14 @@ from recbatch.cli import main
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.errors import DataValidationError, UsageError
-from recbatch.fs import local
+from recbatch.fs import Location, as_location, local
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
 from recbatch.score.kernel import kernel_used
 from recbatch.score.stage import score
 from recbatch.storage import SUCCESS, verify_manifest, write_manifest
 from part_helpers import assert_parts_by_partition
+from score_helpers import read_staged
 
 RUN_DATE = dt.date(2026, 11, 29)
 K = 8
@@ -114,8 +115,8 @@ def reference(world, k, blocked=frozenset(), blocked_for=frozenset()):
     return out
 
 
-def read_rows(folder: Path) -> dict:
-    df = pl.read_parquet(folder / "*.parquet")
+def read_rows(folder: Path | Location) -> dict:
+    df, _ = read_staged(as_location(folder))
     return {r["user_id"]: r for r in df.iter_rows(named=True)}
 
 
@@ -145,10 +146,9 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
         "score.rows_per_file": 15, "score.blocklist": str(blocklist), "score.num_actors": 2,
         "score.cpus_per_actor": 0.5,
     })
-    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    staged = tmp_path / "staged" / "dt=2026-11-29"
+    assert score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE) == local(staged)
 
-    assert staged == local(tmp_path / "staged" / "dt=2026-11-29")
-    staged = Path(staged.path)
     assert (staged / SUCCESS).exists()
     manifest = verify_manifest(staged)
     assert manifest["users"] == manifest["rows"] == len(world["users"])
@@ -235,7 +235,7 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
         "score.k": K, "score.popularity_prior_weight": weight, "score.popularity_half_life_days": half_life,
         "model.temperature": temperature, "score.num_actors": 1, "score.cpus_per_actor": 0.5,
     })
-    staged = Path(score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE).path)
+    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
 
     # the reference prior, counted by hand: decayed picks + 1, log share; never-picked items get the median
     counts = np.zeros(len(world["items"]))
