@@ -58,7 +58,7 @@ def write_random_embeddings(snapshot, out: Path, dim: int, seed: int = 0) -> tup
 
 
 def read_staged(staged: Location) -> tuple[pl.DataFrame, dict]:
-    """A staged run's rows (sorted by user) and its verified manifest, on either kind of root."""
+    """A scored run's rows (sorted by user) and its verified manifest, staged or published, on either kind of root."""
     with open_folder(staged) as pinned:
         pinned.verify()
         return pl.from_arrow(pinned.read_table()).sort("user_id"), pinned.manifest

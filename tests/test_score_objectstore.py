@@ -153,9 +153,11 @@ def store(s3_root) -> RunLayout:
 def test_publish_on_s3_makes_the_staged_run_live_and_a_rerun_replaces_it_whole(store, s3_root):
     final = store.at.recommendations_for(RUN_DATE)
     staged = _stage(store, list(range(10)), "m1")
+    lists, staged_manifest = read_staged(staged)
     assert publish_run(staged, final, {"metrics": {"ndcg@10": 0.3}, "gate": {"passed": True}}) == final
-    users, manifest = _read(final)
-    assert users == list(range(10)) and manifest["model_version"] == "m1" and manifest["gate"]["passed"] is True
+    published, manifest = read_staged(final)  # marker -> manifest -> exactly its files, every checksum
+    assert published.equals(lists) and manifest["rows"] == staged_manifest["rows"] == 10
+    assert manifest["model_version"] == "m1" and manifest["gate"]["passed"] is True
     publish_id = manifest["publish_id"]
     assert sorted(manifest["files"]) == [f"part-{p:05d}-{publish_id}.parquet" for p in range(3)]
     assert not [k for k in s3_root.keys() if "/staged/" in k]  # the staged run is gone once live
