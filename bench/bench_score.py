@@ -164,6 +164,7 @@ def bench_stage_vs_kernel(n_users: int, n_items: int, threads: int) -> dict:
     from recbatch.config import Config
     from recbatch.data.snapshot import Snapshot
     from recbatch.embed.store import read_matrix
+    from recbatch.folders import read_manifest
     from recbatch.runtime import ensure_ray
     from recbatch.score.kernel import topk
     from recbatch.score.stage import score
@@ -178,7 +179,7 @@ def bench_stage_vs_kernel(n_users: int, n_items: int, threads: int) -> dict:
         t0 = time.perf_counter()
         staged = score(cfg, Snapshot.open(snap), items_dir, users_dir, dt.date(2026, 11, 29))
         stage_s = time.perf_counter() - t0
-        timings = json.loads((staged / "_manifest.json").read_text())["timings"]
+        timings = read_manifest(staged)["timings"]
         ray.shutdown()
         _, users = read_matrix(users_dir, "user_id")
         _, items = read_matrix(items_dir, "item_id")

@@ -42,7 +42,7 @@ from recbatch import objectstore, storage
 from recbatch.errors import IntegrityError
 from recbatch.fs import Location, access, local, make_parent
 
-# Copies inside an object store in flight at once (publish_written): each is one request whose time is
+# Copies inside an object store in flight at once (copy_files): each is one request whose time is
 # the store's latency, not bandwidth, so a few hundred partition files take seconds, not minutes.
 COPY_THREADS = 16
 
@@ -110,13 +110,7 @@ def publish_written(
         storage.publish_dir(written.path, final.path)
         return final
     staging = staging_for(final)
-
-    def copy(name: str) -> None:
-        with access(final, f"copy {name} into {staging.key}"):
-            final.filesystem.copy_file(written.join(name).path, staging.join(name).path)
-
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
-        list(pool.map(copy, sorted(files)))
+    copy_files(written, staging, {name: name for name in files})
     objectstore.write_manifest(staging, fields, files)
     return objectstore.publish(staging, final)
 
@@ -156,6 +150,27 @@ def publish_built(built: Path, final: Location, fields: dict[str, Any]) -> dict[
     manifest = objectstore.write_manifest(staging, fields, files)
     objectstore.publish(staging, final)
     return manifest
+
+
+def copy_files(source: Location, target: Location, names: dict[str, str]) -> None:
+    """Put each file ``source/<name>`` at ``target/<names[name]>``, on one filesystem.
+
+    Locally a hard link (instant, no space; a copy across filesystems); on an
+    object store a copy inside the store, many in flight, so no byte passes
+    through this process.
+    """
+    if not target.is_object_store:
+        for name, new_name in sorted(names.items()):
+            make_parent(target.join(new_name))
+            storage.link_or_copy(source.join(name).path, target.join(new_name).path)
+        return
+
+    def copy(name: str) -> None:
+        with access(target, f"copy {name} into {target.key}"):
+            target.filesystem.copy_file(source.join(name).path, target.join(names[name]).path)
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        list(pool.map(copy, sorted(names)))
 
 
 def open_folder(folder: Location) -> storage.OpenFolder:

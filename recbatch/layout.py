@@ -26,9 +26,11 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   ``layout.at.ingest_scratch``), the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
   ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``),
-  the evaluate stage (``recbatch evaluate``: runs, models and item vectors
-  read through their manifests, baselines at ``layout.at.baseline_run(...)``,
-  the report at ``layout.at.report(date)``; the gate compares with
+  the score stage (``recbatch score``: embeddings through ``EmbeddingsFolder``,
+  the run staged at ``layout.at.staged_for(date)``), the evaluate stage
+  (``recbatch evaluate``: runs, models and item vectors read through their
+  manifests, baselines at ``layout.at.baseline_run(...)``, the report at
+  ``layout.at.report(date)``; the gate compares with
   ``layout.at.published_runs()``, complete by commit marker), the serving load
   (``recbatch load``: a run read through its marker and manifest,
   recbatch/serving/published_run.py), retention (``recbatch gc``:
@@ -36,9 +38,9 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   rollback`` (Redis only: it reads nothing under the root).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, publish, forget, the nightly). On an
-  object-store root it refuses with a UsageError instead of handing out a local
-  path (``Path("s3://b/p")`` would be a folder named ``s3:``).
+  file APIs (embed, forget, the nightly). On an object-store root it refuses
+  with a UsageError instead of handing out a local path (``Path("s3://b/p")``
+  would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
 does), so an unconverted stage on an object-store root fails before any work
@@ -69,7 +71,7 @@ from recbatch.objectstore import latest_committed, read_marker
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train", "evaluate", "load", "gc", "rollback"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "score", "evaluate", "load", "gc", "rollback"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -81,7 +83,7 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 def _so_far() -> str:
     *others, last = [f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES)]
     supported = f"{', '.join(others)} and {last}" if others else last
-    verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
+    verb = "do" if others else "does"
     return (
         f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
         "shared-filesystem root for them (docs/operations.md, 'Object stores')"

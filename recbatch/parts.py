@@ -21,9 +21,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from recbatch.folders import write_parquet_part
-from recbatch.fs import Location, local
-from recbatch.storage import data_files, write_manifest
+from recbatch.folders import write_manifest, write_parquet_part
+from recbatch.fs import Location, as_location, list_files, local, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def write_part(table: pa.Table, folder: str | Path | Location, partition: int) -
     return {"file": name, "rows": table.num_rows, **write_parquet_part(table, folder.join(name))}
 
 
-def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> list[dict[str, Any]]:
+def write_partitioned(table: pa.Table, folder: str | Path | Location, max_rows: int) -> list[dict[str, Any]]:
     """Write `table` (with a ``partition`` column, dropped on write) as parts of at most `max_rows`
     rows, one partition per part; return their records."""
     records = []
@@ -60,18 +59,22 @@ def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> lis
     return records
 
 
-def commit_parts(staging: str | Path, records: Iterable[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest of a folder of parts from the workers' records (``rows`` summed in).
+def commit_parts(
+    staging: str | Path | Location, records: Iterable[dict[str, Any]], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the manifest of a folder of parts (``folders.staging_for``, on either kind of root) from
+    the workers' records (``rows`` summed in).
 
     The records are the truth: a part without one was written by an attempt
     that died before reporting it (a killed worker whose task Ray retried), and
     its rows were written again by the retry, so it is deleted, not published.
     """
+    staging = as_location(staging)
     records = list(records)
     files = {r["file"]: {"bytes": r["bytes"], "sha256": r["sha256"]} for r in records}
-    orphans = [p for p in data_files(staging) if str(p.relative_to(staging)) not in files]
+    orphans = [part for part in list_files(staging, "part-") if part.name not in files]
     for orphan in orphans:
-        orphan.unlink()
+        remove_file(orphan)
     if orphans:
         log.warning("%s: deleted %d parts of failed attempts (their rows were written again): %s",
                     staging, len(orphans), [p.name for p in orphans[:5]])

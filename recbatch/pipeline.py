@@ -296,7 +296,7 @@ def _run_stages(
             rec.status = "skipped"
             rec.details["reason"] = "scored output for these inputs is complete"
         else:
-            staged = score(cfg, snapshot, items_dir, users_dir, run_date)
+            score(cfg, snapshot, items_dir, users_dir, run_date)  # into `staged`
         source = staged if is_complete(staged) else final
         rec.details["users"] = read_manifest(source).get("users")
 

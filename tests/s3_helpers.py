@@ -24,6 +24,7 @@ from recbatch.fs import Location, locate
 
 ACCESS_KEY = "recbatch-test"
 SECRET_KEY = "recbatch-test-S3cret-9f4c"  # what a failure message must never show
+WRONG_SECRET = "wr0ng-Secret-Key-7a2b"  # a secret the server does not know: neither may this one show
 REGION = "us-east-1"
 START_ATTEMPTS = 3  # a free port can be taken by another process between picking and binding it
 READY_SECONDS = 60  # generous: a loaded CI box is slow to start four servers in one process
@@ -187,20 +188,6 @@ def storage_flags(root: S3Root) -> list[str]:
 WRONG_SECRET = "wr0ng-Secret-Key-7a2b"  # a wrong key: refused by the server, and never shown in a message
 
 
-def refused_with_wrong_credentials(argv: list[str], root: S3Root, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str], workdir: Path) -> None:
-    """Run the CLI `argv` (run in the empty `workdir`) with a wrong secret key: it exits 9 naming the
-    bucket and the root, never the key, and writes nothing on the store or locally."""
-    from recbatch.cli import main
-
-    credentials_env(monkeypatch, secret=WRONG_SECRET)
-    code = main([*argv, *storage_flags(root)])
-    err = capsys.readouterr().err
-    assert code == 9, err
-    assert f"bucket '{root.bucket}'" in err and root.uri in err and WRONG_SECRET not in err
-    assert root.keys() == [] and list(workdir.iterdir()) == []
-
-
 def credentials_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -> None:
     """Credentials as a deployment gives them: the standard AWS variables (pyarrow's and boto3's default chain)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -208,3 +195,21 @@ def credentials_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe on a test machine
+
+
+def assert_refused_with_wrong_credentials(
+    root: S3Root, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    workdir: Path | None = None,
+) -> None:
+    """The command `argv` on `root` with a wrong secret key exits 9 with a message naming the bucket and
+    the root, never the key, and writes nothing there (nor in `workdir`, the empty folder it ran in)."""
+    from recbatch.cli import main
+
+    credentials_env(monkeypatch, secret=WRONG_SECRET)
+    code = main([*argv, "--root", root.uri, *storage_flags(root)])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"bucket '{root.bucket}'" in err and root.uri in err and WRONG_SECRET not in err
+    assert root.keys() == []
+    if workdir is not None:
+        assert list(workdir.iterdir()) == []

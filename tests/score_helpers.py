@@ -11,9 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recbatch.folders import open_folder
+from recbatch.fs import Location
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
-from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
+from recbatch.storage import publish_dir, staging_dir_for, write_manifest
 
 RUN_DATE = dt.date(2026, 11, 28)
 
@@ -55,7 +57,8 @@ def write_random_embeddings(snapshot, out: Path, dim: int, seed: int = 0) -> tup
     return items_dir, users_dir
 
 
-def read_staged(staged: Path) -> tuple[pl.DataFrame, dict]:
-    """A staged run's rows (sorted by user) and its verified manifest."""
-    manifest = verify_manifest(staged)
-    return pl.read_parquet(sorted(staged.glob("*.parquet"))).sort("user_id"), manifest
+def read_staged(staged: Location) -> tuple[pl.DataFrame, dict]:
+    """A scored run's rows (sorted by user) and its verified manifest, staged or published, on either kind of root."""
+    with open_folder(staged) as pinned:
+        pinned.verify()
+        return pl.from_arrow(pinned.read_table()).sort("user_id"), pinned.manifest

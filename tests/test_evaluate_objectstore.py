@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from eval_helpers import write_run
-from s3_helpers import refused_with_wrong_credentials, storage_flags
+from s3_helpers import assert_refused_with_wrong_credentials, storage_flags
 
 from recbatch import folders
 from recbatch.cli import main
@@ -120,4 +120,4 @@ def test_the_gate_compares_with_the_last_committed_run_of_either_kind_of_root(tm
 
 def test_evaluate_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    refused_with_wrong_credentials(["evaluate", "--root", s3_root.uri, *EVAL], s3_root, monkeypatch, capsys, tmp_path)
+    assert_refused_with_wrong_credentials(s3_root, ["evaluate", *EVAL], monkeypatch, capsys, tmp_path)

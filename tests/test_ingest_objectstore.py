@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from s3_helpers import storage_flags
+from s3_helpers import assert_refused_with_wrong_credentials, storage_flags
 
 from recbatch import objectstore
 from recbatch.cli import main
@@ -118,15 +118,7 @@ def test_a_bad_source_publishes_nothing_and_leaves_no_scratch(source, s3_root, r
 
 
 def test_wrong_credentials_name_the_bucket_and_exit_non_zero(source, s3_root, monkeypatch, capsys):
-    from s3_helpers import credentials_env
-
-    wrong = "wr0ng-Secret-Key-7a2b"
-    credentials_env(monkeypatch, secret=wrong)
-    code = main(["ingest", "--root", s3_root.uri, "--source", str(source), *storage_flags(s3_root)])
-    err = capsys.readouterr().err
-    assert code == 9
-    assert f"bucket '{s3_root.bucket}'" in err and s3_root.uri in err and wrong not in err
-    assert s3_root.keys() == []
+    assert_refused_with_wrong_credentials(s3_root, ["ingest", "--source", str(source)], monkeypatch, capsys)
 
 
 def test_stages_not_converted_yet_refuse_an_s3_root(tmp_path, s3_root, monkeypatch, capsys):

@@ -15,12 +15,14 @@ from recbatch.cli import main
 from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.errors import DataValidationError, UsageError
+from recbatch.fs import Location, as_location, local
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
 from recbatch.score.kernel import kernel_used
 from recbatch.score.stage import score
 from recbatch.storage import SUCCESS, verify_manifest, write_manifest
 from part_helpers import assert_parts_by_partition
+from score_helpers import read_staged
 
 RUN_DATE = dt.date(2026, 11, 29)
 K = 8
@@ -113,8 +115,8 @@ def reference(world, k, blocked=frozenset(), blocked_for=frozenset()):
     return out
 
 
-def read_rows(folder: Path) -> dict:
-    df = pl.read_parquet(folder / "*.parquet")
+def read_rows(folder: Path | Location) -> dict:
+    df, _ = read_staged(as_location(folder))
     return {r["user_id"]: r for r in df.iter_rows(named=True)}
 
 
@@ -144,9 +146,10 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
         "score.rows_per_file": 15, "score.blocklist": str(blocklist), "score.num_actors": 2,
         "score.cpus_per_actor": 0.5,
     })
-    staged = score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE)
+    staged = tmp_path / "staged" / "dt=2026-11-29"
+    assert score(cfg, snapshot, dirs["items"], dirs["users"], RUN_DATE) == local(staged)
 
-    assert staged == tmp_path / "staged" / "dt=2026-11-29" and (staged / SUCCESS).exists()
+    assert (staged / SUCCESS).exists()
     manifest = verify_manifest(staged)
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from s3_helpers import refused_with_wrong_credentials, storage_flags
+from s3_helpers import assert_refused_with_wrong_credentials, storage_flags
 
 from recbatch.cli import main
 from recbatch.folders import publish, read_committed, staging_for, write_manifest, write_parquet_part
@@ -91,7 +91,7 @@ def test_train_flags_reach_the_model_and_an_s3_root_gets_what_a_local_root_gets(
 
 def test_train_with_wrong_credentials_names_the_bucket_and_exits_9(tmp_path, s3_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    refused_with_wrong_credentials(["train", "--root", s3_root.uri, *TRAIN], s3_root, monkeypatch, capsys, tmp_path)
+    assert_refused_with_wrong_credentials(s3_root, ["train", *TRAIN], monkeypatch, capsys, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["snapshot", "model"])

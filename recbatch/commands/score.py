@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 
 from recbatch.config import Config
 from recbatch.errors import UsageError
@@ -50,31 +49,31 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from recbatch.commands.inputs import model_from, snapshot_from
-    from recbatch.layout import RunLayout, model_version_of
     from recbatch import folders
+    from recbatch.commands.inputs import model_from, snapshot_from
+    from recbatch.fs import locate
+    from recbatch.layout import RunLayout, model_version_of
     from recbatch.score.stage import score
-    from recbatch.storage import read_manifest
 
     if args.date is not None:
         if args.run_date is not None and args.run_date != args.date:
             raise UsageError(f"--date {args.date} and --run-date {args.run_date} disagree: give --run-date only")
         print("recbatch score: --date is deprecated, use --run-date (the nightly's name)", file=sys.stderr)
-    layout = RunLayout.of(cfg.root)
-    snapshot = snapshot_from(args.snapshot, layout)
-    if args.items and args.users:
-        items_dir, users_dir = Path(args.items), Path(args.users)
-    else:
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    snapshot = snapshot_from(args.snapshot, layout, cfg.storage)
+    items = locate(args.items, cfg.storage) if args.items else None
+    users = locate(args.users, cfg.storage) if args.users else None
+    if items is None or users is None:
         model_dir = model_from(args.model, layout, cfg.storage, alternative=" (or --items and --users)")
         version = model_version_of(folders.read_manifest(model_dir), model_dir.path)
-        items_dir = Path(args.items) if args.items else layout.embeddings(version, "items")
-        users_dir = Path(args.users) if args.users else layout.embeddings(version, "users")
-    for name, folder in (("items", items_dir), ("users", users_dir)):
-        if not folder.is_dir():
+        items = items or layout.at.embeddings(version, "items")
+        users = users or layout.at.embeddings(version, "users")
+    for name, folder in (("items", items), ("users", users)):
+        if not folders.is_complete(folder):
             raise UsageError(f"{name} embeddings {folder} do not exist: run `recbatch embed` first")
     run_date = args.run_date or args.date or dt.datetime.now(dt.timezone.utc).date()
-    staged = score(cfg, snapshot, items_dir, users_dir, run_date)
-    manifest = read_manifest(staged)
+    staged = score(cfg, snapshot, items, users, run_date)
+    manifest = folders.read_manifest(staged)
     print(f"scored {manifest['users']} users (k={manifest['k']}, model {manifest['model_version']}) "
           f"in {manifest.get('timings')}\n  {staged}")
     return 0

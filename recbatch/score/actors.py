@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from recbatch.fs import Location
 from recbatch.parts import PARTITION
 from recbatch.score.kernel import kernel_used, merge_topk
 from recbatch.score.ranking import BLOCKED, SEEN, rank
@@ -137,7 +138,7 @@ class Finisher:
         item_ids: Any,  # pa.Array [N], sorted: catalog position -> item id
         k: int,
         model_version: str,
-        write_to: str,
+        write_to: Location,  # the staging folder (folders.staging_for), on either kind of root
         id_type: str,
         rows_per_file: int,
         items: Any | None = None,  # [N, D] float32 (or ref): only for explanations

@@ -37,6 +37,7 @@ import torch
 
 from recbatch.config import ScoreConfig
 from recbatch.errors import DataValidationError, UsageError
+from recbatch.fs import Location
 from recbatch.runtime import resolve_precision
 from recbatch.score.kernel import PAD_INDEX, PAD_SCORE, topk, topk_of_scores
 
@@ -59,9 +60,11 @@ class Catalog:
         return len(self.ids)
 
 
-def catalog_of(snapshot: Any, ids: pa.Array, vectors: np.ndarray, cfg: ScoreConfig, source: str | Path) -> Catalog:
+def catalog_of(
+    snapshot: Any, ids: pa.Array, vectors: np.ndarray, cfg: ScoreConfig, source: str | Path | Location
+) -> Catalog:
     """Item vectors (of `source`, for messages) sorted by id, with the items every user may receive."""
-    check_item_vectors(vectors, Path(source), ids)
+    check_item_vectors(vectors, source, ids)
     order = pc.sort_indices(ids).to_numpy()  # ties in the kernel break by position, so by id
     ids, vectors = ids.take(pa.array(order)), np.ascontiguousarray(vectors[order])
     return Catalog(ids=ids, vectors=vectors, eligible=eligible_items(snapshot, ids, cfg))
@@ -229,7 +232,7 @@ def read_blocklist(cfg: ScoreConfig, snapshot: Any) -> tuple[pl.Series | None, p
     )
 
 
-def check_item_vectors(vectors: np.ndarray, folder: Path, ids: pa.Array) -> None:
+def check_item_vectors(vectors: np.ndarray, folder: str | Path | Location, ids: pa.Array) -> None:
     """Only finite item vectors, and at least one (else nothing can be ranked)."""
     bad = ~np.isfinite(vectors).all(axis=1) if vectors.size else np.zeros(0, bool)
     if bad.any():

@@ -4,7 +4,7 @@
     user partition p:  users/ embeddings part p + snapshot interactions part p              │
         ──partition_users (a Ray task: seen + blocked lists)──▶ blocks of users             │
         ──▶ ShardScorer pool per item shard ──▶ Finisher pool: writes parts ◀────────────────┘
-                                                   │ staged/.staging-*/part-PPPPP-*.parquet
+                                                   │ staging (folders.staging_for): part-PPPPP-*.parquet
         driver: per-part records (file, rows, sha256) ──▶ _manifest.json ──▶ staged/dt=YYYY-MM-DD/
 
 The driver holds what grows with items (the catalog) and one record per part;
@@ -13,6 +13,12 @@ partition at a time. The output is *staged*, not published: the quality gate
 reads it, and ``recbatch.publish.publish_run`` swaps it into
 ``recommendations/`` only if the gate passes. Everything the rows depend on
 (model version, snapshot, config, timings) goes into the manifest.
+
+The root may be local or an object store (recbatch/layout.py): every folder is
+a ``fs.Location``, the inputs are read through their manifests
+(``EmbeddingsFolder``, ``Snapshot.scan_partition``) and the staged run is
+written and committed through recbatch/folders.py, so workers on any node
+reach the same files.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,21 +34,21 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from recbatch import folders
 from recbatch.config import Config, ScoreConfig
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.store import (
     EmbeddingsFolder, list_column_to_matrix, matrix_to_list_array, read_matrix, read_user_partition,
 )
-from recbatch.fs import Location
 from recbatch.embed.users import serving_events
 from recbatch.errors import DataValidationError, IntegrityError, UsageError
+from recbatch.fs import Location, as_location, remove_tree
 from recbatch.layout import RunLayout, model_version_of
 from recbatch.parts import PARTITION, commit_parts
 from recbatch.runtime import ensure_ray, require_resources
 from recbatch.score.actors import SCORED_ON, SCORED_WITH, Finisher, ShardScorer, resolve_ref
 from recbatch.score.prior import append_column, prior_column, user_column_value
 from recbatch.score.ranking import Catalog, catalog_of, kernel_settings, user_exclusions
-from recbatch.storage import publish_dir, staging_dir_for, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,9 @@ PREPARE_CPUS = 0.5
 FINISHER_CPUS = 0.25
 
 
-def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str | Path,
-          run_date: dt.date | str) -> Path:
-    """Score every user with embeddings in `users_dir`; write ``RunLayout.staged_for(run_date)``.
+def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path | Location, users_dir: str | Path | Location,
+          run_date: dt.date | str) -> Location:
+    """Score every user with embeddings in `users_dir`; write and return ``layout.at.staged_for(run_date)``.
 
     The driver holds the catalog (it grows with items) and the per-part records;
     every per-user row is read, scored and written by Ray workers, one user
@@ -73,13 +78,13 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    items_manifest = verify_manifest(items_dir, checksums=False)
+    items = EmbeddingsFolder.open(items_dir)
     users = EmbeddingsFolder.open(users_dir)
-    model_version = model_version_of(items_manifest, Path(items_dir).parent)  # embeddings/<version>/items
-    catalog = load_catalog(snapshot, items_dir, cfg.score)
+    model_version = model_version_of(items.manifest, items.location.parent.path)  # embeddings/<version>/items
+    catalog = load_catalog(snapshot, items.location, cfg.score)
     user_value = None
     if cfg.score.popularity_prior_weight > 0:
-        temperature = items_manifest.get("temperature") or cfg.model.temperature
+        temperature = items.manifest.get("temperature") or cfg.model.temperature
         prior = prior_column(cfg.score, serving_events(snapshot), catalog.ids)
         catalog = dataclasses.replace(catalog, prior=prior)
         user_value = user_column_value(cfg.score, temperature)
@@ -87,8 +92,8 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
 
     ensure_ray(cfg.ray)
     t0 = time.perf_counter()
-    staged = RunLayout.of(cfg.root).staged_for(run_date)
-    staging = staging_dir_for(staged)
+    staged = RunLayout.of(cfg.root, cfg.storage).at.staged_for(run_date)
+    staging = folders.staging_for(staged)
     try:
         partitions = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
                                          override_num_blocks=snapshot.partitions)
@@ -107,7 +112,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
         timings["score_and_write"] = round(time.perf_counter() - t0, 3)
         scored, expected = sum(r["rows"] for r in records), users.rows
         if scored != expected:  # never leave a short run looking complete
-            raise IntegrityError(f"{staged}: scored {scored} users of the {expected} in {users_dir}")
+            raise IntegrityError(f"{staged}: scored {scored} users of the {expected} in {users.location}")
         commit_parts(staging, records, {
             "run_date": str(run_date),
             "model_version": model_version,
@@ -122,9 +127,9 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path, users_dir: str
             **{key: _distinct(records, column) for column, key in PROVENANCE.items()},
         })
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
-    publish_dir(staging, staged)
+    folders.publish(staging, staged)
     log.info("scored %d users x %d items (k=%d) in %s", scored, catalog.size, cfg.score.k, timings)
     return staged
 
@@ -139,7 +144,9 @@ def _distinct(records: list[dict[str, Any]], column: str) -> list[str]:
     return sorted({v for r in records for v in r[column].split(",") if v})
 
 
-def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig, write_to: str | Path, id_type: str):
+def score_dataset(
+    ds, catalog: Catalog, model_version: str, cfg: ScoreConfig, write_to: str | Path | Location, id_type: str
+):
     """Chain one scorer pool per item shard, then the finishers (lazy Ray dataset), which write the
     lists into `write_to`: the dataset holds their per-part records."""
     import ray
@@ -182,7 +189,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig, wr
         "k": cfg.k,
         "model_version": model_version,
         "items": ray.put(catalog.vectors) if cfg.explanations else None,
-        "write_to": str(write_to),
+        "write_to": as_location(write_to),
         "id_type": id_type,
         "rows_per_file": cfg.rows_per_file,
     }
@@ -195,7 +202,7 @@ def score_dataset(ds, catalog: Catalog, model_version: str, cfg: ScoreConfig, wr
 # --------------------------------------------------------------------------- inputs
 
 
-def load_catalog(snapshot: Snapshot, items_dir: str | Path, cfg: ScoreConfig) -> Catalog:
+def load_catalog(snapshot: Snapshot, items_dir: str | Path | Location, cfg: ScoreConfig) -> Catalog:
     """Item vectors sorted by id, with the items every user may receive (``ranking.eligible_items``)."""
     ids, vectors = read_matrix(items_dir, "item_id")  # [N], [N, D]
     return catalog_of(snapshot, ids, vectors, cfg, items_dir)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recbatch.errors import DataValidationError
+from recbatch.fs import Location
 from recbatch.schemas import IdType, recommendations_schema
 from recbatch.storage import publish_dir, staging_dir_for, write_manifest
 
@@ -77,7 +78,7 @@ def write_recommendations(
     return manifest
 
 
-def write_parts(rows: pa.Table, folder: str | Path, id_type: IdType, rows_per_file: int) -> pa.Table:
+def write_parts(rows: pa.Table, folder: str | Path | Location, id_type: IdType, rows_per_file: int) -> pa.Table:
     """Write finished list rows (with ``partition`` and the provenance columns) as parts of `folder`.
 
     The worker-side half of the scoring stage's output: the same columns and
@@ -165,7 +166,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
-def _check_unique_users(chunks: list[np.ndarray], out_dir: str | Path) -> int:
+def _check_unique_users(chunks: list[np.ndarray], out_dir: str | Path | Location) -> int:
     """One row per user is the contract readers (and the Redis loader) rely on."""
     if not chunks:
         return 0
