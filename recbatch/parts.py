@@ -21,9 +21,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from recbatch.folders import write_parquet_part
-from recbatch.fs import Location, local
-from recbatch.storage import data_files, write_manifest
+from recbatch.folders import write_manifest, write_parquet_part
+from recbatch.fs import Location, as_location, list_files, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,7 @@ def write_part(table: pa.Table, folder: str | Path | Location, partition: int) -
     """Write `table` as one new part of `folder` (a local path or any ``Location``, ``recbatch.fs``);
     return its record (name, rows, bytes, sha256)."""
     name = part_name(partition)
-    folder = folder if isinstance(folder, Location) else local(str(folder))
-    return {"file": name, "rows": table.num_rows, **write_parquet_part(table, folder.join(name))}
+    return {"file": name, "rows": table.num_rows, **write_parquet_part(table, as_location(folder).join(name))}
 
 
 def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> list[dict[str, Any]]:
@@ -60,18 +58,22 @@ def write_partitioned(table: pa.Table, folder: str | Path, max_rows: int) -> lis
     return records
 
 
-def commit_parts(staging: str | Path, records: Iterable[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest of a folder of parts from the workers' records (``rows`` summed in).
+def commit_parts(
+    staging: str | Path | Location, records: Iterable[dict[str, Any]], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the manifest of a folder of parts (a local path or any ``Location``) from the workers'
+    records (``rows`` summed in).
 
     The records are the truth: a part without one was written by an attempt
     that died before reporting it (a killed worker whose task Ray retried), and
     its rows were written again by the retry, so it is deleted, not published.
     """
     records = list(records)
+    staging = as_location(staging)
     files = {r["file"]: {"bytes": r["bytes"], "sha256": r["sha256"]} for r in records}
-    orphans = [p for p in data_files(staging) if str(p.relative_to(staging)) not in files]
+    orphans = [p for p in list_files(staging, "part-") if p.name not in files]
     for orphan in orphans:
-        orphan.unlink()
+        remove_file(orphan)
     if orphans:
         log.warning("%s: deleted %d parts of failed attempts (their rows were written again): %s",
                     staging, len(orphans), [p.name for p in orphans[:5]])
