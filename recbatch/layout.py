@@ -25,10 +25,11 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   (``recbatch ingest``: ``layout.at.snapshot(hash)``, its scratch under
   ``layout.at.ingest_scratch``) and the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
-  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``).
+  ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``)
+  and the embed stage (``recbatch embed``: ``layout.at.embeddings(version, kind)``).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
+  file APIs (score, evaluate, publish, load, gc, forget, the nightly). On an object-store root it refuses with a UsageError instead of
   handing out a local path (``Path("s3://b/p")`` would be a folder named ``s3:``).
 
 Commands check their root up front with ``require_supported_root`` (the CLI
@@ -59,7 +60,7 @@ from recbatch.objectstore import latest_committed
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "embed"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -69,7 +70,8 @@ def require_supported_root(root: str | Path, stage: str) -> None:
 
 
 def _so_far() -> str:
-    supported = " and ".join(f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES))
+    names = [f"recbatch {s}" for s in sorted(OBJECT_STORE_STAGES)]
+    supported = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     verb = "do" if len(OBJECT_STORE_STAGES) > 1 else "does"
     return (
         f"only {supported} {verb} so far, the other stages still write through local paths; use a local or "
