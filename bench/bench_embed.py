@@ -160,7 +160,7 @@ def main() -> int:
         if not args.skip_stage:
             from recbatch.embed.stage import embed
             from recbatch.runtime import ensure_ray
-            from recbatch.storage import read_manifest
+            from recbatch.folders import read_manifest
 
             ensure_ray(cfg.ray)
             import ray

@@ -26,6 +26,7 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   ``layout.at.ingest_scratch``), the train stage (``recbatch train``: the
   latest snapshot by commit marker, inputs and Ray Train checkpoints under
   ``layout.at.training_run(...)``, the artifact at ``layout.at.model(version)``),
+  the embed stage (``recbatch embed``: ``layout.at.embeddings(version, kind)``),
   the score stage (``recbatch score``: embeddings through ``EmbeddingsFolder``,
   the run staged at ``layout.at.staged_for(date)``), the evaluate stage
   (``recbatch evaluate``: runs, models and item vectors read through their
@@ -38,7 +39,7 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   rollback`` (Redis only: it reads nothing under the root).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (embed, forget, the nightly). On an object-store root it refuses
+  file APIs (forget, the nightly). On an object-store root it refuses
   with a UsageError instead of handing out a local path (``Path("s3://b/p")``
   would be a folder named ``s3:``).
 
@@ -71,7 +72,7 @@ from recbatch.objectstore import latest_committed, read_marker
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train", "score", "evaluate", "load", "gc", "rollback"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "embed", "score", "evaluate", "load", "gc", "rollback"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:

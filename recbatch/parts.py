@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from recbatch.folders import write_manifest, write_parquet_part
-from recbatch.fs import Location, as_location, list_files, local, remove_file
+from recbatch.fs import Location, as_location, list_files, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def write_part(table: pa.Table, folder: str | Path | Location, partition: int) -
     """Write `table` as one new part of `folder` (a local path or any ``Location``, ``recbatch.fs``);
     return its record (name, rows, bytes, sha256)."""
     name = part_name(partition)
-    folder = folder if isinstance(folder, Location) else local(str(folder))
-    return {"file": name, "rows": table.num_rows, **write_parquet_part(table, folder.join(name))}
+    return {"file": name, "rows": table.num_rows, **write_parquet_part(table, as_location(folder).join(name))}
 
 
 def write_partitioned(table: pa.Table, folder: str | Path | Location, max_rows: int) -> list[dict[str, Any]]:

@@ -14,13 +14,14 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from recbatch.config import Config, config_from_dict
 from recbatch.data.snapshot import Snapshot, partitioned_files
-from recbatch.layout import RunLayout
+from recbatch.fs import Location
+from recbatch.layout import RunLayout, local_path
 from recbatch.schemas import check_schema, embeddings_schema
 from recbatch.storage import publish_dir, staging_dir_for, verify_manifest, write_manifest
+from embed_helpers import reference_embeddings
 from part_helpers import assert_parts_by_partition
 
 N_ITEMS = 200
@@ -104,8 +105,9 @@ def make_config(root: Path, tiny_bert_dir: Path, **embed) -> Config:
     )
 
 
-def read_embeddings(folder: Path, id_column: str) -> pl.DataFrame:
-    """A published embeddings folder, checked against the schema contract."""
+def read_embeddings(published: Location, id_column: str) -> pl.DataFrame:
+    """A published embeddings folder (on a local root), checked against the schema contract."""
+    folder = local_path(published)
     frame = pl.read_parquet(folder / "*.parquet")
     id_type = "int" if frame[id_column].dtype.is_integer() else "string"
     for part in folder.glob("*.parquet"):
@@ -115,40 +117,6 @@ def read_embeddings(folder: Path, id_column: str) -> pl.DataFrame:
 
 def matrix(frame: pl.DataFrame) -> np.ndarray:
     return np.asarray(frame["embedding"].to_list(), dtype=np.float32)
-
-
-def reference_embeddings(model_dir: Path, snapshot: Snapshot):
-    """Items and users encoded in-process, one row at a time, with no bucketing or reuse.
-
-    The oracle the stage must match: a plain loop over the model's own API.
-    """
-    from recbatch.model.artifact import load_artifact
-    from recbatch.model.features import render_item_text
-
-    artifact = load_artifact(model_dir)
-    items = snapshot.items().collect().sort("item_id")
-    texts = render_item_text(items).to_list()
-    ids = items["item_id"].to_list()
-    item_vectors = torch.cat([artifact.encode_items([t], [i]) for t, i in zip(texts, ids)]).numpy()  # [N, D]
-    row_of = {item_id: row for row, item_id in enumerate(ids)}
-
-    events = snapshot.interactions().collect()  # every interaction, test rows included: what is served
-    users = snapshot.users().collect().sort("user_id")
-    L = artifact.history_length
-    user_vectors = []
-    for user in users.iter_rows(named=True):
-        seen = events.filter(pl.col("user_id") == user["user_id"]).sort("ts")["item_id"].to_list()[-L:]
-        history = np.zeros((1, L, artifact.embedding_dim), dtype=np.float32)
-        mask = np.zeros((1, L), dtype=bool)
-        for k, item_id in enumerate(seen):
-            history[0, L - len(seen) + k] = item_vectors[row_of[item_id]]
-            mask[0, L - len(seen) + k] = True
-        features = pl.DataFrame([user]).select(artifact.user_features.columns)
-        user_vectors.append(artifact.encode_users(torch.from_numpy(history), torch.from_numpy(mask), features))
-    return (
-        pl.DataFrame({"item_id": ids, "embedding": item_vectors}),
-        pl.DataFrame({"user_id": users["user_id"], "embedding": torch.cat(user_vectors).numpy()}),
-    )
 
 
 def top_k(users: np.ndarray, items: np.ndarray, k: int = 10) -> np.ndarray:
@@ -184,13 +152,13 @@ def test_stage_matches_in_process_model_and_keeps_int_ids(tmp_path, ray_local, t
     np.testing.assert_allclose(matrix(items), matrix(ref_items), atol=2e-5)
     np.testing.assert_allclose(matrix(users), matrix(ref_users), atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(matrix(users), axis=1), 1.0, atol=1e-5)
-    manifest = verify_manifest(result.items_dir)
+    manifest = verify_manifest(local_path(result.items_dir))
     assert (manifest["encoded"], manifest["reused"], manifest["rows"]) == (N_ITEMS, 0, N_ITEMS)
     assert manifest["snapshot_hash"] == snapshot.hash and manifest["model_version"] == result.model_version
     assert manifest["temperature"] == cfg.model.temperature  # the model card's, for the scoring stage's prior
-    users_manifest = verify_manifest(result.users_dir)  # written by the actors, a part per user partition
+    users_manifest = verify_manifest(local_path(result.users_dir))  # written by the actors, a part per user partition
     assert users_manifest["partitioning"]["partitions"] == PARTITIONS and len(users_manifest["files"]) == PARTITIONS
-    assert_parts_by_partition(result.users_dir, users_manifest, PARTITIONS)
+    assert_parts_by_partition(local_path(result.users_dir), users_manifest, PARTITIONS)
 
 
 @pytest.mark.ray

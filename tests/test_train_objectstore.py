@@ -6,7 +6,9 @@ On a local root the flags land in the published model card.
 inputs and keeps Ray Train's checkpoints under the root (where every worker
 reaches them), and publishes the artifact there through the object-store
 protocol; the artifact loads from the store and scores as the same training on
-a local root does. Nothing lands in a local folder named ``s3:``. (Resuming
+a local root does. ``recbatch embed`` there publishes the vectors the model gives
+in-process, and its rerun reuses every row (the previous embeddings read on the
+store). Nothing lands in a local folder named ``s3:``. (Resuming
 from a checkpoint goes through the same ``storage_path``/``storage_filesystem``;
 the ZeRO tests of test_train.py cover resume itself, on a local root.)
 """
@@ -16,13 +18,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from s3_helpers import assert_refused_with_wrong_credentials, storage_flags
+from embed_helpers import reference_embeddings
+from s3_helpers import assert_refused_with_wrong_credentials, credentials_env, storage_flags
 
 from recbatch.cli import main
+from recbatch.data.snapshot import Snapshot
+from recbatch.embed.store import EmbeddingsFolder, list_column_to_matrix
 from recbatch.folders import publish, read_committed, staging_for, write_manifest, write_parquet_part
+from recbatch.folders import verify_manifest as verify_folder
+from recbatch.fs import Location
 from recbatch.layout import RunLayout
 from recbatch.model.artifact import load_artifact, read_model_card
 from recbatch.storage import verify_manifest
@@ -35,6 +43,11 @@ TRAIN = ["--workers", "1", "--max-steps", "2", "--batch-size", "8", "--epochs", 
 
 def _printed(out: str) -> dict:
     return json.loads(out[out.index("{"):])
+
+
+def _embeddings(folder: Location, id_column: str) -> pa.Table:
+    """A published embeddings folder's ids and vectors, by id."""
+    return EmbeddingsFolder.open(folder).read([id_column, "embedding"]).sort_by(id_column)
 
 
 def test_train_flags_reach_the_model_and_an_s3_root_gets_what_a_local_root_gets(
@@ -85,6 +98,25 @@ def test_train_flags_reach_the_model_and_an_s3_root_gets_what_a_local_root_gets(
     run_keys = [k for k in s3_root.keys() if f"s3://{k}".startswith(run + "/")]
     assert any("/checkpoint_" in k and k.endswith("/state/mp_rank_00_model_states.pt") for k in run_keys), run_keys
     assert any(k.endswith("/inputs/examples/part-00000.parquet") for k in run_keys), run_keys
+
+    # recbatch embed on the store publishes there the vectors the model gives in-process
+    embed_flags = ["--actors", "1", "--batch-size", "8", *storage_flags(s3_root)]
+    assert main(["embed", "--root", s3_root.uri, *embed_flags]) == 0
+    snapshot = Snapshot.open(s3_root.locate("snapshots", card["snapshot_hash"]))
+    for (kind, id_column), expected in zip((("items", "item_id"), ("users", "user_id")),
+                                           reference_embeddings(model, snapshot)):
+        folder = s3_root.locate("embeddings", there["model_version"], kind)
+        verify_folder(folder)  # every file the manifest names, with the size and sha256 it records
+        published = _embeddings(folder, id_column)
+        assert published.column(id_column).to_pylist() == expected[id_column].to_list() and len(expected), kind
+        np.testing.assert_allclose(list_column_to_matrix(published.column("embedding")),
+                                   np.asarray(expected["embedding"].to_list(), dtype=np.float32), atol=2e-5)
+    # a rerun on the store reuses every row: the previous embeddings are read there, through their manifests
+    assert main(["embed", "--root", s3_root.uri, *embed_flags]) == 0
+    for kind in ("items", "users"):
+        rerun = EmbeddingsFolder.open(s3_root.locate("embeddings", there["model_version"], kind)).manifest
+        assert (rerun["encoded"], rerun["reused"]) == (0, rerun["rows"]) and rerun["rows"] > 0, kind
+    assert f"{s3_root.uri}/embeddings/{there['model_version']}/users" in capsys.readouterr().out
     local_names = {p.name for p in Path(tmp_path).rglob("*")}
     assert not any(n.startswith("s3:") for n in local_names) and s3_root.bucket not in local_names
 

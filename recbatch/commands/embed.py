@@ -2,6 +2,7 @@
 
     recbatch embed --root runs/demo                      # latest snapshot, latest model
     recbatch embed --snapshot runs/demo/snapshots/<hash> --model runs/demo/models/<version> --actors 2
+    recbatch embed --root s3://bucket/recs --set storage.endpoint=...   # an object-store root
 
 Incremental by default: rows whose input is unchanged since the last run of
 the same model version are reused (``--full`` re-encodes everything).
@@ -37,12 +38,13 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from recbatch.commands.inputs import model_from, snapshot_from
     from recbatch.embed.stage import embed
+    from recbatch.fs import check_access
     from recbatch.layout import RunLayout
 
-    layout = RunLayout.of(cfg.root)
-    snapshot = snapshot_from(args.snapshot, layout)
-    model_dir = model_from(args.model, layout, cfg.storage)
-    result = embed(cfg, snapshot, model_dir)
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    check_access(layout.at.root)  # wrong credentials or bucket: refused, naming the bucket (exit 9)
+    snapshot = snapshot_from(args.snapshot, layout, cfg.storage)
+    result = embed(cfg, snapshot, model_from(args.model, layout, cfg.storage))
     print(
         f"model {result.model_version}: items {result.items_encoded} encoded, {result.items_reused} reused; "
         f"users {result.users_encoded} encoded, {result.users_reused} reused; {result.seconds:.1f} s\n"

@@ -109,7 +109,7 @@ class Snapshot:
 
     def scan(self, table: str) -> pl.LazyFrame:
         if self.location.is_object_store:
-            return scan_parquet(self._named_files(table))
+            return scan_parquet(self.named_files(table))
         path = self.table_path(table)
         return pl.scan_parquet(path / "*.parquet" if path.is_dir() else path)
 
@@ -117,11 +117,12 @@ class Snapshot:
         """The rows of one user partition: every row of those users, and no other user's."""
         if self.location.is_object_store:
             assert table in PARTITIONED and 0 <= partition < self.partitions, (table, partition)
-            return scan_parquet(self._named_files(table, f"part-{partition:05d}"))
+            return scan_parquet(self.named_files(table, f"part-{partition:05d}"))
         return pl.scan_parquet(self.partition_files(table, partition))
 
-    def _named_files(self, table: str, prefix: str = "") -> list[Location]:
-        """The manifest's files of `table` (its folder's files starting with `prefix`, or its one file)."""
+    def named_files(self, table: str, prefix: str = "") -> list[Location]:
+        """The manifest's files of `table` (its folder's files starting with `prefix`, or its one file),
+        on either kind of root: what a reader hands a query engine (Ray Data, pyarrow), never a listing."""
         assert table in TABLES, table
         names = [n for n in sorted(self.manifest["files"]) if n == f"{table}.parquet"
                  or (n.startswith(f"{table}/{prefix}") and n.endswith(".parquet"))]

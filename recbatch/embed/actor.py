@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from recbatch.embed.store import matrix_to_list_array
+from recbatch.fs import Location
 from recbatch.runtime import Precision
 from recbatch.schemas import embeddings_schema, id_type_of
 
@@ -25,7 +26,9 @@ class EncoderActor:
     neighbours for them.
     """
 
-    def __init__(self, model_dir: str | Path, device: str, precision: Precision, threads: int, batch_size: int):
+    def __init__(
+        self, model_dir: str | Path | Location, device: str, precision: Precision, threads: int, batch_size: int
+    ):
         import torch
 
         from recbatch.model.artifact import load_artifact

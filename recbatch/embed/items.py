@@ -16,6 +16,7 @@ import pyarrow as pa
 from recbatch.embed.actor import EncoderActor
 from recbatch.embed.bucketing import token_budget_batches
 from recbatch.model.features import item_input_hash, render_item_text
+from recbatch.fs import Location
 from recbatch.runtime import Precision
 
 
@@ -37,8 +38,8 @@ class ItemEncoder(EncoderActor):
     is padded only to a length its members nearly share.
     """
 
-    def __init__(self, model_dir: str | Path, device: str, precision: Precision, threads: int, batch_size: int,
-                 max_batch_tokens: int):
+    def __init__(self, model_dir: str | Path | Location, device: str, precision: Precision, threads: int,
+                 batch_size: int, max_batch_tokens: int):
         super().__init__(model_dir, device, precision, threads, batch_size)
         self.max_batch_tokens = max_batch_tokens
 

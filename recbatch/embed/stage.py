@@ -8,15 +8,17 @@
 Which items to encode is decided on the driver from ids and input hashes only
 (incremental.py), the vectors stay in Ray Data; users are decided, encoded and
 written by the actor that holds their partition. Each output is
-``embeddings/<model_version>/{items,users}``, published atomically with a
-manifest that counts what was encoded and what was reused.
+``embeddings/<model_version>/{items,users}`` under a root of either kind,
+published through recbatch/folders.py with a manifest that counts what was
+encoded and what was reused. Inputs are read through manifests (the
+snapshot's, the previous embeddings'), never by listing a folder, and workers
+get ``Location``s, never keys, so an ``s3://`` root works as a local one does.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +26,22 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from recbatch import folders
 from recbatch.config import Config, EmbedConfig
 from recbatch.data.partition import SCHEME as PARTITION_SCHEME
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.incremental import ReusePlan, plan_reuse
 from recbatch.embed.items import ItemEncoder, item_hashes
-from recbatch.embed.store import EmbeddingsFolder, publish_embeddings, read_hashes, read_matrix
+from recbatch.embed.store import EmbeddingsFolder, publish_embeddings, read_matrix
 from recbatch.embed.users import PartitionEncoder
 from recbatch.errors import DataValidationError, UsageError
+from recbatch.fs import Location, locate, remove_tree
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
+from recbatch.parts import PARTITION, commit_parts
 from recbatch.runtime import ensure_ray, require_resources, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
-from recbatch.parts import PARTITION, commit_parts
-from recbatch.storage import is_complete, publish_dir, staging_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,8 @@ WINDOW_BATCHES = 8
 
 @dataclass(frozen=True)
 class EmbedResult:
-    items_dir: Path
-    users_dir: Path
+    items_dir: Location  # embeddings/<model_version>/items under the root, of either kind
+    users_dir: Location
     model_version: str
     items_encoded: int
     items_reused: int
@@ -60,8 +62,9 @@ class EmbedResult:
     seconds: float
 
 
-def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
-    """Embed every item and user of `snapshot` with the model at `model_dir`.
+def embed(cfg: Config, snapshot: Snapshot, model_dir: str | Path | Location) -> EmbedResult:
+    """Embed every item and user of `snapshot` with the model at `model_dir` (a local path,
+    ``s3://...`` reached as ``cfg.storage`` says, or a Location) into ``cfg.root``.
 
     With ``embed.incremental`` (the default) rows whose input is unchanged
     since the last run of the same model version are reused, not re-encoded.
@@ -69,28 +72,29 @@ def embed(cfg: Config, snapshot: Snapshot, model_dir: Path) -> EmbedResult:
     from recbatch.model.artifact import read_model_card, trained_temperature
 
     started = time.perf_counter()
-    card = read_model_card(model_dir)
+    model = model_dir if isinstance(model_dir, Location) else locate(model_dir, cfg.storage)
+    card = read_model_card(model)
     version = card["model_version"]
     if card.get("id_type", snapshot.id_type) != snapshot.id_type:
-        raise UsageError(f"{model_dir} was trained on {card['id_type']} ids but snapshot {snapshot.hash} "
+        raise UsageError(f"{model} was trained on {card['id_type']} ids but snapshot {snapshot.hash} "
                          f"has {snapshot.id_type} ids: train a model on this catalog first")
-    layout = RunLayout.of(cfg.root)
+    layout = RunLayout.of(cfg.root, cfg.storage)
     ensure_ray(cfg.ray)
-    actor = _actor_settings(cfg.embed, model_dir)
+    actor = _actor_settings(cfg.embed, model)
     common = {"model_version": version, "snapshot_hash": snapshot.hash, "id_type": snapshot.id_type,
               "embedding_dim": int(card["model"]["embedding_dim"]), "device": actor["device"],
               "precision": actor["precision"], "temperature": trained_temperature(card)}
 
-    items_dir = layout.embeddings(version, "items")
+    items_dir = layout.at.embeddings(version, "items")
     current_items = _current_item_hashes(snapshot)
     items_plan = _encode_incrementally(
-        _snapshot_items(snapshot, cfg.embed), current_items, "item_id", ItemEncoder,
+        _snapshot_items(snapshot, current_items.num_rows, cfg.embed), current_items, "item_id", ItemEncoder,
         {**actor, "max_batch_tokens": cfg.embed.max_batch_tokens},
         items_dir, cfg.embed, {**common, "kind": "item_embeddings"},
     )
 
     item_ids, item_matrix = read_matrix(items_dir, "item_id")  # [N], [N, D]
-    users_dir = layout.embeddings(version, "users")
+    users_dir = layout.at.embeddings(version, "users")
     encoder = {**actor, "item_matrix": _put(item_matrix), "item_hashes": _put(_in_matrix_order(current_items, item_ids)),
                "feature_columns": UserFeatureSpec(**card["user_features"]).columns}
     encoded, reused = _embed_users(snapshot, encoder, users_dir, cfg.embed, {**common, "kind": "user_embeddings"})
@@ -107,7 +111,7 @@ def _in_matrix_order(hashes: pa.Table, item_ids: pa.Array) -> pa.Table:
     return frame.to_arrow()
 
 
-def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: EmbedConfig,
+def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Location, cfg: EmbedConfig,
                  fields: dict[str, Any]) -> tuple[int, int]:
     """Embed every user partition with a pool of ``PartitionEncoder`` actors; publish the parts.
 
@@ -115,16 +119,14 @@ def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: 
     import ray
 
     started = time.perf_counter()
-    previous = None
-    if cfg.incremental and is_complete(final):
-        previous = EmbeddingsFolder.open(final)
-    staging = staging_dir_for(final)
+    previous = _previous(final, cfg)
+    staging = folders.staging_for(final)
     try:
         partitions = ray.data.from_items([{PARTITION: p} for p in range(snapshot.partitions)],
                                          override_num_blocks=snapshot.partitions)
         records = partitions.map_batches(
             PartitionEncoder,
-            fn_constructor_kwargs={**encoder, "snapshot": snapshot, "previous": previous, "write_to": str(staging)},
+            fn_constructor_kwargs={**encoder, "snapshot": snapshot, "previous": previous, "write_to": staging},
             compute=ray.data.ActorPoolStrategy(size=min(cfg.num_actors, snapshot.partitions)),
             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor, batch_size=1, batch_format="pyarrow",
         ).take_all()  # one small record per partition
@@ -135,9 +137,9 @@ def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: 
             "seconds": round(time.perf_counter() - started, 3),
         })
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
-    publish_dir(staging, final)
+    folders.publish(staging, final)
     log.info("%s: %d encoded, %d reused", final, encoded, reused)
     return encoded, reused
 
@@ -145,13 +147,14 @@ def _embed_users(snapshot: Snapshot, encoder: dict[str, Any], final: Path, cfg: 
 # --------------------------------------------------------------------------- pieces
 
 
-def _actor_settings(cfg: EmbedConfig, model_dir: Path) -> dict[str, Any]:
-    """Constructor arguments shared by the item and user actors: device, precision, threads."""
+def _actor_settings(cfg: EmbedConfig, model: Location) -> dict[str, Any]:
+    """Constructor arguments shared by the item and user actors: the model (each actor loads it from
+    its Location, on either kind of root), device, precision, threads."""
     on_gpu = cfg.gpus_per_actor > 0
     if on_gpu:
         require_resources("GPU", cfg.gpus_per_actor * cfg.num_actors, "embed.gpus_per_actor x embed.num_actors")
     return {
-        "model_dir": str(model_dir),
+        "model_dir": model,
         "device": "cuda" if on_gpu else "cpu",
         "precision": resolve_precision(cfg.precision, on_gpu),
         "threads": max(1, int(cfg.cpus_per_actor)),
@@ -164,15 +167,15 @@ def _num_blocks(rows: int, cfg: EmbedConfig) -> int:
     return max(2 * cfg.num_actors, math.ceil(rows / (cfg.batch_size * WINDOW_BATCHES)), 1)
 
 
-def _snapshot_items(snapshot: Snapshot, cfg: EmbedConfig):
-    """The snapshot's item rows as a Ray dataset of several blocks."""
+def _snapshot_items(snapshot: Snapshot, rows: int, cfg: EmbedConfig):
+    """The snapshot's `rows` item rows (the files its manifest names) as a Ray dataset of several blocks."""
     import ray
 
-    path = snapshot.table_path("items")
-    rows = pq.ParquetFile(path).metadata.num_rows
+    files = snapshot.named_files("items")
     if rows == 0:
-        raise DataValidationError(f"{path}: the snapshot has no items to embed")
-    return ray.data.read_parquet(str(path)).select_columns(_model_columns(snapshot)).repartition(_num_blocks(rows, cfg))
+        raise DataValidationError(f"{', '.join(map(str, files))}: the snapshot has no items to embed")
+    return (ray.data.read_parquet([f.path for f in files], filesystem=files[0].filesystem)
+            .select_columns(_model_columns(snapshot)).repartition(_num_blocks(rows, cfg)))
 
 
 def _model_columns(snapshot: Snapshot) -> list[str]:
@@ -184,6 +187,11 @@ def _model_columns(snapshot: Snapshot) -> list[str]:
 def _current_item_hashes(snapshot: Snapshot) -> pa.Table:
     """``(item_id, input_hash)`` of every snapshot item."""
     return item_hashes(snapshot.items().select(_model_columns(snapshot)).collect())
+
+
+def _previous(final: Location, cfg: EmbedConfig) -> EmbeddingsFolder | None:
+    """The last complete embeddings of this model version, to reuse from (none with ``--full``)."""
+    return EmbeddingsFolder.open(final) if cfg.incremental and folders.is_complete(final) else None
 
 
 def _put(value: Any) -> Any:
@@ -198,7 +206,7 @@ def _encode_incrementally(
     id_column: str,
     encoder: type,
     encoder_args: dict[str, Any],
-    final: Path,
+    final: Location,
     cfg: EmbedConfig,
     fields: dict[str, Any],
 ) -> ReusePlan:
@@ -207,8 +215,8 @@ def _encode_incrementally(
     from ray.data.expressions import col
 
     started = time.perf_counter()
-    previous = read_hashes(final, id_column) if cfg.incremental else None
-    plan = plan_reuse(current, previous, id_column)
+    previous = _previous(final, cfg)
+    plan = plan_reuse(current, previous.read([id_column, "input_hash"]) if previous else None, id_column)
     parts = []
     if plan.encoded:
         todo = inputs.filter(expr=col(id_column).is_in(plan.encode_ids.to_pylist())) if plan.reused else inputs
@@ -224,8 +232,8 @@ def _encode_incrementally(
             )
         )
     if plan.reused:
-        kept = ray.data.read_parquet(str(final)).filter(expr=col(id_column).is_in(plan.reuse_ids.to_pylist()))
-        parts.append(kept)
+        assert previous is not None
+        parts.append(previous.dataset().filter(expr=col(id_column).is_in(plan.reuse_ids.to_pylist())))
     schema = embeddings_schema(fields["id_type"], id_column)
     if not parts:
         parts.append(ray.data.from_arrow(schema.empty_table()))

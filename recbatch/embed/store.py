@@ -1,8 +1,9 @@
 """Reading and publishing embedding folders.
 
 An embeddings folder (``embeddings/<model_version>/{items,users}``) is written
-like every other output: into a staging folder by Ray Data's Parquet writer,
-then ``_manifest.json`` and ``_SUCCESS``, then swapped in atomically. A reader
+like every other output, on either kind of root (recbatch/folders.py): into a
+staging folder (an attempt, on an object store) by Ray Data's Parquet writer or
+by the actors' own parts, then the manifest, then published whole. A reader
 therefore sees the previous complete set or the new one, and an incremental
 rerun can read the previous set while it writes the next.
 """
@@ -20,8 +21,7 @@ from ray.data.datasource import FilenameProvider
 
 from recbatch import folders
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, as_location
-from recbatch.storage import is_complete, publish_dir, staging_dir_for, write_manifest
+from recbatch.fs import Location, as_location, list_files
 
 
 class PartFilenames(FilenameProvider):
@@ -83,22 +83,18 @@ class EmbeddingsFolder:
         return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem,
                             format="parquet").to_table(columns=columns)
 
+    def dataset(self) -> Any:
+        """Every row, as a lazy Ray dataset over exactly the manifest's files (read by Ray's workers)."""
+        import ray
+
+        return ray.data.read_parquet([f.path for f in self.parquet_files()], filesystem=self.files_at.filesystem)
+
     def schema(self, columns: list[str]) -> pa.Schema:
         """The schema of `columns`, from the first file's footer (there is always one: an empty set
         is written as one typed empty file, ``publish_embeddings``)."""
         first = self.parquet_files()[0]
         schema = pads.dataset(first.path, filesystem=first.filesystem, format="parquet").schema
         return pa.schema([schema.field(c) for c in columns])
-
-
-def read_hashes(folder: str | Path | Location, id_column: str) -> pa.Table | None:
-    """``(id, input_hash)`` of a complete embeddings folder, or None if there is none.
-
-    Only ids and hashes are read (not the vectors): this is what decides reuse.
-    """
-    if not folders.is_complete(as_location(folder)):
-        return None
-    return EmbeddingsFolder.open(folder).read([id_column, "input_hash"])
 
 
 def read_matrix(folder: str | Path | Location, id_column: str) -> tuple[pa.Array, np.ndarray]:
@@ -148,9 +144,9 @@ def matrix_to_list_array(matrix: np.ndarray) -> pa.Array:
 
 
 def publish_embeddings(
-    ds: Any, final: str | Path, schema: pa.Schema, fields: dict[str, Any], started: float | None = None
-) -> Path:
-    """Write a Ray dataset of embedding rows to `final`: staging, manifest, atomic swap.
+    ds: Any, final: Location, schema: pa.Schema, fields: dict[str, Any], started: float | None = None
+) -> Location:
+    """Write a Ray dataset of embedding rows to `final`: staging, manifest, publish.
 
     `schema` is written even when the dataset is empty, so readers always find
     a typed file. The dataset is lazy and runs here, so ``seconds`` in the
@@ -158,14 +154,15 @@ def publish_embeddings(
     """
     import time
 
-    import pyarrow.parquet as pq
-
-    final = Path(final)
-    staging = staging_dir_for(final)
-    ds.write_parquet(str(staging), filename_provider=PartFilenames())
-    if not any(staging.glob("*.parquet")):
-        pq.write_table(schema.empty_table(), staging / "part-00000-empty.parquet")
+    staging = folders.staging_for(final)
+    ds.write_parquet(staging.path, filesystem=staging.filesystem, filename_provider=PartFilenames())
+    parts = list_files(staging, "part-")  # a fresh staging folder: only this writer's files
+    if not parts:
+        empty = staging.join("part-00000-empty.parquet")
+        folders.write_parquet_part(schema.empty_table(), empty)
+        parts = [empty]
     if started is not None:
         fields = {**fields, "seconds": round(time.perf_counter() - started, 3)}
-    write_manifest(staging, {**fields, "rows": pads.dataset(staging, format="parquet").count_rows()})
-    return publish_dir(staging, final)
+    rows = pads.dataset([p.path for p in parts], filesystem=staging.filesystem, format="parquet").count_rows()
+    folders.write_manifest(staging, {**fields, "rows": rows})
+    return folders.publish(staging, final)

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from recbatch.data.snapshot import Snapshot
 from recbatch.embed.actor import EncoderActor
 from recbatch.embed.store import EmbeddingsFolder
+from recbatch.fs import Location
 from recbatch.model.features import user_histories, user_input_hash
 from recbatch.runtime import Precision
 from recbatch.schemas import embeddings_schema
@@ -112,7 +113,7 @@ class UserEncoder(EncoderActor):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | Location,
         device: str,
         precision: Precision,
         threads: int,
@@ -164,7 +165,7 @@ class PartitionEncoder(UserEncoder):
         snapshot: Snapshot,
         item_hashes: Any,  # pa.Table (item_id, input_hash) of every snapshot item, or a ref
         previous: EmbeddingsFolder | None,  # the last embeddings of this model version, to reuse
-        write_to: str,
+        write_to: Location,  # the staging folder of the users' embeddings, on either kind of root
         **encoder: Any,
     ) -> None:
         import ray
