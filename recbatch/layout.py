@@ -35,11 +35,12 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   ``layout.at.published_runs()``, complete by commit marker), the serving load
   (``recbatch load``: a run read through its marker and manifest,
   recbatch/serving/published_run.py), retention (``recbatch gc``:
-  recbatch/retention.py, deleting with ``fs.remove_tree``) and ``recbatch
-  rollback`` (Redis only: it reads nothing under the root).
+  recbatch/retention.py, deleting with ``fs.remove_tree``), ``recbatch
+  rollback`` (Redis only: it reads nothing under the root) and ``recbatch
+  nightly``, which wires them together (recbatch/pipeline.py).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
   the same names as local paths, for the stages that still write with local
-  file APIs (forget, the nightly). On an object-store root it refuses
+  file APIs (``recbatch forget``, and ``recbatch demo``, whose generated source lives under the root). On an object-store root it refuses
   with a UsageError instead of handing out a local path (``Path("s3://b/p")``
   would be a folder named ``s3:``).
 
@@ -72,7 +73,7 @@ from recbatch.objectstore import latest_committed, read_marker
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train", "embed", "score", "evaluate", "load", "gc", "rollback"})
+OBJECT_STORE_STAGES = frozenset({"ingest", "train", "embed", "score", "evaluate", "load", "gc", "rollback", "nightly"})
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:

@@ -281,7 +281,7 @@ def _run_stages(
             rec.details["reason"] = "embeddings for these inputs are complete"
         else:
             emb = embed(cfg, snapshot, model_dir)
-            items_dir, users_dir = local_path(emb.items_dir), local_path(emb.users_dir)  # local roots only
+            items_dir, users_dir = emb.items_dir, emb.users_dir
             rec.details.update(
                 items_encoded=emb.items_encoded,
                 items_reused=emb.items_reused,

@@ -123,7 +123,7 @@ def test_wrong_credentials_name_the_bucket_and_exit_non_zero(source, s3_root, mo
 
 def test_stages_not_converted_yet_refuse_an_s3_root(tmp_path, s3_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a path "s3://..." would have become a local folder "s3:"
-    for command, *flags in (("nightly",), ("forget", "--users", "users.csv")):
+    for command, *flags in (("demo",), ("forget", "--users", "users.csv")):
         code = main([command, *flags, "--root", s3_root.uri, *storage_flags(s3_root)])
         err = capsys.readouterr().err
         assert code == 2, (command, err)

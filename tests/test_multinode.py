@@ -2,8 +2,8 @@
 
 `ray.cluster_utils.Cluster` runs a head and two worker nodes as separate raylets
 on this machine. The head offers no `scorer` resource; each worker node offers
-one unit and each scoring actor asks for one, so the two actors land on the two
-worker nodes and never on the head. Every stage reads and writes the root on a
+one unit and each scoring actor asks for one, so the scoring actors run on the
+worker nodes, never on the head. Every stage reads and writes the root on a
 real S3 server (SeaweedFS): no process can see another's local files through
 the root. The published lists equal a single-node scoring of the same
 embeddings.
@@ -58,7 +58,7 @@ def test_the_nightly_on_an_s3_root_scores_on_worker_nodes_only_like_a_single_nod
     try:
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
-        head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "scorer" not in n["Resources"])
+        workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and "scorer" in n["Resources"]}
         summary = run_nightly(cfg, RUN_DATE)
     finally:
         ray.shutdown()
@@ -71,7 +71,9 @@ def test_the_nightly_on_an_s3_root_scores_on_worker_nodes_only_like_a_single_nod
     manifest = read_manifest(final)
     assert summary.output == final.uri and manifest["gate"]["passed"] is True
     nodes = set(manifest["scoring_nodes"])
-    assert len(nodes) == 2 and head not in nodes  # both worker nodes scored, the head did not
+    # Worker nodes scored, the head did not. (Both, or the one whose actor started first: 300 users
+    # take less time to score than an actor takes to start, so how many varies with the machine's load.)
+    assert len(workers) == 2 and nodes and nodes <= workers, (nodes, workers)
     published = _rows(final)
     snapshot = Snapshot.open(layout.latest_snapshot())
     assert snapshot.partitions == 4
