@@ -1,26 +1,35 @@
-"""The nightly pipeline end to end: idempotency, a driver killed before publish,
+"""The nightly pipeline end to end: a date's whole life on an ``s3://`` root across three Ray nodes
+(idempotent rerun, stop before publish, republish under readers, load), the gate's popularity floor,
 and configuration that must fail before any work."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import threading
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import polars as pl
 import pytest
 
+from recbatch import folders
 from recbatch.cli import main
 from recbatch.data.snapshot import Snapshot
+from recbatch.fs import Location, as_location, is_file, read_bytes
 from recbatch.layout import RunLayout
+from recbatch.objectstore import retired_copies, stale_attempts
 from recbatch.pipeline import run_nightly
-from recbatch.storage import read_manifest, read_parquet_folder, verify_manifest
+from recbatch.storage import verify_manifest
 
 RUN_DATE = dt.date(2026, 11, 28)
 
 
-def _published_rows(folder: Path) -> pl.DataFrame:
-    return pl.from_arrow(read_parquet_folder(folder))  # the reader contract: manifest, then its files
+def _published_rows(folder: Path | Location) -> pl.DataFrame:
+    # the reader contract: (marker,) manifest, then exactly its files
+    return pl.from_arrow(folders.read_parquet_folder(as_location(folder)))
 
 
 def _primary_topic(items: pl.DataFrame) -> pl.DataFrame:
@@ -61,87 +70,131 @@ def _move_newest_to_a_new_topic(source: Path, holdout_days: float, newest: int =
     return user, topic, moved["item_id"].to_list()
 
 
-@pytest.mark.ray
-def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
-    ray_local, tiny_pipeline_config, demo_source, redis_server
-):
-    cfg = tiny_pipeline_config()
-    demo_source(cfg)
-    user, topic, newest = _move_newest_to_a_new_topic(Path(cfg.ingest.source), cfg.split.holdout_days)
+@contextlib.contextmanager
+def _three_node_cluster() -> Iterator[set[str]]:
+    """A head with no `scorer` resource and two worker nodes with one each, as separate raylets on this
+    machine (``ray.cluster_utils.Cluster``); yields the worker nodes' ids. The nodes inherit this
+    process's environment: the AWS variables `s3_root` set (in production, each node's role)."""
+    import ray
+    from ray.cluster_utils import Cluster
 
-    first = run_nightly(cfg, RUN_DATE)
-    assert [s.status for s in first.stages] == ["ran", "ran", "ran", "ran", "ran", "ran", "skipped"]
-    layout = RunLayout.of(cfg.root)
-    final = layout.recommendations_for(RUN_DATE)
-    manifest = verify_manifest(final)
-    recs = _published_rows(final)
-    users = Snapshot.open(layout.latest_snapshot()).users().collect()
-    assert recs.height == users.height == manifest["users"]
-    assert recs["user_id"].n_unique() == recs.height
-    assert manifest["gate"]["passed"] is True
-    assert "ndcg@10" in manifest["metrics"]
-    assert layout.run_summary(RUN_DATE).exists()
-    report = Path(first.report)
-    assert report == layout.report(RUN_DATE)
-    assert "ndcg" in (report / "report.md").read_text().lower()
-    assert (report / "metrics_at_k.png").stat().st_size > 1000
-    _assert_served_from_the_newest_rows(cfg, layout, final, user, topic, newest)
-
-    # 1. Rerun the same date: nothing is retrained, rescored or republished.
-    second = run_nightly(cfg, RUN_DATE)
-    status = {s.name: s.status for s in second.stages}
-    assert status["train"] == "skipped"
-    # the weekly cadence counts from the run date the model was trained for, not from the clock
-    assert second.stage("train").details["reason"] == (
-        "latest model was trained for 2026-11-28, 0 days before the run date (weekly cadence)")
-    assert status["score"] == "skipped"
-    assert status["publish"] == "skipped"
-    assert status["embed"] == "skipped"  # the embeddings of this model and snapshot are complete
-    assert read_manifest(final)["files"] == manifest["files"]
-    assert [p.name for p in layout.recommendations.iterdir()] == [final.name]
-    before = manifest
-
-    # 2. New data arrives (a new snapshot); the driver stops after scoring it.
-    src = Path(cfg.ingest.source) / "interactions.parquet"
-    inter = pl.read_parquet(src)
-    pl.concat([inter, inter.head(30).with_columns(pl.col("ts") + pl.duration(days=1))]).write_parquet(src)
-    cfg2 = cfg.with_overrides({"train.cadence": "never"})
-    scored = run_nightly(cfg2, RUN_DATE, stop_after="score")
-    embedded = scored.stage("embed").details  # a new snapshot: only the users with new rows are re-encoded
-    assert embedded["items_encoded"] == 0 and 0 < embedded["users_encoded"] < users.height
-    assert read_manifest(final) == before  # previous run still live and complete
-    assert layout.staged_for(RUN_DATE).exists()
-
-    # 3. The rerun publishes once, while readers keep reading the date's folder,
-    #    then loads the published run into Redis.
-    seen_rows: list[int] = []
-    read_errors: list[Exception] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                seen_rows.append(_published_rows(final).height)
-            except Exception as exc:  # noqa: BLE001 - any failed, corrupt or mixed read fails the test
-                read_errors.append(exc)
-
-    t = threading.Thread(target=reader)
-    t.start()
+    if ray.is_initialized():
+        ray.shutdown()  # the next ray_local user starts the session's Ray again
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, resources={"scorer": 1})
     try:
-        rerun = run_nightly(cfg2.with_overrides({"serving.redis_url": redis_server.url}), RUN_DATE)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        yield {n["NodeID"] for n in ray.nodes() if n["Alive"] and "scorer" in n["Resources"]}
     finally:
-        stop.set()
-        t.join()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_nightly_lifecycle_on_s3_and_three_nodes_idempotent_rerun_and_stop_before_publish(
+    tmp_path, tiny_pipeline_config, demo_source, redis_server, s3_root, monkeypatch
+):
+    """The whole life of a date on a cluster without a shared disk: the root is ``s3://`` on a real S3
+    server (SeaweedFS), so no process sees another's local files, and the scoring actors need a
+    `scorer` resource only the worker nodes offer. (Local roots: test_gate_cli.py, test_operations.py
+    and the demo test run the nightly there.)"""
+    from recbatch.score.stage import score
+
+    storage = s3_root.storage
+    cfg = tiny_pipeline_config(root=s3_root.uri, **{
+        "storage.endpoint": storage.endpoint, "storage.scheme": storage.scheme, "storage.region": storage.region,
+        "score.num_actors": 2, "score.cpus_per_actor": 0.5, "score.actor_resources": {"scorer": 1},
+        "ingest.users_per_partition": 100, "ray.num_cpus": None,
+    })
+    demo_source(cfg)
+    monkeypatch.chdir(tmp_path)  # where a path "s3://..." would have become a local folder "s3:"
+    user, topic, newest = _move_newest_to_a_new_topic(Path(cfg.ingest.source), cfg.split.holdout_days)
+    layout = RunLayout.of(cfg.root, cfg.storage).at
+    final = layout.recommendations_for(RUN_DATE)
+
+    with _three_node_cluster() as workers:
+        first = run_nightly(cfg, RUN_DATE)
+        assert [s.status for s in first.stages] == ["ran", "ran", "ran", "ran", "ran", "ran", "skipped"]
+        manifest = folders.verify_manifest(final)
+        recs = _published_rows(final)
+        snapshot = Snapshot.open(layout.latest_snapshot())
+        assert snapshot.partitions == 4
+        users = snapshot.users().collect()
+        assert recs.height == users.height == manifest["users"]
+        assert recs["user_id"].n_unique() == recs.height
+        assert manifest["gate"]["passed"] is True
+        assert "ndcg@10" in manifest["metrics"]
+        # Worker nodes scored, the head did not. (Both, or the one whose actor started first: 300 users
+        # take less time to score than an actor takes to start, so how many varies with the load.)
+        nodes = set(manifest["scoring_nodes"])
+        assert len(workers) == 2 and nodes and nodes <= workers, (nodes, workers)
+        assert first.output == final.uri and is_file(layout.run_summary(RUN_DATE))
+        assert first.report == layout.report(RUN_DATE).uri
+        with folders.open_folder(layout.report(RUN_DATE)) as report:
+            assert "ndcg" in report.files["report.md"].read().decode().lower()
+            assert report.manifest["files"]["metrics_at_k.png"]["bytes"] > 1000
+        _assert_served_from_the_newest_rows(cfg, layout, final, user, topic, newest)
+
+        # 1. Rerun the same date: nothing is retrained, rescored or republished.
+        second = run_nightly(cfg, RUN_DATE)
+        status = {s.name: s.status for s in second.stages}
+        assert status["train"] == "skipped"
+        # the weekly cadence counts from the run date the model was trained for, not from the clock
+        assert second.stage("train").details["reason"] == (
+            "latest model was trained for 2026-11-28, 0 days before the run date (weekly cadence)")
+        assert status["score"] == "skipped"
+        assert status["publish"] == "skipped"
+        assert status["embed"] == "skipped"  # the embeddings of this model and snapshot are complete
+        assert folders.read_manifest(final)["files"] == manifest["files"]
+        assert [run.name for run in layout.published_runs()] == [final.name]
+        before = manifest
+
+        # 2. New data arrives (a new snapshot); the driver stops after scoring it.
+        src = Path(cfg.ingest.source) / "interactions.parquet"
+        inter = pl.read_parquet(src)
+        pl.concat([inter, inter.head(30).with_columns(pl.col("ts") + pl.duration(days=1))]).write_parquet(src)
+        cfg2 = cfg.with_overrides({"train.cadence": "never"})
+        scored = run_nightly(cfg2, RUN_DATE, stop_after="score")
+        embedded = scored.stage("embed").details  # a new snapshot: only the users with new rows are re-encoded
+        assert embedded["items_encoded"] == 0 and 0 < embedded["users_encoded"] < users.height
+        assert folders.read_manifest(final) == before  # previous run still live and complete
+        assert folders.is_complete(layout.staged_for(RUN_DATE))
+
+        # 3. The rerun publishes once, while readers keep reading the date's folder,
+        #    then loads the published run into Redis.
+        seen_rows: list[int] = []
+        read_errors: list[Exception] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    seen_rows.append(_published_rows(final).height)
+                except Exception as exc:  # noqa: BLE001 - any failed, corrupt or mixed read fails the test
+                    read_errors.append(exc)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            rerun = run_nightly(cfg2.with_overrides({"serving.redis_url": redis_server.url}), RUN_DATE)
+        finally:
+            stop.set()
+            t.join()
     assert rerun.stage("score").status == "skipped"  # the staged output was reused
     assert rerun.stage("publish").status == "ran"
-    after = verify_manifest(final)
+    after = folders.verify_manifest(final)
     assert after["snapshot_hash"] != before["snapshot_hash"]
     assert not read_errors, read_errors[:3]
     assert seen_rows and set(seen_rows) == {before["users"]}
-    assert [p.name for p in layout.recommendations.glob("dt=*")] == [final.name]
-    assert not list(layout.recommendations.glob(".staging-*"))
-    retired = list(layout.recommendations.glob(".retired-*"))  # the replaced run, kept through the grace period
-    assert len(retired) == 1 and read_manifest(retired[0])["files"] == before["files"]
+    assert [run.name for run in layout.published_runs()] == [final.name]
+    assert not folders.is_complete(layout.staged_for(RUN_DATE))  # published, then the staged copy removed
+    # the replaced run, kept (and named in the marker) through the grace period for readers still on it
+    (retired,) = retired_copies(final)
+    assert json.loads(read_bytes(retired.join("_manifest.json")))["files"] == before["files"]
+    assert stale_attempts(final) == []  # nothing a killed writer left
 
     assert rerun.stage("load").status == "ran"
     assert rerun.stage("load").details["users"] == after["users"]
@@ -149,14 +202,31 @@ def test_nightly_lifecycle_idempotent_rerun_and_stop_before_publish(
 
     from recbatch.serving.reader import get_recommendations
 
-    row = _published_rows(final).row(0, named=True)
+    published = _published_rows(final).sort("user_id")
+    row = published.row(0, named=True)
     got = get_recommendations(redis.Redis.from_url(redis_server.url), row["user_id"])
     assert got is not None and list(got.item_ids) == row["item_ids"]
+
+    # One scoring actor on one node (the session's local Ray) ranks the same embeddings the same way.
+    from recbatch.config import RayConfig
+    from recbatch.runtime import ensure_ray
+
+    ensure_ray(RayConfig(num_cpus=4))
+    version = after["model_version"]
+    single_cfg = cfg2.with_overrides({"root": str(tmp_path / "single"), "score.num_actors": 1,
+                                      "score.actor_resources": {}})
+    single = _published_rows(score(single_cfg, Snapshot.open(layout.latest_snapshot()),
+                                   layout.embeddings(version, "items"), layout.embeddings(version, "users"),
+                                   RUN_DATE)).sort("user_id")
+    assert published.select("user_id", "item_ids").equals(single.select("user_id", "item_ids"))
+    np.testing.assert_allclose(
+        np.concatenate(published["scores"].to_list()), np.concatenate(single["scores"].to_list()), rtol=1e-5
+    )
+    assert not (tmp_path / "s3:").exists()
 
 
 def _assert_served_from_the_newest_rows(cfg, layout, final, user, topic, newest) -> None:
     """The user's published list follows their move to `topic` the same night; the holdout list does not."""
-    from recbatch.data.snapshot import Snapshot
     from recbatch.eval.holdout import holdout_lists
 
     snapshot = Snapshot.open(layout.latest_snapshot())
@@ -169,7 +239,7 @@ def _assert_served_from_the_newest_rows(cfg, layout, final, user, topic, newest)
 
     published = _published_rows(final).filter(pl.col("user_id") == user)["item_ids"][0].to_list()
     model_dir = layout.latest_model()
-    items_dir = layout.embeddings(read_manifest(model_dir)["model_version"], "items")
+    items_dir = layout.embeddings(folders.read_manifest(model_dir)["model_version"], "items")
     before_test = holdout_lists(cfg, snapshot, model_dir, items_dir, pl.Series([user]), cfg.score.k)
     held_out_view = before_test["item_ids"][0].to_list()
     assert not set(published) & set(newest)  # the seen filter reads the newest rows too
