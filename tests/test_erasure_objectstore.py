@@ -1,7 +1,8 @@
 """`recbatch forget` on an object-store root (SeaweedFS, tests/s3_helpers.py).
 
-A snapshot from `recbatch ingest` and a published run (republished, so a
-retired attempt exists, plus a killed writer's attempt) are erased from; the
+A snapshot from `recbatch ingest`, a published run (republished, so a
+retired attempt exists, plus a killed writer's attempt), a model trained on
+the snapshot and a training run's inputs are erased from; the
 check then reads every object under the prefix, not only what the markers
 name: an erasure that left the ids in a replaced attempt would pass a reader's
 check and fail this one.
@@ -23,9 +24,10 @@ from recbatch.cli import main
 from recbatch.config import GenerateConfig, load_config
 from recbatch.data.generate import generate_demo
 from recbatch.data.ingest import ingest
+from recbatch.erasure.models import read_marker
 from recbatch.erasure.rewrite import output_folders
 from recbatch.erasure.suppression import SuppressionList
-from recbatch.fs import read_bytes, write_new
+from recbatch.fs import read_bytes, write_bytes, write_new
 from recbatch.layout import RunLayout
 from recbatch.schemas import recommendations_schema
 
@@ -93,8 +95,15 @@ def test_forget_on_s3_erases_every_object_and_the_next_ingest_keeps_them_out(
         _publish_run(run, users, items, attempt)
     killed = folders.staging_for(at.staged_for(RUN_DATE))  # a killed writer's attempt: no manifest, no marker
     folders.write_parquet_part(pa.table({"user_id": users}), killed.join("part-00000.parquet"))
+    model = at.model("m1")  # trained on the snapshot: it gets the erasure marker
+    staging = folders.staging_for(model)
+    write_bytes(staging.join("towers.pt"), b"weights")
+    folders.write_manifest(staging, {"kind": "model", "model_version": "m1", "snapshot_hash": snapshot.hash})
+    folders.publish(staging, model)
+    training_run = at.training_run(snapshot.hash, "20261126T000000000000")  # its inputs hold the users' rows
+    folders.write_parquet_part(pa.table({"user_id": users}), training_run.join("inputs", "part-00000.parquet"))
     run_before = folders.read_parquet_folder(run).to_pylist()
-    assert len(_ids_in_objects(s3_root, erased)) >= 6  # the scan sees them before
+    assert len(_ids_in_objects(s3_root, erased)) >= 7  # the scan sees them before
 
     request = tmp_path / "erase.csv"
     request.write_text("user_id\n" + "\n".join(sorted(erased)) + "\n")
@@ -102,7 +111,7 @@ def test_forget_on_s3_erases_every_object_and_the_next_ingest_keeps_them_out(
     summary = json.loads(capsys.readouterr().out)
 
     assert _ids_in_objects(s3_root, erased) == []
-    assert {f.path for f in output_folders(at.root)} == {snapshot.location.path, run.path}
+    assert {f.path for f in output_folders(at.root)} == {snapshot.location.path, run.path, model.path}
     assert folders.read_parquet_folder(run).to_pylist() == [r for r in run_before if r["user_id"] not in erased]
     manifest = folders.verify_manifest(run)  # checksums and all
     assert manifest["users"] == len(others) and manifest["erasure"][0]["request_id"] == summary["request_id"]
@@ -110,7 +119,11 @@ def test_forget_on_s3_erases_every_object_and_the_next_ingest_keeps_them_out(
     assert after["counts"]["erased_users"] == ERASED and after["counts"]["users"] == len(others)
     assert set(summary["folders_rewritten"]) == {f"snapshots/{snapshot.hash}", f"recommendations/dt={RUN_DATE}"}
     assert summary["copies_removed"] == [killed.path[len(at.root.path) + 1:]]
-    assert [k for k in s3_root.keys() if "/staged/" in k] == []
+    assert [k for k in s3_root.keys() if "/staged/" in k or "/checkpoints/" in k] == []
+    assert summary["training_runs_removed"] == [f"checkpoints/{training_run.name}"]
+    assert [m["model_version"] for m in summary["models_marked_for_retraining"]] == ["m1"]
+    assert read_marker(model)["requests"][0]["request_id"] == summary["request_id"]
+    assert folders.verify_manifest(model)["snapshot_hash"] == snapshot.hash  # the artifact itself untouched
 
     (log_key,) = [k for k in s3_root.keys() if "/erasure/requests/" in k]
     assert summary["log"] == f"s3://{log_key}" and Path(log_key).stem == summary["request_id"]
