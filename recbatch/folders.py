@@ -85,11 +85,20 @@ def write_manifest(
     return storage.write_manifest(staging.path, fields, files)
 
 
-def publish(staging: Location, final: Location) -> Location:
-    """Make `staging` the content of `final`, replacing any previous content whole."""
+def publish(staging: Location, final: Location, keep_replaced: bool = True) -> Location:
+    """Make `staging` the content of `final`, replacing any previous content whole.
+
+    The replaced content stays readable through the grace period, for readers
+    that pinned it; ``keep_replaced=False`` deletes it (and any earlier content
+    still in its grace period) at once: erasure's replaced content holds rows
+    that must go now, whatever a reader pinned.
+    """
     if final.is_object_store:
-        return objectstore.publish(staging, final)
+        return objectstore.publish(staging, final, keep_replaced)
     storage.publish_dir(staging.path, final.path)
+    if not keep_replaced:
+        for retired in storage.retired_copies(final.path):
+            shutil.rmtree(retired)
     return final
 
 

@@ -251,3 +251,34 @@ def write_bytes(location: Location, data: bytes) -> None:
     with open(temporary, "wb") as out:
         out.write(data)
     os.replace(temporary, location.path)
+
+
+def write_new(location: Location, data: bytes, storage: StorageConfig) -> bool:
+    """Write a small file only if nothing is at `location` yet; False when something was (then nothing is written).
+
+    Of any number of processes racing to create it, exactly one writes: locally
+    ``O_EXCL`` (owner-only permissions: it is for secrets such as a key), on S3 a
+    conditional PUT (``If-None-Match: *``, as the root's lease uses).
+    """
+    if not location.is_object_store:
+        make_parent(location)
+        try:
+            fd = os.open(location.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return True
+    if location.scheme != "s3":
+        raise UsageError(f"{location.uri}: creating a file exactly once is not implemented on {location.scheme}://")
+    import botocore.exceptions
+
+    try:
+        s3_client(storage).put_object(Bucket=location.bucket, Key=location.key, Body=data, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            return False
+        raise StorageAccessError(f"{location.uri}: could not write in bucket '{location.bucket}': {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:  # no credentials, endpoint unreachable
+        raise StorageAccessError(f"{location.uri}: could not write in bucket '{location.bucket}': {exc}") from exc
+    return True

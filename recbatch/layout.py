@@ -35,12 +35,15 @@ A root is a local folder or an object-store prefix (``s3://bucket/prefix``,
   ``layout.at.published_runs()``, complete by commit marker), the serving load
   (``recbatch load``: a run read through its marker and manifest,
   recbatch/serving/published_run.py), retention (``recbatch gc``:
-  recbatch/retention.py, deleting with ``fs.remove_tree``), ``recbatch
-  rollback`` (Redis only: it reads nothing under the root) and ``recbatch
-  nightly``, which wires them together (recbatch/pipeline.py).
+  recbatch/retention.py, deleting with ``fs.remove_tree``), erasure
+  (``recbatch forget``: recbatch/erasure, output folders found by commit
+  marker and rewritten through ``folders``, the replaced content deleted at
+  once), ``recbatch rollback`` (Redis only: it reads nothing under the root)
+  and ``recbatch nightly``, which wires them together (recbatch/pipeline.py).
 - the ``Path`` face (``layout.snapshot(hash)``, ``layout.models``, ``layout.root``):
-  the same names as local paths, for the stages that still write with local
-  file APIs (``recbatch forget``, and ``recbatch demo``, whose generated source lives under the root). On an object-store root it refuses
+  the same names as local paths, for the commands that still write with local
+  file APIs (``recbatch demo`` and ``recbatch generate``, whose generated
+  source folders live under the root). On an object-store root it refuses
   with a UsageError instead of handing out a local path (``Path("s3://b/p")``
   would be a folder named ``s3:``).
 
@@ -73,7 +76,9 @@ from recbatch.objectstore import latest_committed, read_marker
 from recbatch.storage import SUCCESS
 
 # The commands that run on an object-store root so far; every other one still writes through local paths.
-OBJECT_STORE_STAGES = frozenset({"ingest", "train", "embed", "score", "evaluate", "load", "gc", "rollback", "nightly"})
+OBJECT_STORE_STAGES = frozenset(
+    {"ingest", "train", "embed", "score", "evaluate", "load", "gc", "rollback", "forget", "nightly"}
+)
 
 
 def require_supported_root(root: str | Path, stage: str) -> None:
@@ -255,7 +260,7 @@ class RunLayout:
         return [local_path(run) for run in self.at.training_runs(snapshot_hash)]
 
     @staticmethod
-    def training_run_snapshot(run: Path) -> str:
+    def training_run_snapshot(run: Path | Location) -> str:
         """The snapshot-hash prefix a training run folder is named after."""
         return run.name.split("-", 1)[0]
 

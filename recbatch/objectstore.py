@@ -128,11 +128,13 @@ def read_marker(folder: Location) -> dict[str, Any] | None:
     return marker
 
 
-def publish(staging: Location, final: Location) -> Location:
+def publish(staging: Location, final: Location, keep_replaced: bool = True) -> Location:
     """Commit the attempt `staging` as `final`'s content: one write of the marker, replacing it whole.
 
     The attempt it replaces is retired (listed in the new marker with the time);
     retired attempts past ``RETIRED_GRACE_SECONDS`` are dropped from the marker and deleted.
+    ``keep_replaced=False`` (erasure) drops and deletes every retired attempt,
+    the one replaced now included, right after the commit.
     """
     if staging.parent.path != final.path or not staging.name.startswith(ATTEMPT_PREFIX):
         raise ValueError(f"{staging.uri} is not an attempt of {final.uri} (use objectstore.staging_for)")
@@ -145,7 +147,7 @@ def publish(staging: Location, final: Location) -> Location:
     retired = list(previous.get("retired", [])) if previous else []
     if previous:
         retired.append({"attempt": previous["attempt"], "retired_at_ns": now_ns})
-    kept = [r for r in retired if not _expired(r, now_ns)]
+    kept = [r for r in retired if keep_replaced and not _expired(r, now_ns)]
     marker = {
         "attempt": staging.name,
         "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recbatch import folders
 from recbatch.cli import main
 from recbatch.data.ingest import ingest
 from recbatch.erasure.models import MARKER, mark_models, read_marker
@@ -160,8 +161,8 @@ def test_forget_erases_everywhere_now_and_the_next_night_keeps_them_out(
 
     # Nowhere under the root, nowhere in Redis; everyone else's lists unchanged.
     assert ids_found_under(layout.root, erased) == []
-    for folder in output_folders(layout.root):
-        verify_manifest(folder)
+    for folder in output_folders(layout.at.root):
+        folders.verify_manifest(folder)
     assert published_lists(final) == {u: lists_before[u] for u in others}
     redis_after = redis_users(client, cfg.serving.key_prefix)
     assert redis_after == {v: {u: value for u, value in users.items() if u not in erased}

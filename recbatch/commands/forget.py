@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         record = forget(cfg, args.users)
     summary = {
         "request_id": record["request_id"],
-        "log": str(RunLayout.of(cfg.root).erasure_request(record["request_id"])),
+        "log": RunLayout.of(cfg.root, cfg.storage).at.erasure_request(record["request_id"]).uri,
         "users_requested": record["users_requested"],
         "folders_rewritten": [r["folder"] for r in record["rewritten"]],
         "copies_removed": record["copies_removed"],

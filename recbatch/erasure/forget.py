@@ -25,8 +25,8 @@ from recbatch.erasure.ids import read_user_ids, reference_id_type
 from recbatch.erasure.models import mark_models, remove_training_runs
 from recbatch.erasure.rewrite import output_folders, remove_copies_holding, rewrite_folder
 from recbatch.erasure.suppression import add_to_suppression_list
+from recbatch.fs import Location, write_bytes
 from recbatch.layout import RunLayout
-from recbatch.storage import replacing_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def new_request_id() -> str:
 
 def forget(cfg: Config, users_file: str | Path) -> dict[str, Any]:
     """Apply an erasure request to everything under ``cfg.root`` and in Redis; returns its log entry."""
-    layout = RunLayout.of(cfg.root)
+    layout = RunLayout.of(cfg.root, cfg.storage)
+    at = layout.at
     ids = read_user_ids(users_file, reference_id_type(layout))  # refuses a bad file before any change
     request_id = new_request_id()
     record: dict[str, Any] = {
@@ -50,11 +51,11 @@ def forget(cfg: Config, users_file: str | Path) -> dict[str, Any]:
     }
     _write_record(layout, record)
     record["suppression_list"] = {
-        "path": str(layout.suppression_list.relative_to(layout.root)),
-        "users_added": add_to_suppression_list(layout, ids, request_id),
+        "path": _relative(layout, at.suppression_list),
+        "users_added": add_to_suppression_list(layout, ids, request_id, cfg.storage),
     }
 
-    rewritten = [r for folder in output_folders(layout.root, skip=(layout.erasure, layout.checkpoints))
+    rewritten = [r for folder in output_folders(at.root, skip=(at.erasure, at.checkpoints))
                  if (r := rewrite_folder(folder, ids, request_id)) is not None]
     erased_snapshots = {r.manifest["snapshot_hash"] for r in rewritten if isinstance(r.manifest.get("counts"), dict)}
     record["rewritten"] = [
@@ -62,7 +63,7 @@ def forget(cfg: Config, users_file: str | Path) -> dict[str, Any]:
          "files": sorted(r.manifest["files"])}
         for r in rewritten
     ]
-    record["copies_removed"] = [_relative(layout, p) for p in remove_copies_holding(layout.root, ids)]
+    record["copies_removed"] = [_relative(layout, p) for p in remove_copies_holding(at.root, ids)]
     record["training_runs_removed"] = [_relative(layout, p) for p in remove_training_runs(layout, erased_snapshots)]
     record["models_marked"] = mark_models(layout, erased_snapshots, request_id)
     record["redis"] = _erase_from_serving(cfg, ids.to_pylist())
@@ -87,12 +88,11 @@ def _erase_from_serving(cfg: Config, user_ids: list) -> dict[str, Any]:
 
 
 def _write_record(layout: RunLayout, record: dict[str, Any]) -> None:
-    with replacing_file(layout.erasure_request(record["request_id"])) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str))
+    write_bytes(layout.at.erasure_request(record["request_id"]), json.dumps(record, indent=2, default=str).encode())
 
 
-def _relative(layout: RunLayout, path: Path) -> str:
-    return str(path.relative_to(layout.root))
+def _relative(layout: RunLayout, location: Location) -> str:
+    return location.path[len(layout.at.root.path) + 1 :]
 
 
 def _now() -> str:

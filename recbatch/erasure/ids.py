@@ -15,20 +15,20 @@ import pyarrow as pa
 from recbatch.data.readers import read_table_file
 from recbatch.data.validate import PLAIN_INTEGER
 from recbatch.errors import DataValidationError, UsageError
+from recbatch.folders import read_manifest
 from recbatch.layout import RunLayout
 from recbatch.schemas import IdType, id_arrow_type
-from recbatch.storage import read_manifest
 
 ID_COLUMN = "user_id"
 
 
 def reference_id_type(layout: RunLayout) -> IdType:
     """The id type of the data under the root: the latest snapshot's, else the latest published run's."""
-    for folder in (layout.latest_snapshot(), *reversed(layout.published_runs())):
+    for folder in (layout.at.latest_snapshot(), *reversed(layout.at.published_runs())):
         if folder is not None:
             return read_manifest(folder)["id_type"]
     raise UsageError(
-        f"nothing under {layout.root} tells the id type (no snapshot, no published run): "
+        f"nothing under {layout.at.root} tells the id type (no snapshot, no published run): "
         "run `recbatch ingest` first, so the ids can be checked"
     )
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from recbatch.fs import Location, as_location, is_file, read_bytes
+from recbatch import folders
+from recbatch.fs import Location, as_location, is_file, list_folders, read_bytes, remove_tree, write_bytes
 from recbatch.layout import RunLayout
-from recbatch.storage import is_complete, read_manifest, replacing_file
 
 MARKER = "_erasure.json"
 
@@ -37,16 +36,14 @@ def read_marker(model_dir: str | Path | Location) -> dict[str, Any] | None:
 
 def mark_models(layout: RunLayout, erased_snapshots: set[str], request_id: str) -> list[dict[str, str]]:
     """Mark every model trained on one of `erased_snapshots` or on a snapshot that is gone."""
-    if not layout.models.exists():
-        return []
     marked = []
-    for model_dir in sorted(p for p in layout.models.iterdir() if not p.name.startswith(".")):
-        if not is_complete(model_dir):
+    for model_dir in list_folders(layout.at.models):
+        if model_dir.name.startswith(".") or not folders.is_complete(model_dir):
             continue
-        snapshot = read_manifest(model_dir).get("snapshot_hash")
+        snapshot = folders.read_manifest(model_dir).get("snapshot_hash")
         if snapshot in erased_snapshots:
             reason = f"trained on snapshot {snapshot}, which held rows of the erased users"
-        elif snapshot is None or not layout.snapshot(snapshot).exists():
+        elif snapshot is None or not folders.is_complete(layout.at.snapshot(snapshot)):
             reason = f"trained on snapshot {snapshot}, which is no longer on disk to check"
         else:
             continue
@@ -55,12 +52,12 @@ def mark_models(layout: RunLayout, erased_snapshots: set[str], request_id: str) 
     return marked
 
 
-def _add_mark(model_dir: Path, request_id: str, reason: str) -> None:
+def _add_mark(model_dir: Location, request_id: str, reason: str) -> None:
+    """Beside the model's commit marker, outside its manifest: the artifact itself stays as published."""
     marker = read_marker(model_dir) or {"retrain_required": True, "requests": []}
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     marker["requests"].append({"request_id": request_id, "marked_at": at, "reason": reason})
-    with replacing_file(model_dir / MARKER) as tmp:
-        tmp.write_text(json.dumps(marker, indent=2))
+    write_bytes(model_dir.join(MARKER), json.dumps(marker, indent=2).encode())
 
 
 def retrain_reason(model_dir: Path | Location, run_date: dt.date, within_days: int) -> str | None:
@@ -78,14 +75,14 @@ def retrain_reason(model_dir: Path | Location, run_date: dt.date, within_days: i
     )
 
 
-def remove_training_runs(layout: RunLayout, erased_snapshots: set[str]) -> list[Path]:
+def remove_training_runs(layout: RunLayout, erased_snapshots: set[str]) -> list[Location]:
     """Delete training runs of `erased_snapshots` and of snapshots that are gone."""
-    present = {p.name[:12] for p in layout.snapshots.iterdir()} if layout.snapshots.exists() else set()
+    present = {p.name[:12] for p in list_folders(layout.at.snapshots)}
     erased = {h[:12] for h in erased_snapshots}
     doomed = [
-        run for run in layout.training_runs()
+        run for run in layout.at.training_runs()
         if layout.training_run_snapshot(run) in erased or layout.training_run_snapshot(run) not in present
     ]
     for run in doomed:
-        shutil.rmtree(run)
+        remove_tree(run)
     return doomed

@@ -1,24 +1,28 @@
-"""Removing erased users' rows from the outputs already under the root.
+"""Removing erased users' rows from the outputs already under the root, on either kind of root.
 
 Every output folder that holds a ``user_id`` column (snapshots, user
 embeddings, staged, published and baseline runs, and any later output that
-follows the folder contract) is rewritten the way it was written: into a
-staging folder, with a new manifest, swapped in with ``storage.publish_dir``.
-Files without erased rows are hard-linked unchanged; a file that loses rows is
-written under a new name (``part-NNNNN-<token>``), so a reader that listed the
-folder before the swap never opens a file of the new content by an old name.
-The copy the swap retires holds the erased rows, so it is deleted at once,
-not after the grace period; so is any leftover staging or retired copy that
-holds them.
+follows the folder contract) is rewritten the way it was written, through
+recbatch/folders.py: the committed files read through the manifest, the
+filtered ones written into ``folders.staging_for(folder)``, the unchanged ones
+put there by ``folders.copy_files`` (a hard link locally, a copy inside an
+object store), a new manifest with the folder's fields, and ``folders.publish``.
+A file that loses rows is written under a new name (``part-NNNNN-<token>``), so
+a reader that listed the folder before the swap never opens a file of the new
+content by an old name. The content the swap replaces holds the erased rows,
+so it is deleted at once (``keep_replaced=False``), not after the grace
+period; so is any leftover staging copy, retired copy or uncommitted attempt
+that holds them.
+
+Output folders are found by their commit markers (``_SUCCESS``): a folder is
+listed only to see its marker and sub-folders, never to read its data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,12 +32,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from recbatch.errors import IntegrityError
-from recbatch.storage import (
-    MANIFEST, SUCCESS, hidden_copies, link_or_copy, open_folder, publish_dir, retired_copies, staging_dir_for, write_manifest,
-)
+from recbatch import folders
+from recbatch.fs import Location, access, local, remove_tree
+from recbatch.objectstore import ATTEMPT_PREFIX, ObjectFolder, read_marker
+from recbatch.storage import MANIFEST, SUCCESS, OpenFolder, hidden_copies
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +63,40 @@ def _snapshot_table(name: str) -> str:
 class Rewritten:
     """One folder rewritten without the erased users: rows removed per file."""
 
-    folder: Path
+    folder: Location
     rows_removed: dict[str, int]
     manifest: dict[str, Any]
 
 
-def output_folders(root: Path, skip: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Every complete output folder under `root` (``_SUCCESS`` + manifest), hidden copies excluded."""
-    for top, dirs, files in os.walk(root):
-        top_path = Path(top)
-        if SUCCESS in files and MANIFEST in files:
-            dirs.clear()  # a folder's sub-folders belong to it (quarantine/, encoder/)
-            yield top_path
-            continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and top_path / d not in skip)
+def _entries(folder: Location) -> list[pafs.FileInfo]:
+    """What is directly in `folder` (its marker, its sub-folders), by name."""
+    selector = pafs.FileSelector(folder.path, recursive=False, allow_not_found=True)
+    with access(folder, "list"):
+        return sorted(folder.filesystem.get_file_info(selector), key=lambda i: i.base_name)
+
+
+def _tree(root: Location, skip: tuple[Location, ...]) -> Iterator[tuple[Location, list[pafs.FileInfo]]]:
+    """Each folder under `root` outside any output folder, with its entries; hidden folders and `skip` excluded."""
+    entries = _entries(root)
+    yield root, entries
+    if _committed(root, entries):
+        return  # a folder's sub-folders belong to it (quarantine/, encoder/, its attempts)
+    skipped = {s.path for s in skip}
+    for info in entries:
+        child = root.join(info.base_name)
+        if info.type == pafs.FileType.Directory and not info.base_name.startswith(".") and child.path not in skipped:
+            yield from _tree(child, skip)
+
+
+def _committed(folder: Location, entries: list[pafs.FileInfo]) -> bool:
+    """An output folder: its commit marker is there (and, on a local root, its manifest beside it)."""
+    names = {i.base_name for i in entries if i.type == pafs.FileType.File}
+    return SUCCESS in names and (folder.is_object_store or MANIFEST in names)
+
+
+def output_folders(root: Location, skip: tuple[Location, ...] = ()) -> Iterator[Location]:
+    """Every committed output folder under `root`, found by its commit marker."""
+    return (folder for folder, entries in _tree(root, skip) if _committed(folder, entries))
 
 
 def _value_set(ids: pa.Array, column_type: pa.DataType) -> pa.Array | None:
@@ -96,9 +121,9 @@ def _erased_rows(f: Any, ids: pa.Array) -> pa.Array | None:
     return pc.fill_null(pc.is_in(users, value_set=values), False)
 
 
-def rewrite_folder(folder: Path, ids: pa.Array, request_id: str) -> Rewritten | None:
+def rewrite_folder(folder: Location, ids: pa.Array, request_id: str) -> Rewritten | None:
     """Rewrite `folder` without the rows of `ids`; None (and nothing written) when it holds none."""
-    with open_folder(folder) as pinned:
+    with folders.open_folder(folder) as pinned:
         masks = {}
         for name, f in pinned.parquet_files():
             mask = _erased_rows(f, ids)
@@ -107,32 +132,32 @@ def rewrite_folder(folder: Path, ids: pa.Array, request_id: str) -> Rewritten | 
         if not masks:
             return None
         token = uuid.uuid4().hex[:12]
-        staging = staging_dir_for(folder)
+        staging = folders.staging_for(folder)
         try:
-            names = {}
-            for name, f in pinned.files.items():
-                target = staging / _new_name(name, token) if name in masks else staging / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                names[name] = str(target.relative_to(staging))
+            records, unchanged = {}, {}
+            for name, info in pinned.manifest["files"].items():
                 if name in masks:
-                    table = pq.read_table(f).filter(pc.invert(masks[name]))
-                    pq.write_table(table, target)
-                else:
-                    link_or_copy(folder / name, target)
+                    table = pq.read_table(pinned.files[name]).filter(pc.invert(masks[name]))
+                    records[_new_name(name, token)] = folders.write_parquet_part(
+                        table, staging.join(_new_name(name, token)))
+                else:  # the committed file, byte for byte (under the root's lease nothing else writes)
+                    records[name] = info
+                    unchanged[name] = name
+            folders.copy_files(_committed_files(pinned, folder), staging, unchanged)
             removed = {name: int(pc.sum(mask).as_py()) for name, mask in masks.items()}
-            fields = _updated_fields(pinned.manifest, removed, staging, request_id)
-            manifest = write_manifest(staging, fields)
-            for name, info in pinned.manifest["files"].items():  # a linked file must be the one pinned
-                if name not in masks and manifest["files"][names[name]]["sha256"] != info["sha256"]:
-                    raise IntegrityError(f"{folder}/{name} changed while erasure rewrote {folder}")
+            fields = _updated_fields(pinned.manifest, removed, staging, sorted(records), request_id)
+            manifest = folders.write_manifest(staging, fields, files=records)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
             raise
-    publish_dir(staging, folder)
-    for retired in retired_copies(folder):
-        shutil.rmtree(retired)  # it holds the erased rows: no grace period
+    folders.publish(staging, folder, keep_replaced=False)  # the replaced content holds the erased rows
     log.info("erasure %s: rewrote %s (%s)", request_id, folder, removed)
     return Rewritten(folder, removed, manifest)
+
+
+def _committed_files(pinned: OpenFolder, folder: Location) -> Location:
+    """Where the pinned folder's files are: its committed attempt on an object store, the folder itself locally."""
+    return pinned.attempt if isinstance(pinned, ObjectFolder) else folder
 
 
 def _new_name(name: str, token: str) -> str:
@@ -143,7 +168,9 @@ def _new_name(name: str, token: str) -> str:
     return str(path.with_name(f"{match.group(1)}-{token}{path.suffix}"))
 
 
-def _updated_fields(manifest: dict[str, Any], removed: dict[str, int], staging: Path, request_id: str) -> dict:
+def _updated_fields(
+    manifest: dict[str, Any], removed: dict[str, int], staging: Location, names: list[str], request_id: str
+) -> dict:
     """The manifest with its counts reduced and the erasure recorded (no ids)."""
     fields = {k: v for k, v in manifest.items() if k != "files"}
     total = sum(removed.values())
@@ -155,8 +182,9 @@ def _updated_fields(manifest: dict[str, Any], removed: dict[str, int], staging: 
         for table, n in by_table.items():
             if table in _SNAPSHOT_COUNTS:
                 counts[_SNAPSHOT_COUNTS[table]] -= n
-        split_path = staging / "split" if (staging / "split").is_dir() else staging / "split.parquet"
-        splits = pads.dataset(split_path, format="parquet").to_table(columns=["split"]).column("split")
+        split_files = [staging.join(n).path for n in names if _snapshot_table(n) == "split"]
+        splits = pads.dataset(split_files, filesystem=staging.filesystem, format="parquet").to_table(
+            columns=["split"]).column("split")
         for split, n in _value_counts(splits).items():
             counts[split] = n
         counts["erased_interactions"] = counts.get("erased_interactions", 0) + by_table.get("interactions", 0)
@@ -176,22 +204,44 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
     return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
 
-def remove_copies_holding(root: Path, ids: pa.Array) -> list[Path]:
-    """Delete every staging or retired copy under `root` that holds a row of `ids`.
+def remove_copies_holding(root: Location, ids: pa.Array) -> list[Location]:
+    """Delete every copy under `root` that no reader is sent to any more and that holds a row of `ids`:
+    staging and retired folders on a local root, every attempt but the committed one on an object store.
 
     Copies without such rows are left to the usual grace period and cleanup.
     """
     removed = []
-    for copy in hidden_copies(root):
-        if any(_holds(p, ids) for p in copy.rglob("*.parquet")):
-            shutil.rmtree(copy, ignore_errors=True)
+    for copy in _copies(root):
+        if any(_holds(copy, info, ids) for info in _parquet_files(copy)):
+            remove_tree(copy)
             removed.append(copy)
     return removed
 
 
-def _holds(path: Path, ids: pa.Array) -> bool:
+def _copies(root: Location) -> list[Location]:
+    if not root.is_object_store:
+        return [local(p) for p in hidden_copies(root.path)]
+    found = []
+    for folder, entries in _tree(root, ()):
+        marker = read_marker(folder) if _committed(folder, entries) else None
+        committed = marker["attempt"] if marker else None
+        found += [folder.join(i.base_name) for i in entries
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith(ATTEMPT_PREFIX)
+                  and i.base_name != committed]
+    return found
+
+
+def _parquet_files(copy: Location) -> list[pafs.FileInfo]:
+    """The Parquet files in a copy no reader uses (a listing is its only index: it may have no manifest)."""
+    selector = pafs.FileSelector(copy.path, recursive=True, allow_not_found=True)
+    with access(copy, "list"):
+        infos = copy.filesystem.get_file_info(selector)
+    return [i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+
+
+def _holds(copy: Location, info: pafs.FileInfo, ids: pa.Array) -> bool:
     try:
-        with open(path, "rb") as f:
+        with access(copy, f"read {info.path}"), copy.filesystem.open_input_file(info.path) as f:
             mask = _erased_rows(f, ids)
     except (OSError, pa.ArrowException):  # half-written by a killed run: it goes if anything does
         return True

@@ -8,8 +8,13 @@ with the same key and drops the matches. Why a key and not a plain hash: ids
 are small (often integers), so an unkeyed hash is reversed by hashing every
 candidate id; without the key the list says nothing about who is in it.
 
-    <root>/erasure/_key              32 random bytes (hex), owner-only permissions
+    <root>/erasure/_key              32 random bytes (hex), owner-only permissions on a local root
     <root>/erasure/suppressed.parquet  user_hash (hex), request_id: one row per erased user
+
+Both live on either kind of root. The key is created exactly once, even by
+two requests at once (``fs.write_new``: ``O_EXCL`` locally, a conditional PUT
+on S3); the list is replaced whole, so a reader finds the old list or the new.
+On an object store the key is as private as the bucket's access policy makes it.
 """
 
 from __future__ import annotations
@@ -17,18 +22,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import os
+import io
 import secrets
 from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
+from recbatch.config import StorageConfig
 from recbatch.data.validate import Partition
-from recbatch.fs import access, is_file
+from recbatch.fs import access, is_file, write_bytes, write_new
 from recbatch.layout import RunLayout
 from recbatch.parquet_io import read_parquet
-from recbatch.storage import replacing_file
 
 KEY_BYTES = 32
 
@@ -42,17 +47,10 @@ def _read_key(layout: RunLayout) -> bytes | None:
         return bytes.fromhex(f.read().decode().strip())
 
 
-def _key(layout: RunLayout) -> bytes:
-    """The root's key, made on first use (recbatch forget: local roots)."""
-    path = layout.erasure_key
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: two requests at once still end with one key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(KEY_BYTES))
-        except FileExistsError:
-            pass
+def _key(layout: RunLayout, storage: StorageConfig) -> bytes:
+    """The root's key, made on first use; of two requests making it at once, one writes and both use it."""
+    if not is_file(layout.at.erasure_key):
+        write_new(layout.at.erasure_key, secrets.token_hex(KEY_BYTES).encode(), storage)
     key = _read_key(layout)
     assert key is not None  # made above
     return key
@@ -96,23 +94,24 @@ class SuppressionList:
         return kept, frame.height - kept.height
 
 
-def add_to_suppression_list(layout: RunLayout, ids: pa.Array, request_id: str) -> int:
+def add_to_suppression_list(layout: RunLayout, ids: pa.Array, request_id: str, storage: StorageConfig) -> int:
     """Record `ids` as erased (hashes only); returns how many were not on the list yet.
 
-    Written to a temporary file and renamed over the list, so a reader finds
-    the old list or the new one, never a torn file.
+    The list is written whole over the old one (``fs.write_bytes``), so a
+    reader finds the old list or the new one, never a torn file.
     """
-    key = _key(layout)
+    key = _key(layout, storage)
     new = pl.DataFrame({"user_hash": hash_ids(key, ids.to_pylist()), "request_id": request_id})
-    path = layout.suppression_list
-    if path.exists():
-        old = pl.read_parquet(path)
+    location = layout.at.suppression_list
+    if is_file(location):
+        old = read_parquet([location])
         new = new.filter(~pl.col("user_hash").is_in(old["user_hash"].implode()))
         table = pl.concat([old, new])
     else:
         table = new
-    with replacing_file(path) as tmp:
-        table.sort("user_hash").write_parquet(tmp)
+    data = io.BytesIO()
+    table.sort("user_hash").write_parquet(data)
+    write_bytes(location, data.getvalue())
     return new.height
 
 
