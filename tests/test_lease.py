@@ -230,35 +230,28 @@ def test_s3_lease_with_wrong_credentials_names_the_bucket(s3_root, monkeypatch):
     assert err.value.exit_code == 9 and s3_root.keys() == []
 
 
-def test_commands_that_take_the_lease_refuse_an_s3_root_before_taking_it(s3_root, monkeypatch, capsys, tmp_path):
-    """forget and the nightly take the root's lease but do not run on an object-store root yet
-    (recbatch/layout.py, OBJECT_STORE_STAGES): the CLI refuses them first, so no lease object is made
-    and nothing is written. Once one of them runs there, test its exit 8 (leased) and 9 (wrong
-    credentials) through the CLI below, as for gc; the lease itself is tested on S3 above."""
-    monkeypatch.chdir(tmp_path)  # nothing may land in a local folder named "s3:"
-    from s3_helpers import storage_flags
-
-    for command in (["forget", "--users", "1"], ["nightly"]):
-        assert main([*command, "--root", s3_root.uri, *storage_flags(s3_root)]) == 2
-        assert f"recbatch {command[0]} does not run on an object-store root" in capsys.readouterr().err
-    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
-
-
-def test_gc_on_an_s3_root_is_refused_while_leased_and_names_the_bucket_on_wrong_credentials(
-    s3_root, monkeypatch, capsys
+@pytest.mark.parametrize("command", ["gc", "forget", "nightly"])
+def test_a_command_on_an_s3_root_is_refused_while_leased_and_names_the_bucket_on_wrong_credentials(
+    command, s3_root, monkeypatch, capsys, tmp_path
 ):
+    """Every command that takes the root's lease, through the CLI on a real S3 server: exit 8 naming the
+    holder while another run holds it, exit 9 naming the bucket (never the key) with wrong credentials;
+    nothing is left under the root either way."""
     from s3_helpers import credentials_env, storage_flags
 
-    gc = ["gc", "--keep-runs", "1", "--root", s3_root.uri, *storage_flags(s3_root)]
+    monkeypatch.chdir(tmp_path)  # nothing may land in a local folder named "s3:"
+    flags = {"gc": ["--keep-runs", "1"], "forget": ["--users", str(tmp_path / "users.csv")],
+             "nightly": ["--source", str(tmp_path)]}[command]
+    argv = [command, *flags, "--root", s3_root.uri, *storage_flags(s3_root)]
     with ObjectStoreLease(s3_root.locate(), s3_root.storage, "nightly 2026-11-28", ttl_seconds=60):
-        assert main(gc) == 8
+        assert main(argv) == 8
         assert "nightly 2026-11-28" in capsys.readouterr().err
-    wrong = "wr0ng-Gc-Secret-31"
+    wrong = "wr0ng-Lease-Secret-31"
     credentials_env(monkeypatch, secret=wrong)
-    assert main(gc) == 9
+    assert main(argv) == 9
     err = capsys.readouterr().err
     assert f"bucket '{s3_root.bucket}'" in err and wrong not in err
-    assert s3_root.keys() == []
+    assert s3_root.keys() == [] and list(tmp_path.iterdir()) == []
 
 
 def test_leases_on_gs_roots_are_refused_clearly(tmp_path):
