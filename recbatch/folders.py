@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from recbatch import objectstore, storage
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, local, make_parent
+from recbatch.fs import Location, access, local, make_parent, write_bytes
 
 # Copies inside an object store in flight at once (copy_files): each is one request whose time is
 # the store's latency, not bandwidth, so a few hundred partition files take seconds, not minutes.
@@ -152,9 +152,7 @@ def publish_built(built: Path, final: Location, fields: dict[str, Any]) -> dict[
     files = {}
     for path in storage.data_files(built):
         name = path.relative_to(built).as_posix()
-        part = staging.join(name)
-        with access(part, f"write {part.key}"), part.filesystem.open_output_stream(part.path) as out:
-            out.write(path.read_bytes())
+        write_bytes(staging.join(name), path.read_bytes())
         files[name] = {"bytes": path.stat().st_size, "sha256": storage.sha256_file(path)}
     manifest = objectstore.write_manifest(staging, fields, files)
     objectstore.publish(staging, final)

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, check_access, list_folders, remove_tree
+from recbatch.fs import Location, access, check_access, list_folders, read_bytes, remove_tree, write_bytes
 from recbatch.storage import (
     MANIFEST,
     RETIRED_GRACE_SECONDS,
@@ -64,19 +64,6 @@ def staging_for(final: Location) -> Location:
     """
     check_access(final)
     return final.join(f"{ATTEMPT_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}")
-
-
-def _put(location: Location, data: bytes) -> None:
-    """Write one object whole (a store shows it complete or not at all)."""
-    with access(location, f"write {location.key}"):
-        with location.filesystem.open_output_stream(location.path) as out:
-            out.write(data)
-
-
-def _get(location: Location) -> bytes:
-    with access(location, f"read {location.key}"):
-        with location.filesystem.open_input_stream(location.path) as f:
-            return f.read()
 
 
 def data_files(folder: Location) -> dict[str, int]:
@@ -110,14 +97,14 @@ def write_manifest(
             with access(part, f"read {part.key}"), part.filesystem.open_input_file(part.path) as f:
                 files[name] = {"bytes": size, "sha256": sha256_stream(f)}
     manifest = {**fields, "files": files}
-    _put(staging.join(MANIFEST), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    write_bytes(staging.join(MANIFEST), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest
 
 
 def read_marker(folder: Location) -> dict[str, Any] | None:
     """The folder's commit marker (``attempt``, ``committed_at``, ``retired``), or None before its first commit."""
     try:
-        raw = _get(folder.join(SUCCESS))
+        raw = read_bytes(folder.join(SUCCESS))
     except FileNotFoundError:
         return None
     try:
@@ -153,7 +140,7 @@ def publish(staging: Location, final: Location, keep_replaced: bool = True) -> L
         "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "retired": kept,
     }
-    _put(final.join(SUCCESS), json.dumps(marker, indent=2).encode())  # the commit
+    write_bytes(final.join(SUCCESS), json.dumps(marker, indent=2).encode())  # the commit
     for r in retired:
         if r not in kept:
             remove_tree(final.join(r["attempt"]))
@@ -230,7 +217,8 @@ def read_manifest(folder: Location) -> dict[str, Any]:
 def read_committed(folder: Location) -> tuple[dict[str, Any], Location]:
     """The committed manifest and the attempt its file names are relative to, from one read of the marker."""
     attempt = _committed_attempt(folder)
-    return load_manifest(f"{folder.uri} (attempt {attempt.name})", lambda name: _get(attempt.join(name))), attempt
+    manifest = load_manifest(f"{folder.uri} (attempt {attempt.name})", lambda name: read_bytes(attempt.join(name)))
+    return manifest, attempt
 
 
 def _committed_attempt(folder: Location) -> Location:
@@ -277,7 +265,7 @@ def open_folder(folder: Location) -> ObjectFolder:
 
     try:
         manifest, files = pin_manifest_files(
-            f"{folder.uri} (attempt {attempt.name})", lambda name: _get(attempt.join(name)), open_file
+            f"{folder.uri} (attempt {attempt.name})", lambda name: read_bytes(attempt.join(name)), open_file
         )
     except FileNotFoundError as exc:
         raise IntegrityError(f"{folder.uri}: files do not match {MANIFEST}: missing [{exc}]") from None

@@ -37,7 +37,7 @@ import torch
 
 from recbatch import folders, storage
 from recbatch.errors import IntegrityError
-from recbatch.fs import Location, access, as_location
+from recbatch.fs import Location, access, as_location, read_bytes
 from recbatch.model.features import UserFeatureSpec
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig
 from recbatch.runtime import Precision, torch_dtype
@@ -221,8 +221,7 @@ def read_model_card(model_dir: str | Path | Location, *, check_complete: bool = 
         return json.loads((Path(location.path) / CARD_FILE).read_text())
     _, files_at = folders.read_committed(location)
     card = files_at.join(CARD_FILE)
-    with access(card, f"read {card.key}"), card.filesystem.open_input_stream(card.path) as f:
-        return json.loads(f.read())
+    return json.loads(read_bytes(card))
 
 
 @contextlib.contextmanager
