@@ -35,7 +35,7 @@ from recbatch.embed.incremental import ReusePlan, plan_reuse
 from recbatch.embed.items import ItemEncoder, item_hashes
 from recbatch.embed.store import EmbeddingsFolder, publish_embeddings, read_matrix
 from recbatch.embed.users import PartitionEncoder
-from recbatch.errors import DataValidationError, UsageError
+from recbatch.errors import DataValidationError, IntegrityError, UsageError
 from recbatch.fs import Location, locate, remove_tree
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
@@ -191,7 +191,12 @@ def _current_item_hashes(snapshot: Snapshot) -> pa.Table:
 
 def _previous(final: Location, cfg: EmbedConfig) -> EmbeddingsFolder | None:
     """The last complete embeddings of this model version, to reuse from (none with ``--full``)."""
-    return EmbeddingsFolder.open(final) if cfg.incremental and folders.is_complete(final) else None
+    if not cfg.incremental:
+        return None
+    try:
+        return EmbeddingsFolder.open(final)
+    except IntegrityError:  # none yet, or a run killed before it completed: encode everything
+        return None
 
 
 def _put(value: Any) -> Any:

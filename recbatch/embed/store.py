@@ -63,8 +63,7 @@ class EmbeddingsFolder:
         if isinstance(self.manifest.get("rows"), int):
             return self.manifest["rows"]
         files = self.parquet_files()
-        return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem,
-                            format="parquet").count_rows() if files else 0
+        return self._pyarrow_dataset(files).count_rows() if files else 0
 
     def parquet_files(self, partitions: set[int] | None = None) -> list[Location]:
         """The manifest's Parquet files (only those of user `partitions`, when given)."""
@@ -80,8 +79,10 @@ class EmbeddingsFolder:
         files = self.parquet_files() if files is None else files
         if not files:
             return self.schema(columns).empty_table()
-        return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem,
-                            format="parquet").to_table(columns=columns)
+        return self._pyarrow_dataset(files).to_table(columns=columns)
+
+    def _pyarrow_dataset(self, files: list[Location]) -> pads.Dataset:
+        return pads.dataset([f.path for f in files], filesystem=self.files_at.filesystem, format="parquet")
 
     def dataset(self) -> Any:
         """Every row, as a lazy Ray dataset over exactly the manifest's files (read by Ray's workers)."""
