@@ -48,7 +48,6 @@ from recbatch.errors import IntegrityError, UsageError
 from recbatch.fs import Location, access, list_folders, remove_file, remove_tree
 from recbatch.layout import RootLocations, RunLayout, model_version_of
 from recbatch.objectstore import stale_attempts
-from recbatch.serving.published_run import published_runs
 from recbatch.storage import SUCCESS
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ def plan_retention(
     max_age = staged_max_age_hours * 3600
     removals: list[Removal] = []
 
-    runs = published_runs(at.recommendations)  # oldest first
+    runs = at.published_runs()  # oldest first
     kept_runs = [p for i, p in enumerate(runs) if i >= len(runs) - keep_runs or _date(p) in protected.run_dates]
     for run in runs:
         if run not in kept_runs:

@@ -22,7 +22,6 @@ from recbatch.layout import RunLayout
 from recbatch.schemas import recommendations_schema
 from recbatch.serving import get_recommendations, load_run
 from recbatch.serving.keys import KeyLayout
-from recbatch.serving.published_run import published_runs
 from recbatch.serving.versions import registered_versions
 
 USERS = 30
@@ -173,7 +172,7 @@ def test_gc_on_s3_removes_what_no_kept_run_needs_and_keeps_the_served_one(s3_roo
 
     assert any(under_gone(k) for k in before)
     assert s3_root.keys() == [k for k in before if not under_gone(k)]  # every object of those, nothing else
-    assert [r.name for r in published_runs(at.recommendations)] == [f"dt={_run_date(n)}" for n in (1, 4, 5)]
+    assert [r.name for r in at.published_runs()] == [f"dt={_run_date(n)}" for n in (1, 4, 5)]
     assert folders.read_committed(runs[5])[1] == live_attempt
     assert all(folders.is_complete(folder) for n in (1, 4, 5)
                for folder in (runs[n], at.model(f"model-{n}"), at.snapshot(f"snap-{n}")))

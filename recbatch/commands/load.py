@@ -45,9 +45,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _newest_run(at: RootLocations) -> Location:
     """The newest committed run under the root, on either kind of root."""
-    from recbatch.serving.published_run import published_runs
-
-    runs = published_runs(at.recommendations)
+    runs = at.published_runs()
     if not runs:
         raise UsageError(f"no published runs under {at.recommendations}; pass --run DIR")
     return runs[-1]

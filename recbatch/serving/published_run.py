@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 from recbatch.errors import DataValidationError, IntegrityError
 from recbatch.folders import open_folder
-from recbatch.fs import Location, as_location, is_file, list_folders
+from recbatch.fs import Location, as_location
 from recbatch.schemas import check_schema, recommendations_schema
-from recbatch.storage import MANIFEST, SUCCESS
+from recbatch.storage import MANIFEST
 
 REQUIRED_FIELDS = ("run_date", "model_version", "id_type", "users", "rows")
 
@@ -54,15 +54,6 @@ def open_published_run(run: str | os.PathLike[str] | Location) -> Iterator[Publi
         pinned.verify(checksums=True)
         files = [(f"{location}/{name}", f) for name, f in pinned.parquet_files()]
         yield _describe(location, pinned.manifest, files)
-
-
-def published_runs(recommendations: Location) -> list[Location]:
-    """The committed runs (``dt=*`` folders with a marker) under `recommendations`, oldest first.
-
-    On either kind of root; the ``dt=YYYY-MM-DD`` names sort by date. (Until
-    ``RootLocations.published_runs`` says it once for every stage.)
-    """
-    return [run for run in list_folders(recommendations, "dt=") if is_file(run.join(SUCCESS))]
 
 
 def _describe(run: Location, manifest: dict[str, Any], files: list[tuple[str, BinaryIO]]) -> PublishedRun:
