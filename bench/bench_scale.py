@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_scale.py --users 250000,1000000  # other sizes
     .venv/bin/python bench/bench_scale.py --stop-after ingest     # the first stages only (nightly --stop-after)
 
-For each user count it generates a catalog (``recbatch generate``, not timed
-as part of the night), then runs ``recbatch nightly`` in a subprocess with a
+For each user count it generates a catalog (``recbatch generate``, timed and
+sampled as its own stage, not part of the night), then runs ``recbatch nightly`` in a subprocess with a
 tiny random BERT (the item catalog is not what grows here), 5 training steps,
 K=100 and no Redis, and samples every 0.2 s the resident memory of the
 nightly's own process (the driver) and of each process under it (Ray's
@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,17 +104,28 @@ def _alive(p: psutil.Process) -> bool:
 def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str | None) -> dict:
     python = [sys.executable, "-m", "recbatch.cli"]
     source = work / "source"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    subprocess.run([*python, "generate", "--root", str(work), "--out", str(source), "--users", str(users),
-                    "--items", str(items)], check=True, cwd=ROOT, capture_output=True)
+    generated = sampled([*python, "generate", "--root", str(work), "--out", str(source), "--users", str(users),
+                         "--items", str(items)], env, first_stage="generate")
     generate_s = time.perf_counter() - t0
     cfg = config(work, source, encoder)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     night = [*python, "nightly", "--config", str(cfg), "--run-date", "2026-12-01"]
     night += ["--stop-after", stop_after] if stop_after else []
-    proc = subprocess.Popen(night, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks = {**generated, **sampled(night, env, first_stage="start")}
+    summary = json.loads((work / "run" / "runs" / "dt=2026-12-01.json").read_text())
+    stages = {s["name"]: round(s["seconds"], 1) for s in summary["stages"] if s.get("seconds")}
+    return {"users": users, "items": items, "generate_s": round(generate_s, 1),
+            "night_s": round(time.perf_counter() - t0, 1), "stages": {"generate": round(generate_s, 1), **stages},
+            "peaks": {k: {m: round(v) for m, v in p.items()} for k, p in peaks.items()}}
+
+
+def sampled(command: list[str], env: dict[str, str], first_stage: str) -> dict[str, dict[str, float]]:
+    """Run `command` to the end, sampling its RSS per stage of its log; its peaks, or SystemExit with its tail."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(psutil.Process(proc.pid))
+    sampler.stage = first_stage
     sampler.start()
     tail: list[str] = []
     assert proc.stdout is not None
@@ -126,12 +138,8 @@ def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str
     sampler.done.set()
     sampler.join()
     if code != 0:
-        raise SystemExit(f"nightly at {users} users exited {code}:\n{''.join(tail)}")
-    summary = json.loads((work / "run" / "runs" / "dt=2026-12-01.json").read_text())
-    stages = {s["name"]: round(s["seconds"], 1) for s in summary["stages"] if s.get("seconds")}
-    return {"users": users, "items": items, "generate_s": round(generate_s, 1),
-            "night_s": round(time.perf_counter() - t0, 1), "stages": stages,
-            "peaks": {k: {m: round(v) for m, v in p.items()} for k, p in sampler.peaks.items()}}
+        raise SystemExit(f"{' '.join(command[2:4])} exited {code}:\n{''.join(tail)}")
+    return sampler.peaks
 
 
 def main() -> None:
@@ -152,17 +160,22 @@ def main() -> None:
             work = Path(tmp) / f"u{users}"
             work.mkdir()
             results.append(run_night(work, users, args.items, encoder, args.stop_after))
+            if not args.keep:  # the disk holds one night at a time (a 10M-user night writes ~20 GB)
+                shutil.rmtree(work)
             r = results[-1]
             print(f"\n{users:,} users x {args.items:,} items: generate {r['generate_s']} s, nightly {r['night_s']} s")
             print(f"    {'stage':10} {'seconds':>8} {'driver MiB':>11} {'worker MiB':>11}")
             for stage, peak in r["peaks"].items():
                 print(f"    {stage:10} {r['stages'].get(stage, ''):>8} {peak['driver_mib']:>11} {peak['worker_mib']:>11}")
     first, last = results[0], results[-1]
-    driver = [max(p["driver_mib"] for p in r["peaks"].values()) for r in (first, last)]
-    worker = [max(p["worker_mib"] for p in r["peaks"].values()) for r in (first, last)]
+    night = [{stage: p for stage, p in r["peaks"].items() if stage != "generate"} for r in (first, last)]
+    driver = [max(p["driver_mib"] for p in peaks.values()) for peaks in night]
+    worker = [max(p["worker_mib"] for p in peaks.values()) for peaks in night]
+    largest = max(max(p.values()) for r in results for p in r["peaks"].values())
     print(f"\ndriver peak {driver[0]} -> {driver[1]} MiB ({driver[1] / driver[0]:.2f}x for "
           f"{last['users'] / first['users']:.0f}x users; target <= 1.2x)")
     print(f"largest worker peak {worker[0]} -> {worker[1]} MiB ({worker[1] / worker[0]:.2f}x)")
+    print(f"largest process of the run, generate included: {largest} MiB")
     print(f"load after: {open('/proc/loadavg').read().strip()}")
     print(json.dumps(results))
 
