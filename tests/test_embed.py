@@ -132,37 +132,11 @@ def _init_model(cfg: Config, tiny_bert_dir: Path, snapshot: Snapshot) -> Path:
 
 
 @pytest.mark.ray
-def test_stage_matches_in_process_model_and_keeps_int_ids(tmp_path, ray_local, tiny_bert_dir):
-    from recbatch.embed.stage import embed
-
-    snapshot = make_snapshot(tmp_path, "int")
-    cfg = make_config(tmp_path, tiny_bert_dir, num_actors=2)
-    model_dir = _init_model(cfg, tiny_bert_dir, snapshot)
-
-    result = embed(cfg, snapshot, model_dir)
-
-    assert (result.items_encoded, result.items_reused) == (N_ITEMS, 0)
-    assert (result.users_encoded, result.users_reused) == (N_USERS + 2, 0)
-    items, users = read_embeddings(result.items_dir, "item_id"), read_embeddings(result.users_dir, "user_id")
-    assert items["item_id"].dtype == pl.Int64 and users["user_id"].dtype == pl.Int64
-    assert set(items["model_version"]) == set(users["model_version"]) == {result.model_version}
-    ref_items, ref_users = reference_embeddings(model_dir, snapshot)
-    assert items["item_id"].to_list() == ref_items["item_id"].to_list()
-    assert users["user_id"].to_list() == ref_users["user_id"].to_list()
-    np.testing.assert_allclose(matrix(items), matrix(ref_items), atol=2e-5)
-    np.testing.assert_allclose(matrix(users), matrix(ref_users), atol=2e-5)
-    np.testing.assert_allclose(np.linalg.norm(matrix(users), axis=1), 1.0, atol=1e-5)
-    manifest = verify_manifest(local_path(result.items_dir))
-    assert (manifest["encoded"], manifest["reused"], manifest["rows"]) == (N_ITEMS, 0, N_ITEMS)
-    assert manifest["snapshot_hash"] == snapshot.hash and manifest["model_version"] == result.model_version
-    assert manifest["temperature"] == cfg.model.temperature  # the model card's, for the scoring stage's prior
-    users_manifest = verify_manifest(local_path(result.users_dir))  # written by the actors, a part per user partition
-    assert users_manifest["partitioning"]["partitions"] == PARTITIONS and len(users_manifest["files"]) == PARTITIONS
-    assert_parts_by_partition(local_path(result.users_dir), users_manifest, PARTITIONS)
-
-
-@pytest.mark.ray
 def test_rerun_reencodes_only_changed_items_and_their_users(tmp_path, ray_local, tiny_bert_dir):
+    """A first run encodes every row (checked as it is published); after 1% of the item texts
+    change, the rerun re-encodes only those items and the users whose recent history holds one,
+    and the result equals the in-process model's on every row (reused ones included, so the first
+    run's vectors are checked against the model too). (Integer ids: test_train_objectstore.py.)"""
     from recbatch.embed.stage import embed
 
     from recbatch.cli import main
@@ -170,9 +144,11 @@ def test_rerun_reencodes_only_changed_items_and_their_users(tmp_path, ray_local,
     cfg = make_config(tmp_path, tiny_bert_dir, num_actors=1)
     before = make_snapshot(tmp_path, "string")
     model_dir = _init_model(cfg, tiny_bert_dir, before)
-    # the first run goes through the CLI (the model's shape comes from its card, not the config)
+    # the first run goes through the CLI (the model's shape comes from its card, not the config),
+    # with 2 actors writing the users' parts
     assert main(["embed", "--root", str(tmp_path), "--snapshot", str(before.path), "--model", str(model_dir),
-                 "--actors", "1", "--batch-size", "16"]) == 0
+                 "--actors", "2", "--batch-size", "16"]) == 0
+    _assert_a_first_run_published_every_row(cfg, before, model_dir.name)
 
     edited = {7, 123}  # 1% of the catalog
     after = make_snapshot(tmp_path, "string", edited=edited)
@@ -190,9 +166,30 @@ def test_rerun_reencodes_only_changed_items_and_their_users(tmp_path, ray_local,
     assert items["item_id"].dtype == pl.String and users["user_id"].dtype == pl.String
     ref_items, ref_users = reference_embeddings(model_dir, after)
     assert items["item_id"].to_list() == ref_items["item_id"].to_list()
+    assert users["user_id"].to_list() == ref_users["user_id"].to_list()
     np.testing.assert_allclose(matrix(items), matrix(ref_items), atol=2e-5)
     np.testing.assert_allclose(matrix(users), matrix(ref_users), atol=2e-5)
     assert (top_k(matrix(users), matrix(items)) == top_k(matrix(ref_users), matrix(ref_items))).all()
+
+
+def _assert_a_first_run_published_every_row(cfg: Config, snapshot: Snapshot, model_version: str) -> None:
+    """A model's first embeddings of `snapshot`: every item and every user encoded (the two with
+    no interactions too), unit-norm user vectors, the manifests' counts and provenance, and the
+    users' folder written by the actors as a part per user partition."""
+    layout = RunLayout.of(cfg.root).at
+    items_dir, users_dir = layout.embeddings(model_version, "items"), layout.embeddings(model_version, "users")
+    items, users = read_embeddings(items_dir, "item_id"), read_embeddings(users_dir, "user_id")
+    assert (items.height, users.height) == (N_ITEMS, N_USERS + 2)
+    assert set(items["model_version"]) == set(users["model_version"]) == {model_version}
+    np.testing.assert_allclose(np.linalg.norm(matrix(users), axis=1), 1.0, atol=1e-5)
+    manifest = verify_manifest(local_path(items_dir))
+    assert (manifest["encoded"], manifest["reused"], manifest["rows"]) == (N_ITEMS, 0, N_ITEMS)
+    assert manifest["snapshot_hash"] == snapshot.hash and manifest["model_version"] == model_version
+    assert manifest["temperature"] == cfg.model.temperature  # the model card's, for the scoring stage's prior
+    users_manifest = verify_manifest(local_path(users_dir))
+    assert (users_manifest["encoded"], users_manifest["reused"]) == (N_USERS + 2, 0)
+    assert users_manifest["partitioning"]["partitions"] == PARTITIONS and len(users_manifest["files"]) == PARTITIONS
+    assert_parts_by_partition(local_path(users_dir), users_manifest, PARTITIONS)
 
 
 # --------------------------------------------------------------------------- pure pieces (no Ray)

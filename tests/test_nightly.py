@@ -101,8 +101,8 @@ def test_nightly_lifecycle_on_s3_and_two_nodes_idempotent_rerun_and_stop_before_
 ):
     """The whole life of a date on a cluster without a shared disk: the root is ``s3://`` on a real S3
     server (SeaweedFS), so no process sees another's local files, and the scoring actors need a
-    `scorer` resource only the worker nodes offer. (Local roots: test_gate_cli.py, test_operations.py
-    and the demo test run the nightly there.)"""
+    `scorer` resource only the worker nodes offer. (Local roots: test_gate_cli.py and the demo test
+    run the nightly there.)"""
     from recbatch.score.stage import score
 
     storage = s3_root.storage

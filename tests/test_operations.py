@@ -1,10 +1,12 @@
 """Running it like production: metrics to a real Pushgateway, alert rules checked by the real
-promtool, and retention (`recbatch gc`) on a root of many nights."""
+promtool, and retention (`recbatch gc`) on a root of many nights.
+
+A whole nightly pushing its figures, cleaning up after itself (``retention.keep_runs``) and
+surviving a stopped gateway rides on the nights of test_gate_cli.py, which run anyway."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 import subprocess
@@ -15,92 +17,12 @@ import pytest
 from recbatch.config import MetricsConfig
 from recbatch.lease import LEASE_FILE
 from recbatch.metrics import nightly_metrics, push
-from recbatch.pipeline import STAGES, NightlySummary, StageRecord, run_nightly
+from recbatch.pipeline import STAGES, NightlySummary, StageRecord
+
+from operations_helpers import age, complete_folder, fake_model, publish_night, sample_series, sample_value, snapshot_hash
 
 RUN_DATE = dt.date(2026, 11, 28)
 RULES = Path(__file__).resolve().parents[1] / "cluster" / "prometheus"
-
-
-def _series(samples, name: str, **labels: str) -> list:
-    return [s for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
-
-
-def _value(samples, name: str, **labels: str) -> float:
-    (sample,) = _series(samples, name, **labels)
-    return sample.value
-
-
-@pytest.mark.ray
-def test_nightly_pushes_its_figures_cleans_up_and_survives_a_stopped_gateway(
-    ray_local, tiny_pipeline_config, demo_source, redis_server, pushgateway, caplog
-):
-    """Nine older nights of an older model lie under the root; tonight's nightly (keep 1 run)
-    publishes, loads, pushes its figures and removes them; a rerun with the gateway gone
-    still succeeds and skips what is complete."""
-    from recbatch.layout import RunLayout
-
-    cfg = tiny_pipeline_config(**{
-        "metrics.pushgateway_url": pushgateway.url,
-        "metrics.pipeline": "tiny",
-        "serving.redis_url": redis_server.url,
-        "retention.keep_runs": 1,
-        # The figures, not the model, are under test: a few steps, published past the gate with --force.
-        "train.max_steps": 6,
-    })
-    demo_source(cfg)
-    layout = RunLayout.of(cfg.root)
-    old = [_publish_night(layout, f"2026-11-{n:02d}", "old-model", _snapshot_hash(n)) for n in range(19, 28)]
-    _model(layout, "old-model", _snapshot_hash(19), layout.checkpoints / "none", mtime=0)
-    # The old model is a stand-in: train a real one.
-    summary = run_nightly(cfg, RUN_DATE, force_train=True, force_publish=True)
-    assert summary.failed_stage is None
-
-    final = layout.recommendations_for(RUN_DATE)
-    assert layout.published_runs() == [final]
-    assert not any(p.exists() for p in old)
-    assert not layout.model("old-model").exists() and not (layout.root / "embeddings" / "old-model").exists()
-    gc = summary.stage("gc").details
-    assert gc["removed"] == 9 + 2 and gc["bytes_freed"] > 0  # 9 runs, the model and its embeddings
-
-    samples = pushgateway.samples()
-    run = {"job": "recbatch", "pipeline": "tiny", "command": "nightly"}
-    for record in summary.stages:
-        assert _value(samples, "recbatch_stage_duration_seconds", stage=record.name, **run) == pytest.approx(
-            record.seconds
-        )
-        assert _value(samples, "recbatch_stage_status", stage=record.name, recbatch_stage_status="ran", **run) == 1
-    ingest = summary.stage("ingest").details
-    assert _value(samples, "recbatch_stage_rows_out", stage="ingest", **run) == ingest["interactions"]
-    embed = summary.stage("embed").details
-    assert _value(samples, "recbatch_embed_encoded", kind="items", **run) == embed["items_encoded"] > 0
-    assert _value(samples, "recbatch_embed_reused", kind="users", **run) == embed["users_reused"]
-    users = summary.stage("score").details["users"]
-    assert users > 0
-    assert _value(samples, "recbatch_users_scored", **run) == users
-    assert _value(samples, "recbatch_redis_keys_loaded", **run) == users
-    gate = summary.stage("evaluate").details["gate"]
-    assert _value(samples, "recbatch_gate_metric_value", metric="ndcg@10", **run) == pytest.approx(gate["value"])
-    assert _value(samples, "recbatch_gate_passed", **run) == int(gate["passed"])
-    assert gate["forced"] is True
-    midnight = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()
-    assert _value(samples, "recbatch_published_run_date_seconds", **run) == midnight
-    assert _value(samples, "recbatch_retention_bytes_freed", **run) == gc["bytes_freed"]
-    assert _value(samples, "recbatch_run_succeeded", **run) == 1
-    (last_success,) = _series(samples, "recbatch_last_success_timestamp_seconds", record="last_success", **run)
-    assert last_success.value >= _value(samples, "recbatch_run_finished_seconds", **run) - 1
-    # No user data: no label value anywhere is a user or item id of the run.
-    label_values = {v for s in samples if s.name.startswith("recbatch_") for v in s.labels.values()}
-    assert not any(v.isdigit() for v in label_values), sorted(label_values)
-
-    # With the gateway gone the night still succeeds; the rerun skips what is complete.
-    pushgateway.stop()
-    with caplog.at_level(logging.WARNING, logger="recbatch.metrics"):
-        rerun = run_nightly(cfg, RUN_DATE, force_publish=True)  # as the forced night was run
-    assert rerun.failed_stage is None
-    status = {s.name: s.status for s in rerun.stages}
-    assert status["train"] == status["embed"] == status["score"] == status["publish"] == "skipped"
-    assert rerun.stage("gc").details["removed"] == 0
-    assert any("could not push metrics" in r.getMessage() for r in caplog.records)
 
 
 def _summary(failed_stage: str | None, gate_refused: bool = False) -> NightlySummary:
@@ -120,19 +42,19 @@ def _summary(failed_stage: str | None, gate_refused: bool = False) -> NightlySum
 def test_a_failed_night_keeps_the_last_success_and_reports_a_refused_gate(pushgateway):
     cfg = MetricsConfig(pushgateway_url=pushgateway.url, pipeline="p")
     assert push(cfg, "nightly", nightly_metrics(_summary(None)))
-    success = _value(pushgateway.samples(), "recbatch_last_success_timestamp_seconds", pipeline="p")
+    success = sample_value(pushgateway.samples(), "recbatch_last_success_timestamp_seconds", pipeline="p")
 
     assert push(cfg, "nightly", nightly_metrics(_summary("evaluate", gate_refused=True)))
     samples = pushgateway.samples()
     run = {"pipeline": "p", "command": "nightly"}
-    assert _value(samples, "recbatch_last_success_timestamp_seconds", **run) == success  # untouched
-    assert _value(samples, "recbatch_run_succeeded", **run) == 0
-    assert _value(samples, "recbatch_gate_passed", **run) == 0
-    assert _value(samples, "recbatch_stage_status", stage="evaluate", recbatch_stage_status="failed", **run) == 1
-    assert not _series(samples, "recbatch_published_run_date_seconds", **run)  # replaced: nothing published
+    assert sample_value(samples, "recbatch_last_success_timestamp_seconds", **run) == success  # untouched
+    assert sample_value(samples, "recbatch_run_succeeded", **run) == 0
+    assert sample_value(samples, "recbatch_gate_passed", **run) == 0
+    assert sample_value(samples, "recbatch_stage_status", stage="evaluate", recbatch_stage_status="failed", **run) == 1
+    assert not sample_series(samples, "recbatch_published_run_date_seconds", **run)  # replaced: nothing published
 
     assert push(cfg, "nightly", nightly_metrics(_summary("train")))  # a failure that is not the gate's
-    assert not _series(pushgateway.samples(), "recbatch_gate_passed", **run)
+    assert not sample_series(pushgateway.samples(), "recbatch_gate_passed", **run)
 
 
 def test_stage_commands_push_under_their_own_group(pushgateway, tmp_path):
@@ -143,17 +65,17 @@ def test_stage_commands_push_under_their_own_group(pushgateway, tmp_path):
     assert code == 0
     samples = pushgateway.samples()
     run = {"pipeline": "cli", "command": "gc"}
-    assert _value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="ran", **run) == 1
-    success = _value(samples, "recbatch_last_success_timestamp_seconds", **run)
+    assert sample_value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="ran", **run) == 1
+    success = sample_value(samples, "recbatch_last_success_timestamp_seconds", **run)
 
     # A failing command (no --keep-runs: usage error) reports the failure, keeps the last success.
     code = main(["gc", "--root", str(tmp_path / "root"),
                  "--set", f"metrics.pushgateway_url={pushgateway.url}", "--set", "metrics.pipeline=cli"])
     assert code == 2
     samples = pushgateway.samples()
-    assert _value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="failed", **run) == 1
-    assert _value(samples, "recbatch_run_succeeded", **run) == 0
-    assert _value(samples, "recbatch_last_success_timestamp_seconds", **run) == success
+    assert sample_value(samples, "recbatch_stage_status", stage="gc", recbatch_stage_status="failed", **run) == 1
+    assert sample_value(samples, "recbatch_run_succeeded", **run) == 0
+    assert sample_value(samples, "recbatch_last_success_timestamp_seconds", **run) == success
 
 
 def test_a_push_to_a_stopped_gateway_is_logged_not_raised(pushgateway, caplog):
@@ -183,69 +105,6 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
 DAY = 24 * 3600
 
 
-def _folder(path: Path, fields: dict, payload: int, mtime: float | None = None) -> Path:
-    """A complete output folder: a data file of `payload` bytes, a real manifest and _SUCCESS."""
-    from recbatch.storage import write_manifest
-
-    path.mkdir(parents=True)
-    (path / "data.bin").write_bytes(b"x" * payload)
-    write_manifest(path, fields)
-    if mtime is not None:
-        _age(path, mtime)
-    return path
-
-
-def _age(folder: Path, mtime: float) -> None:
-    """Set every entry of `folder` (and itself) to `mtime`, as if written then."""
-    import os
-
-    for p in [*folder.rglob("*"), folder]:
-        os.utime(p, (mtime, mtime))
-
-
-def _recs(users: range, model_version: str):
-    import pyarrow as pa
-
-    return pa.table({
-        "user_id": pa.array(list(users), pa.int64()),
-        "item_ids": pa.array([[u % 7, u % 7 + 1] for u in users], pa.list_(pa.int64())),
-        "scores": pa.array([[0.9, 0.5] for _ in users], pa.list_(pa.float32())),
-        "model_version": pa.array([model_version] * len(users)),
-    })
-
-
-def _publish_night(layout, run_date: str, model_version: str, snapshot_hash: str) -> Path:
-    """A published run for a date, written and published by the real writer and publish step."""
-    from recbatch.publish import publish_run
-    from recbatch.score.writer import write_recommendations
-
-    staged = layout.staged_for(run_date)
-    write_recommendations([_recs(range(20), model_version)], staged, id_type="int", rows_per_file=10,
-                          manifest_fields={"run_date": run_date, "model_version": model_version,
-                                           "snapshot_hash": snapshot_hash, "k": 2})
-    return publish_run(staged, layout.recommendations_for(run_date), {"metrics": {}, "gate": {"passed": True}})
-
-
-def _snapshot_hash(night: int) -> str:
-    return f"{night:02d}" * 8
-
-
-def _model(layout, version: str, snapshot_hash: str, train_run: Path, mtime: float) -> None:
-    """A model artifact folder as train() leaves it: card naming its training run, manifest, _SUCCESS."""
-    from recbatch.storage import write_manifest
-
-    model = layout.model(version)
-    model.mkdir(parents=True)
-    (model / "towers.pt").write_bytes(b"w" * 300)
-    created = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).isoformat()  # what the cadence reads
-    card = {"model_version": version, "train_run": str(train_run), "created_at": created}
-    (model / "model_card.json").write_text(json.dumps(card))
-    write_manifest(model, {"kind": "model", "model_version": version, "snapshot_hash": snapshot_hash})
-    _age(model, mtime)
-    for kind in ("items", "users"):
-        _folder(layout.embeddings(version, kind), {"kind": kind, "model_version": version}, 200)
-
-
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -265,35 +124,35 @@ def test_gc_dry_run_lists_exactly_what_goes_and_the_run_frees_it(tmp_path, redis
     now = clock.time()
     model_of = {n: "m1" if n <= 4 else "m2" if n <= 7 else "m3" for n in range(1, 11)}
     for n in range(1, 11):
-        _folder(layout.snapshot(_snapshot_hash(n)), {"snapshot_hash": _snapshot_hash(n)}, 1000,
+        complete_folder(layout.snapshot(snapshot_hash(n)), {"snapshot_hash": snapshot_hash(n)}, 1000,
                 mtime=now - (11 - n) * 3600)
-    checkpoint = {m: layout.checkpoints / f"{_snapshot_hash(first)[:12]}-20261101T000000"
+    checkpoint = {m: layout.checkpoints / f"{snapshot_hash(first)[:12]}-20261101T000000"
                   for m, first in (("m1", 1), ("m2", 5), ("m3", 8))}
     for i, m in enumerate(("m1", "m2", "m3")):
         (checkpoint[m] / "checkpoint_000001").mkdir(parents=True)
         (checkpoint[m] / "checkpoint_000001" / "state.pt").write_bytes(b"c" * 500)
-        _age(checkpoint[m], now - (4 - i) * 3600)
-        _model(layout, m, _snapshot_hash({"m1": 1, "m2": 5, "m3": 8}[m]), checkpoint[m], now - (3 - i) * 3600)
-    orphan = layout.checkpoints / f"{_snapshot_hash(9)[:12]}-20261109T000000"  # a failed, older training run
+        age(checkpoint[m], now - (4 - i) * 3600)
+        fake_model(layout, m, snapshot_hash({"m1": 1, "m2": 5, "m3": 8}[m]), checkpoint[m], now - (3 - i) * 3600)
+    orphan = layout.checkpoints / f"{snapshot_hash(9)[:12]}-20261109T000000"  # a failed, older training run
     orphan.mkdir()
     (orphan / "state.pt").write_bytes(b"o" * 70)
-    _age(orphan, now - 5 * 3600)
-    resumable = layout.checkpoints / f"{_snapshot_hash(10)[:12]}-20261110T000000"  # newer than the latest model
+    age(orphan, now - 5 * 3600)
+    resumable = layout.checkpoints / f"{snapshot_hash(10)[:12]}-20261110T000000"  # newer than the latest model
     resumable.mkdir()
     (resumable / "state.pt").write_bytes(b"r" * 90)
     for n in range(1, 11):
         run_date = f"2026-11-{n:02d}"
-        _publish_night(layout, run_date, model_of[n], _snapshot_hash(n))
+        publish_night(layout, run_date, model_of[n], snapshot_hash(n))
         layout.report(run_date).mkdir(parents=True)
         (layout.report(run_date) / "report.md").write_text(f"night {n}\n")
-    baselines = layout.baseline_run(_snapshot_hash(3), "most_popular")
-    _folder(baselines, {"kind": "baseline"}, 40)
+    baselines = layout.baseline_run(snapshot_hash(3), "most_popular")
+    complete_folder(baselines, {"kind": "baseline"}, 40)
     old_staged = layout.staged_for("2026-10-31")
-    _folder(old_staged, {"run_date": "2026-10-31"}, 60, mtime=now - 2 * DAY)
-    fresh_staged = _folder(layout.staged_for("2026-11-11"), {"run_date": "2026-11-11"}, 60)
+    complete_folder(old_staged, {"run_date": "2026-10-31"}, 60, mtime=now - 2 * DAY)
+    fresh_staged = complete_folder(layout.staged_for("2026-11-11"), {"run_date": "2026-11-11"}, 60)
     old_leftover = layout.snapshots / ".staging-killed-1234abcd"
-    _folder(old_leftover, {}, 30, mtime=now - 3 * DAY)
-    fresh_leftover = _folder(layout.models / ".staging-busy-99999999", {}, 30)
+    complete_folder(old_leftover, {}, 30, mtime=now - 3 * DAY)
+    fresh_leftover = complete_folder(layout.models / ".staging-busy-99999999", {}, 30)
     # Redis serves night 2 (say, rolled back to): its run, model m1 and snapshot must stay.
     load_run(layout.recommendations_for("2026-11-02"), ServingConfig(redis_url=redis_server.url))
 
@@ -301,7 +160,7 @@ def test_gc_dry_run_lists_exactly_what_goes_and_the_run_frees_it(tmp_path, redis
         *(layout.recommendations_for(f"2026-11-{n:02d}") for n in (1, 3, 4, 5, 6, 7)),
         *(layout.report(f"2026-11-{n:02d}") for n in (1, 3, 4, 5, 6, 7)),
         layout.model("m2"), layout.root / "embeddings" / "m2", checkpoint["m2"], orphan,
-        *(layout.snapshot(_snapshot_hash(n)) for n in (3, 4, 5, 6, 7)),
+        *(layout.snapshot(snapshot_hash(n)) for n in (3, 4, 5, 6, 7)),
         baselines.parent, old_staged, old_leftover,
     }
     expected_bytes = sum(_size(p) for p in expected)
@@ -323,7 +182,7 @@ def test_gc_dry_run_lists_exactly_what_goes_and_the_run_frees_it(tmp_path, redis
     kept = [f"2026-11-{n:02d}" for n in (2, 8, 9, 10)]
     assert [p.name for p in layout.published_runs()] == [f"dt={d}" for d in kept]
     for survivor in (layout.model("m1"), layout.model("m3"), checkpoint["m1"], checkpoint["m3"], resumable,
-                     layout.snapshot(_snapshot_hash(1)), layout.snapshot(_snapshot_hash(2)),
+                     layout.snapshot(snapshot_hash(1)), layout.snapshot(snapshot_hash(2)),
                      fresh_staged, fresh_leftover, *(layout.report(d) for d in kept)):
         assert survivor.exists(), survivor
     assert main([*gc, "--dry-run"]) == 0  # nothing more to do
@@ -338,7 +197,7 @@ def test_gc_refuses_to_guess_when_redis_is_unreachable(tmp_path):
     root = tmp_path / "root"
     layout = RunLayout.of(root)
     for n in (1, 2):
-        _publish_night(layout, f"2026-11-0{n}", "m1", _snapshot_hash(n))
+        publish_night(layout, f"2026-11-0{n}", "m1", snapshot_hash(n))
     import socket
 
     with socket.socket() as s:  # a port nothing listens on

@@ -109,6 +109,7 @@ def test_train_flags_reach_the_model_and_an_s3_root_gets_what_a_local_root_gets(
         verify_folder(folder)  # every file the manifest names, with the size and sha256 it records
         published = _embeddings(folder, id_column)
         assert published.column(id_column).to_pylist() == expected[id_column].to_list() and len(expected), kind
+        assert published.column(id_column).type == pa.int64(), kind  # the generated ids are integers, kept so
         np.testing.assert_allclose(list_column_to_matrix(published.column("embedding")),
                                    np.asarray(expected["embedding"].to_list(), dtype=np.float32), atol=2e-5)
     # a rerun on the store reuses every row: the previous embeddings are read there, through their manifests

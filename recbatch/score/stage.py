@@ -55,8 +55,12 @@ log = logging.getLogger(__name__)
 # Per-row provenance columns of the scorers -> the manifest keys listing their distinct values.
 PROVENANCE = {SCORED_ON: "scoring_nodes", SCORED_WITH: "scoring_kernels"}
 
-# Users per Ray Data block, in kernel user blocks: big enough to keep the
-# kernel's threads busy, small enough to stream.
+# Users per scorer call, in kernel user blocks: big enough to keep the kernel's
+# threads busy, small enough to stream. Ray Data coalesces a task's output into
+# blocks of up to ``DataContext.target_max_block_size`` (a whole 250k-user
+# partition), so the scorers cut their input into batches of this size; their
+# own output then reaches the finishers in blocks of that limit, while the rest
+# of the partition is still being scored.
 BATCH_BLOCKS = 4
 # CPUs each partition-reading task asks for: it mostly waits on Parquet reads,
 # and must fit beside scorer actors that take the rest of the node.
@@ -167,7 +171,7 @@ def score_dataset(
         "compute": ray.data.ActorPoolStrategy(size=cfg.num_actors),
         "num_cpus": cfg.cpus_per_actor,
         "num_gpus": cfg.gpus_per_actor,
-        "batch_size": None,  # one block per call: the blocks are already cut to size
+        "batch_size": cfg.user_block * BATCH_BLOCKS,
         "batch_format": "pyarrow",
         "zero_copy_batch": True,
     }
@@ -217,8 +221,9 @@ def partition_users(
     ``seen`` holds the catalog positions of every item the user interacted with
     (the nightly run filters all of history); ``blocked`` the positions the
     per-user blocklist removes. The partition's users are read from partition
-    ``p`` of the embeddings and of the snapshot only, and leave in blocks of
-    ``user_block x BATCH_BLOCKS`` rows, so a worker holds one partition at most.
+    ``p`` of the embeddings and of the snapshot only (a worker holds one
+    partition at most); the scorers take them ``user_block x BATCH_BLOCKS``
+    rows at a time.
     """
     (partition,) = batch.column(PARTITION).to_pylist()
     item_ids = resolve_ref(item_ids)
@@ -233,9 +238,7 @@ def partition_users(
     )
     if user_value is not None:  # the popularity prior's user side (score/prior.py)
         rows = _append_to_embeddings(rows, user_value)
-    step = cfg.user_block * BATCH_BLOCKS
-    for start in range(0, rows.num_rows, step):
-        yield rows.slice(start, step)
+    yield rows
 
 
 def _check_user_vectors(users: pl.DataFrame, users_dir: Location, dim: int) -> None:
