@@ -155,10 +155,10 @@ def test_popularity_for_a_slice_of_users_holds_only_their_rows_and_ranks_as_the_
     assert rows[0].select("user_id", "item_ids").equals(rows[1].select("user_id", "item_ids"))
 
 
-def test_counts_of_every_user_from_the_partition_tasks_are_those_of_this_process(partitioned, ray_local):
-    """The slice's popularity counts every user's pairs in Ray tasks, a partition each: the driver's sum of
-    their arrays is exactly the partitions counted in this process, and the users per item of a fit on
-    every user."""
+def test_the_partition_tasks_of_a_slice_read_what_this_process_reads(partitioned, ray_local):
+    """The slice's popularity reads its rows and counts every user's pairs in Ray tasks, a partition each:
+    the rows are those read in this process, the driver's sum of the counts is exactly the partitions
+    counted in this process, and the users per item of a fit on every user."""
     import numpy as np
     import polars as pl
 
@@ -168,8 +168,10 @@ def test_counts_of_every_user_from_the_partition_tasks_are_those_of_this_process
     users = snapshot.split("test").select("user_id").unique().sort("user_id").collect()["user_id"].head(5)
     sliced = training_data(snapshot, ["train", "validation"], users)
     full = training_data(snapshot, ["train", "validation"])
-    assert snapshot.partitions == 4 and sliced.matrix.shape[0] < full.matrix.shape[0]
+    assert snapshot.partitions == 4 and 0 < sliced.matrix.shape[0] < full.matrix.shape[0]
     assert np.array_equal(sliced.users_per_item, full.users_per_item)
+    before = pl.col("split").is_in(["train", "validation"])
+    assert sliced.everyone.of_users(users).equals(snapshot.rows_of("split", users, before))
     decayed = (0.5 ** (pl.col("age_days") / 90)).sum()
     here = sum(count_partition(CountTask(sliced.everyone, decayed), p) for p in range(snapshot.partitions))
     assert np.array_equal(sliced.everyone.per_item(decayed), here.astype(np.float32))

@@ -50,7 +50,7 @@ from recbatch.config import Config, RayConfig, ScoreConfig
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
-from recbatch.eval.popularity_tasks import EveryonesPairs, latest_pairs
+from recbatch.eval.popularity_tasks import SplitRows, latest_pairs
 from recbatch.fs import Location, as_location
 from recbatch.score.ranking import BLOCKED, SEEN, eligible_items, kernel_settings, rank, rank_scores, user_exclusions
 from recbatch.score.writer import write_recommendations
@@ -78,8 +78,8 @@ class TrainingData:
     sequences: list[np.ndarray]  # per matrix row: the user's item columns in time order, repeats kept
     users_per_item: np.ndarray  # [N] float32: users with a row for the item, counted over every user
     # When the matrix holds only some users (``training_data(users=...)``): where every user's
-    # (col, age_days) pairs are, so popularity still counts everyone, a partition per Ray task.
-    everyone: EveryonesPairs | None = None
+    # rows are, so popularity still counts everyone, a partition per Ray task.
+    everyone: SplitRows | None = None
 
     @property
     def warm(self) -> np.ndarray:
@@ -108,9 +108,9 @@ def training_data(
 
     With `users`, only their rows: what ranking them needs when the model is
     popularity (``Baseline.needs_every_user`` false), so the nightly's gate floor
-    holds its slice of users, not every interaction; `everyone` then says where
-    every user's pairs are, counted per item by Ray tasks (``eval/popularity_tasks.py``,
-    on the cluster `ray` reaches; default: a local one) when a model fits.
+    holds its slice of users, not every interaction. Those rows, and the counts of
+    `everyone`'s pairs per item when a model fits, are read by Ray tasks
+    (``eval/popularity_tasks.py``, on the cluster `ray` reaches; default: a local one).
     """
     from recbatch.model.features import render_item_text
 
@@ -121,8 +121,8 @@ def training_data(
 
     pairs, everyone = latest_pairs(before, newest), None
     if users is not None:
-        everyone = EveryonesPairs(snapshot, tuple(splits), newest, catalog, ray or RayConfig())
-        before = snapshot.rows_of("split", users, pl.col("split").is_in(splits)).lazy()
+        everyone = SplitRows(snapshot, tuple(splits), newest, catalog, ray or RayConfig())
+        before = everyone.of_users(users).lazy()
         pairs = latest_pairs(before, newest)
     rows = pairs.collect(engine="streaming").join(catalog, on="item_id", how="inner")  # streamed: a slice's pairs
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")

@@ -1,24 +1,27 @@
-"""Per-item counts over every user's pairs, one Ray task per snapshot partition: the driver adds small arrays.
+"""The popularity floor's reads of the snapshot, one Ray task per partition: the driver gets small results.
 
 The gate's popularity floor ranks a slice of users (``eval.holdout_users``)
-but counts what every user interacted with. A task reads one user partition
-of the snapshot's split table, keeps each (user, item) pair once with its
-latest time (`latest_pairs`), and returns one number per catalog item; the
-driver adds the partitions' arrays in partition order. So the driver holds
-the catalog, never the interactions, and the sums are those of one process
-counting the partitions in turn (``data/ingest_tasks.map_tasks``: in this
-process for a snapshot of one partition, as ingest does).
+but counts what every user interacted with. Both reads go through the split
+table a user partition per task:
 
-The snapshot is handed to the tasks as a ``Snapshot`` (its folder a
-``fs.Location``), so a worker reads a local or an object-store root the same
-way, resolving its own credentials.
+- `SplitRows.per_item`: a task keeps each (user, item) pair of its partition
+  once with its latest time (`latest_pairs`) and returns one number per
+  catalog item; the driver adds the arrays in partition order, so the sums
+  are those of one process counting the partitions in turn;
+- `SplitRows.of_users`: a task returns the slice's rows of its partition.
+
+So the driver holds the catalog and the slice, never a partition. As in
+ingest (``data/ingest_tasks.map_tasks``), a snapshot of one partition is read
+in this process. The snapshot is handed to the tasks as a ``Snapshot`` (its
+folder a ``fs.Location``), so a worker reads a local or an object-store root
+the same way, resolving its own credentials.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import polars as pl
@@ -26,6 +29,8 @@ import polars as pl
 from recbatch.config import RayConfig
 from recbatch.data.ingest_tasks import map_tasks, runs_on_workers
 from recbatch.data.split import days_before_newest
+
+Task = TypeVar("Task")
 
 
 def latest_pairs(rows: pl.LazyFrame, newest: dt.datetime) -> pl.LazyFrame:
@@ -39,49 +44,72 @@ def latest_pairs(rows: pl.LazyFrame, newest: dt.datetime) -> pl.LazyFrame:
 
 
 @dataclass(frozen=True)
-class EveryonesPairs:
-    """Every user's (item column, age) pairs of some splits, counted per item where they lie."""
+class SplitRows:
+    """The rows of some splits of a snapshot, read a user partition per Ray task."""
 
-    snapshot: Any  # the Snapshot whose split table is read, a partition per task
+    snapshot: Any  # the Snapshot whose split table is read
     splits: tuple[str, ...]  # e.g. ("train", "validation")
     newest: dt.datetime  # the newest ts of those splits' rows: what ages count back from
     catalog: pl.DataFrame  # item_id, col: the matrix column of each catalog item
     ray: RayConfig  # how to reach the cluster when the snapshot has more than one partition
 
+    @property
+    def where(self) -> pl.Expr:
+        return pl.col("split").is_in(self.splits)
+
     def per_item(self, count: pl.Expr) -> np.ndarray:
         """[N] float32: `count` (a sum over a partition's ``col, age_days`` rows) per item column,
-        summed over every partition."""
+        summed over every user's pairs."""
+        out = np.zeros(self.catalog.height, dtype=np.float64)
+        for counts in self._map(count_partition, CountTask(self, count)):
+            out += counts
+        return out.astype(np.float32)
+
+    def of_users(self, users: pl.Series) -> pl.DataFrame:
+        """The rows of `users` (``Snapshot.rows_of``), each partition's found by its own task."""
+        return pl.concat(self._map(users_rows, UsersTask(self, self.snapshot.users_by_partition(users))))
+
+    def _map(self, fn: Callable[[Task, int], Any], task: Task) -> Iterator[Any]:
+        """``fn(task, p)`` for every partition p, in partition order (Ray tasks unless there is one)."""
         on_workers = runs_on_workers(self.snapshot.partitions)
         if on_workers:
             from recbatch.runtime import ensure_ray
 
             ensure_ray(self.ray)
-        out = np.zeros(self.catalog.height, dtype=np.float64)
-        task = CountTask(self, count)
-        for counts in map_tasks(count_partition, task, range(self.snapshot.partitions), on_workers=on_workers):
-            out += counts
-        return out.astype(np.float32)
+        yield from map_tasks(fn, task, range(self.snapshot.partitions), on_workers=on_workers)
 
 
 @dataclass(frozen=True)
 class CountTask:
-    """What every partition's count needs: where the pairs are and what to sum over them."""
+    """What every partition's count needs: where the rows are and what to sum over their pairs."""
 
-    pairs: EveryonesPairs
+    rows: SplitRows
     count: pl.Expr
 
 
 def count_partition(task: CountTask, partition: int) -> np.ndarray:
     """[N] float64: ``task.count`` per item column over one partition's pairs (0 where it has none)."""
-    pairs = task.pairs
-    rows = pairs.snapshot.scan_partition("split", partition).filter(pl.col("split").is_in(pairs.splits))
+    rows = task.rows
     counts = (
-        latest_pairs(rows, pairs.newest)
-        .join(pairs.catalog.lazy(), on="item_id", how="inner")
+        latest_pairs(rows.snapshot.scan_partition("split", partition).filter(rows.where), rows.newest)
+        .join(rows.catalog.lazy(), on="item_id", how="inner")
         .group_by("col")
         .agg(task.count.cast(pl.Float64).alias("n"))
         .collect()
     )
-    out = np.zeros(pairs.catalog.height, dtype=np.float64)
+    out = np.zeros(rows.catalog.height, dtype=np.float64)
     out[counts["col"].to_numpy()] = counts["n"].to_numpy()  # one row per column: no repeats to add
     return out
+
+
+@dataclass(frozen=True)
+class UsersTask:
+    """What every partition's read of a slice needs: where the rows are and the slice's users of each partition."""
+
+    rows: SplitRows
+    users: list[pl.Series]  # element p: the slice's users living in partition p
+
+
+def users_rows(task: UsersTask, partition: int) -> pl.DataFrame:
+    """The rows of the slice's users of one partition."""
+    return task.rows.snapshot.rows_in_partition("split", partition, task.users[partition], task.rows.where)
