@@ -50,7 +50,7 @@ from recbatch.config import Config, RayConfig, ScoreConfig
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
-from recbatch.eval.popularity_tasks import SplitRows, latest_pairs
+from recbatch.eval.popularity_tasks import SplitRows, catalog_columns, latest_pairs
 from recbatch.fs import Location, as_location
 from recbatch.score.ranking import BLOCKED, SEEN, eligible_items, kernel_settings, rank, rank_scores, user_exclusions
 from recbatch.score.writer import write_recommendations
@@ -108,22 +108,21 @@ def training_data(
 
     With `users`, only their rows: what ranking them needs when the model is
     popularity (``Baseline.needs_every_user`` false), so the nightly's gate floor
-    holds its slice of users, not every interaction. Those rows, and the counts of
-    `everyone`'s pairs per item when a model fits, are read by Ray tasks
+    holds its slice of users, not every interaction. Those rows, their splits' newest
+    ``ts`` and the counts of `everyone`'s pairs per item when a model fits are read by Ray tasks
     (``eval/popularity_tasks.py``, on the cluster `ray` reaches; default: a local one).
     """
     from recbatch.model.features import render_item_text
 
     items = snapshot.items().sort("item_id").collect()
-    catalog = items.select("item_id").with_row_index("col")
-    before = snapshot.split().filter(pl.col("split").is_in(splits))
-    newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
-
-    pairs, everyone = latest_pairs(before, newest), None
-    if users is not None:
-        everyone = SplitRows(snapshot, tuple(splits), newest, catalog, ray or RayConfig())
-        before = everyone.of_users(users).lazy()
-        pairs = latest_pairs(before, newest)
+    catalog = catalog_columns(items.lazy())
+    before, everyone = snapshot.split().filter(pl.col("split").is_in(splits)), None
+    if users is None:
+        newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
+    else:  # the newest row, the users' rows and every user's counts: read by tasks
+        everyone = SplitRows.of(snapshot, tuple(splits), catalog, ray or RayConfig())
+        newest, before = everyone.newest, everyone.of_users(users).lazy()
+    pairs = latest_pairs(before, newest)
     rows = pairs.collect(engine="streaming").join(catalog, on="item_id", how="inner")  # streamed: a slice's pairs
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
     rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
