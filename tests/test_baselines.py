@@ -155,6 +155,68 @@ def test_popularity_for_a_slice_of_users_holds_only_their_rows_and_ranks_as_the_
     assert rows[0].select("user_id", "item_ids").equals(rows[1].select("user_id", "item_ids"))
 
 
+def test_the_partition_tasks_of_a_slice_read_what_this_process_reads(partitioned, ray_local):
+    """The slice's popularity reads its rows, the newest row and counts every user's pairs in Ray tasks, a
+    partition each: the rows and the newest time are those read in this process, the driver's sum of the
+    counts is exactly the partitions counted in this process, and the users per item of a fit on every user.
+    The slice's metrics, read the same way, are those of the whole history read in this process."""
+    import numpy as np
+    import polars as pl
+
+    from recbatch.eval.holdout import _evaluate_slice
+    from recbatch.eval.metrics import evaluate, heldout_and_history
+    from recbatch.eval.popularity_tasks import CountTask, count_partition
+
+    snapshot = partitioned
+    users = snapshot.split("test").select("user_id").unique().sort("user_id").collect()["user_id"].head(5)
+    sliced = training_data(snapshot, ["train", "validation"], users)
+    full = training_data(snapshot, ["train", "validation"])
+    assert snapshot.partitions == 4 and 0 < sliced.matrix.shape[0] < full.matrix.shape[0]
+    assert np.array_equal(sliced.users_per_item, full.users_per_item)
+    before = pl.col("split").is_in(["train", "validation"])
+    assert sliced.everyone.of_users(users).equals(snapshot.rows_of("split", users, before))
+    decayed = (0.5 ** (pl.col("age_days") / 90)).sum()
+    here = sum(count_partition(CountTask(sliced.everyone, decayed), p) for p in range(snapshot.partitions))
+    assert np.array_equal(sliced.everyone.per_item(decayed), here.astype(np.float32))
+    assert (here > 0).sum() == (full.users_per_item > 0).sum()  # every interacted item counted, once
+    rows = snapshot.split().filter(before)
+    assert sliced.everyone.newest == rows.select(pl.col("ts").max()).collect().item()
+    columns = full.item_ids.to_frame().with_row_index("col")
+    per_item = rows.group_by("item_id").len().collect().join(columns, on="item_id")
+    assert np.array_equal(sliced.everyone.rows_per_item()[per_item["col"].to_numpy()], per_item["len"].to_numpy())
+    assert sliced.everyone.rows_per_item().sum() == rows.select(pl.len()).collect().item()
+
+    cfg = Config().with_overrides({"eval.ks": [5, 20]})
+    popular = per_item.sort("len", "item_id", descending=[True, False]).head(30)["item_id"].to_list()
+    recs = pl.DataFrame({"user_id": users, "item_ids": [popular[i:] + popular[:i] for i in range(len(users))]})
+    heldout, history = heldout_and_history(snapshot, "test")
+    whole = evaluate(recs.lazy(), heldout.filter(pl.col("user_id").is_in(users.implode())), history,
+                     snapshot.items(), ks=[5, 20], name="slice")
+    tasks = _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", "slice", "test lists")
+    assert tasks.to_dict() == whole.to_dict()
+    assert 0 < whole.beyond["avg_popularity@20"] and 0 < whole.beyond["seen_share@20"] < 1
+
+
+def test_the_metrics_popularity_counts_every_history_row_and_the_floor_every_pair(tmp_path, ray_local):
+    """``avg_popularity`` weighs an item by its history rows, a user's repeats included; the popularity
+    floor by its users: the partition tasks count each over two partitions."""
+    import numpy as np
+    import polars as pl
+
+    from eval_helpers import write_snapshot
+    from recbatch.config import RayConfig
+    from recbatch.eval.popularity_tasks import SplitRows, catalog_columns
+
+    rows = [(1, 1, "train"), (1, 1, "train"), (2, 1, "train"), (3, 2, "train"), (3, 2, "train"), (3, 2, "train"),
+            (4, 2, "test"), (5, 3, "validation")]
+    snapshot = Snapshot.open(write_snapshot(tmp_path / "snap", rows, [{"item_id": i} for i in (1, 2, 3)],
+                                            partitions=2))
+    train = SplitRows(snapshot, ("train",), None, catalog_columns(snapshot.items()), RayConfig())
+    assert snapshot.partitions == 2
+    assert np.array_equal(train.rows_per_item(), [3, 3, 0])
+    assert np.array_equal(train.per_item(pl.len()), [2, 1, 0])
+
+
 @pytest.fixture(scope="module")
 def ruled(tmp_path_factory):
     """Six users and two newcomers (9, 10: test rows only) over eight items. Training users per item:

@@ -51,6 +51,7 @@ from recbatch.data.ingest_tasks import (
     WriteTask,
     check_partition,
     map_tasks,
+    runs_on_workers,
     stage_table,
     write_deviation,
     write_partition,
@@ -147,12 +148,6 @@ def snapshot_digest(digests: dict[str, str], cfg: Config) -> str:
 # --------------------------------------------------------------------------- the stage (driver side)
 
 
-def _on_workers(staged: int) -> bool:
-    """Whether the per-partition work runs as Ray tasks: a source of one user partition is ingested in
-    this process, since a task would hold the same rows and only add a worker's start-up."""
-    return staged > 1
-
-
 def _validated_partitions(
     source: RawSource, facts: dict[str, TableFacts], id_type: IdType, items: pl.DataFrame, work: Location,
     staged: int, layout: RunLayout, cfg: Config,
@@ -163,7 +158,7 @@ def _validated_partitions(
     this raises (fail mode) with the totals of every partition once all are checked.
     Returns the counts and the injected-profile evidence (None: detection off).
     """
-    on_workers = _on_workers(staged)
+    on_workers = runs_on_workers(staged)
     tables = [(source.interactions, INTERACTION_COLUMNS)]
     if source.users is not None:
         tables.append((source.users, USER_COLUMNS))
@@ -224,7 +219,8 @@ def _suspected_profiles(work: Location, staged: int, evidence: ProfileEvidence) 
     found = [find_bursts(evidence)]
     means = item_mean_ratings(evidence)
     if means is not None:
-        for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged), on_workers=_on_workers(staged)):
+        on_workers = runs_on_workers(staged)
+        for _ in map_tasks(write_deviation, DeviationTask(means, work), range(staged), on_workers=on_workers):
             pass
         found.append(find_rating_outliers(scan_parts(work.join("deviation"))))
     return merge_suspects(found)
@@ -251,7 +247,7 @@ def _write_snapshot(
     task = WriteTask(staged, partitions, suspects, cfg.split, cutoff, cfg.ingest.min_rating, work)
     written: dict[str, dict[str, Any]] = {}
     warm: list[pl.Series] = []
-    for record in map_tasks(write_partition, task, range(partitions), on_workers=_on_workers(staged)):
+    for record in map_tasks(write_partition, task, range(partitions), on_workers=runs_on_workers(staged)):
         written |= record.written
         counts.update(record.counts)
         warm.append(record.warm_items)
@@ -265,7 +261,7 @@ def _write_snapshot(
     if bad_items is not None:
         written |= write_table(out, "quarantine/items.parquet", bad_items)
     quarantined = [name for name in ("interactions", "users", "profiles") if staged_parts(work.join("bad", name))]
-    for table in map_tasks(write_quarantine, work, quarantined, on_workers=_on_workers(staged)):
+    for table in map_tasks(write_quarantine, work, quarantined, on_workers=runs_on_workers(staged)):
         written |= table
     return written, partitions
 
@@ -280,7 +276,7 @@ def ingest(cfg: Config) -> Snapshot:
     source = read_source(cfg.ingest, cfg.split)
     facts, id_type, items, bad_items = _validated_source(source, cfg)
     staged = partition_count(max(f.distinct_users for f in facts.values()), cfg.ingest.users_per_partition)
-    if _on_workers(staged):
+    if runs_on_workers(staged):
         ensure_ray(cfg.ray)  # after pass 1: a source with a structural problem is refused without starting Ray
     work = staging_for(layout.at.ingest_scratch)  # scratch files, gone however ingest ends
     try:

@@ -62,6 +62,12 @@ Key = TypeVar("Key")
 # --------------------------------------------------------------------------- driver side
 
 
+def runs_on_workers(partitions: int) -> bool:
+    """Whether per-partition work runs as Ray tasks (`map_tasks`): the work of one user partition runs in
+    this process, since a task would hold the same rows and only add a worker's start-up."""
+    return partitions > 1
+
+
 def map_tasks(
     fn: Callable[[Shared, Key], Any], shared: Shared, keys: Iterable[Key], *, on_workers: bool = True
 ) -> Iterator[Any]:

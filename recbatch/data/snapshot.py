@@ -134,14 +134,23 @@ class Snapshot:
         For a slice of users (the gate's holdout): what is held is one partition
         and the slice's rows, never the whole table, whatever engine a query picks.
         """
+        by_partition = self.users_by_partition(users)
+        return pl.concat([  # a snapshot has at least one partition
+            self.rows_in_partition(table, p, by_partition[p], where) for p in range(self.partitions)
+        ])
+
+    def users_by_partition(self, users: pl.Series) -> list[pl.Series]:
+        """`users` cut by the partition each one lives in: element ``p`` holds those of partition ``p``."""
         partition = user_partition(users.to_arrow(), self.partitions)
-        frames = []
-        for p in range(self.partitions):
-            lf = self.scan_partition(table, p)
-            lf = lf if where is None else lf.filter(where)
-            wanted = pl.DataFrame({"user_id": users.filter(pl.Series(partition == p))})
-            frames.append(lf.join(wanted.lazy(), on="user_id", how="semi").collect())
-        return pl.concat(frames)  # a snapshot has at least one partition
+        return [users.filter(pl.Series(partition == p)) for p in range(self.partitions)]
+
+    def rows_in_partition(
+        self, table: str, partition: int, users: pl.Series, where: pl.Expr | None = None
+    ) -> pl.DataFrame:
+        """The rows of `table` in one user `partition` (matching `where`) of `users`, who all live there."""
+        lf = self.scan_partition(table, partition)
+        lf = lf if where is None else lf.filter(where)
+        return lf.join(pl.DataFrame({"user_id": users}).lazy(), on="user_id", how="semi").collect()
 
     def interactions(self) -> pl.LazyFrame:
         return self.scan("interactions")

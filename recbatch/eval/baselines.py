@@ -46,11 +46,11 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recbatch import folders
-from recbatch.config import Config, ScoreConfig
-from recbatch.data.split import days_before_newest
+from recbatch.config import Config, RayConfig, ScoreConfig
 from recbatch.errors import UsageError
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
+from recbatch.eval.popularity_tasks import SplitRows, catalog_columns, latest_pairs
 from recbatch.fs import Location, as_location
 from recbatch.score.ranking import BLOCKED, SEEN, eligible_items, kernel_settings, rank, rank_scores, user_exclusions
 from recbatch.score.writer import write_recommendations
@@ -77,10 +77,9 @@ class TrainingData:
     age_days: np.ndarray  # [nnz] float64, aligned with matrix.indices: days from the pair's latest ts to the newest row
     sequences: list[np.ndarray]  # per matrix row: the user's item columns in time order, repeats kept
     users_per_item: np.ndarray  # [N] float32: users with a row for the item, counted over every user
-    # When the matrix holds only some users (``training_data(users=...)``): every user's
-    # (col, age_days) pairs, lazily, one frame per user partition, so popularity still
-    # counts everyone while holding one partition at a time.
-    everyone: list[pl.LazyFrame] | None = None
+    # When the matrix holds only some users (``training_data(users=...)``): where every user's
+    # rows are, so popularity still counts everyone, a partition per Ray task.
+    everyone: SplitRows | None = None
 
     @property
     def warm(self) -> np.ndarray:
@@ -102,34 +101,28 @@ class TrainingData:
         }).lazy()
 
 
-def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = None) -> TrainingData:
+def training_data(
+    snapshot: Any, splits: list[str], users: pl.Series | None = None, ray: RayConfig | None = None
+) -> TrainingData:
     """The matrix of `splits` rows over the snapshot's whole catalog.
 
     With `users`, only their rows: what ranking them needs when the model is
     popularity (``Baseline.needs_every_user`` false), so the nightly's gate floor
-    holds its slice of users, not every interaction; `everyone` then keeps every
-    user's pairs, one lazy frame per user partition, counted when a model fits.
+    holds its slice of users, not every interaction. Those rows, their splits' newest
+    ``ts`` and the counts of `everyone`'s pairs per item when a model fits are read by Ray tasks
+    (``eval/popularity_tasks.py``, on the cluster `ray` reaches; default: a local one).
     """
     from recbatch.model.features import render_item_text
 
     items = snapshot.items().sort("item_id").collect()
-    catalog = items.select("item_id").with_row_index("col")
-    before = snapshot.split().filter(pl.col("split").is_in(splits))
-    newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
-
-    def latest_pairs(rows: pl.LazyFrame) -> pl.LazyFrame:  # each (user, item) once, with its latest ts
-        return rows.group_by("user_id", "item_id").agg(pl.col("ts").max()).with_columns(
-            age_days=days_before_newest(newest=newest))
-
-    pairs, everyone = latest_pairs(before), None
-    if users is not None:
-        everyone = [  # a user's rows are all in one partition: pairs are deduplicated partition by partition
-            latest_pairs(snapshot.scan_partition("split", p).filter(pl.col("split").is_in(splits)))
-            .join(catalog.lazy(), on="item_id", how="inner").select("col", "age_days")
-            for p in range(snapshot.partitions)
-        ]
-        before = snapshot.rows_of("split", users, pl.col("split").is_in(splits)).lazy()
-        pairs = latest_pairs(before)
+    catalog = catalog_columns(items.lazy())
+    before, everyone = snapshot.split().filter(pl.col("split").is_in(splits)), None
+    if users is None:
+        newest = before.select(pl.col("ts").max()).collect(engine="streaming").item()
+    else:  # the newest row, the users' rows and every user's counts: read by tasks
+        everyone = SplitRows.of(snapshot, tuple(splits), catalog, ray or RayConfig())
+        newest, before = everyone.newest, everyone.of_users(users).lazy()
+    pairs = latest_pairs(before, newest)
     rows = pairs.collect(engine="streaming").join(catalog, on="item_id", how="inner")  # streamed: a slice's pairs
     users = rows.select("user_id").unique().sort("user_id").with_row_index("row")
     rows = rows.join(users, on="user_id").sort("row", "col")  # CSR order, so age_days lines up with indices
@@ -161,7 +154,7 @@ def training_data(snapshot: Any, splits: list[str], users: pl.Series | None = No
         sequences=sequences,
         users_per_item=(
             np.asarray(matrix.sum(axis=0), dtype=np.float32).reshape(-1) if everyone is None
-            else _per_item(everyone, pl.len(), items.height)
+            else everyone.per_item(pl.len())
         ),
         everyone=everyone,
     )
@@ -317,19 +310,9 @@ class RecentPopular(MostPopular):
     def popularity(self, data):
         half_life = self.params["half_life_days"]
         if data.everyone is not None:
-            return _per_item(data.everyone, (0.5 ** (pl.col("age_days") / half_life)).sum(), data.matrix.shape[1])
+            return data.everyone.per_item((0.5 ** (pl.col("age_days") / half_life)).sum())
         weights = 0.5 ** (data.age_days / half_life)  # [nnz]
         return np.bincount(data.matrix.indices, weights=weights, minlength=data.matrix.shape[1]).astype(np.float32)
-
-
-def _per_item(partitions: list[pl.LazyFrame], count: pl.Expr, items: int) -> np.ndarray:
-    """[N] float32: `count` (a sum over rows) per item column over (col, age_days) pairs, summed over
-    the user partitions, one partition in memory at a time."""
-    out = np.zeros(items, dtype=np.float64)
-    for pairs in partitions:
-        counts = pairs.group_by("col").agg(count.cast(pl.Float64).alias("n")).collect()
-        np.add.at(out, counts["col"].to_numpy(), counts["n"].to_numpy())
-    return out.astype(np.float32)
 
 
 class ALS(Baseline):
@@ -533,7 +516,7 @@ def tune(
         validation = validation.filter(pl.col("user_id").is_in(users.implode()))
     if len(cls.grid) == 1 or validation.select(pl.len()).collect(engine="streaming").item() == 0:
         return cls.grid[0], []
-    data = training_data(snapshot, ["train"], None if cls.needs_every_user else users)
+    data = training_data(snapshot, ["train"], None if cls.needs_every_user else users, cfg.ray)
     val_users = validation.select("user_id").unique().collect(engine="streaming")
     rows = (
         pl.DataFrame({"user_id": data.user_ids}).with_row_index("row")
@@ -596,7 +579,8 @@ def fit_baseline(
     started = time.perf_counter()
     params, trials = tune(name, snapshot, cfg, tune_users)
     tuned = time.perf_counter()
-    data = training_data(snapshot, ["train", "validation"], None if baseline_class(name).needs_every_user else users)
+    data = training_data(
+        snapshot, ["train", "validation"], None if baseline_class(name).needs_every_user else users, cfg.ray)
     model = baseline_class(name)(seed=cfg.train.seed, **params)
     model.fit(data)
     model_version = f"baseline-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))

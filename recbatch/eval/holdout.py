@@ -41,7 +41,8 @@ import pyarrow as pa
 from recbatch.config import Config
 from recbatch.data.partition import user_hash
 from recbatch.eval.lists import lists_table
-from recbatch.eval.metrics import EvalResult, evaluate, heldout_and_history
+from recbatch.eval.metrics import EvalResult, evaluate, history_splits
+from recbatch.eval.popularity_tasks import SplitRows, catalog_columns
 from recbatch.fs import Location
 
 HOLDOUT_SALT = 0x601D  # the holdout slice's own hash (not the partition hash): any fixed number
@@ -226,10 +227,22 @@ def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
 def _evaluate_slice(
     cfg: Config, snapshot: Any, recs: pl.LazyFrame, users: pl.Series, split: str, name: str, source: str
 ) -> EvalResult:
-    """`recs` scored against the held-out rows of `users` only."""
-    heldout, history = heldout_and_history(snapshot, split)
-    in_slice = pl.col("user_id").is_in(users.implode())
-    return evaluate(recs, heldout.filter(in_slice), history, snapshot.items(), ks=cfg.eval.ks, name=name, source=source)
+    """`recs` scored against the held-out rows of `users` only.
+
+    What the metrics read of the snapshot is the slice's rows and every user's
+    history rows per item (``avg_popularity``), both read by Ray tasks a
+    partition each: the driver holds the slice and per-item counts, never the
+    snapshot's interactions.
+    """
+    catalog = catalog_columns(snapshot.items())
+    before = history_splits(split)
+    rows = SplitRows(snapshot, (split, *before), None, catalog, cfg.ray).of_users(users)
+    counts = SplitRows(snapshot, before, None, catalog, cfg.ray).rows_per_item()
+    popularity = catalog.select("item_id", popularity=pl.Series(counts).cast(pl.UInt32))  # pl.len()'s type
+    return evaluate(
+        recs, rows.filter(pl.col("split") == split).lazy(), rows.filter(pl.col("split").is_in(before)).lazy(),
+        snapshot.items(), ks=cfg.eval.ks, name=name, source=source, popularity=popularity.lazy(),
+    )
 
 
 def evaluate_holdout(

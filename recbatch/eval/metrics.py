@@ -194,6 +194,7 @@ def evaluate(
     name: str = "run",
     source: str = "recommendations",
     max_k: int = CURVE_MAX_K,
+    popularity: pl.LazyFrame | None = None,
 ) -> EvalResult:
     """Score one run's lists against held-out interactions.
 
@@ -201,6 +202,8 @@ def evaluate(
     heldout: user_id, item_id                       -- the truth (test or validation rows)
     history: user_id, item_id                       -- interactions before the held-out ones
     items:   item_id [, is_cold, available]         -- the catalog
+    popularity: item_id, popularity (UInt32)        -- history rows per item, counted elsewhere; then
+                                                       `history` need hold only the evaluated users' rows
     """
     item_type = recs.collect_schema().get("item_ids")
     if isinstance(item_type, pl.Array):  # fixed-size lists (e.g. from numpy) read like plain ones
@@ -222,7 +225,8 @@ def evaluate(
     evaluated = recs.join(truth.select("user_id").unique(), on="user_id", how="semi", build_side=_SMALL)
     ranked = _explode(evaluated, max_k)
     hits = ranked.join(truth, on=["user_id", "item_id"], how="inner", build_side=_SMALL)
-    popularity = history.group_by("item_id").agg(popularity=pl.len())
+    if popularity is None:
+        popularity = history.group_by("item_id").agg(popularity=pl.len())
     exposure = (
         ranked.filter(pl.col("rank") <= ks[-1])
         .group_by("item_id")
@@ -397,11 +401,15 @@ def heldout_and_history(snapshot: Any, split: str = "test") -> tuple[pl.LazyFram
     Testing on ``test``: history = train + validation. Validating (hyper-parameter
     search) on ``validation``: history = train only.
     """
+    all_rows = snapshot.split()
+    return all_rows.filter(pl.col("split") == split), all_rows.filter(pl.col("split").is_in(history_splits(split)))
+
+
+def history_splits(split: str) -> tuple[str, ...]:
+    """The splits before held-out `split`: train + validation before ``test``, train before ``validation``."""
     if split not in ("test", "validation"):
         raise ValueError(f"evaluate on 'test' or 'validation', not {split!r}")
-    before = ["train", "validation"] if split == "test" else ["train"]
-    all_rows = snapshot.split()
-    return all_rows.filter(pl.col("split") == split), all_rows.filter(pl.col("split").is_in(before))
+    return ("train", "validation") if split == "test" else ("train",)
 
 
 def evaluate_run(
