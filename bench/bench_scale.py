@@ -153,6 +153,8 @@ def main() -> None:
     print(f"load before: {open('/proc/loadavg').read().strip()}")
     results = []
     # --keep: the runs stay there for a look afterwards; otherwise a temporary folder, removed at the end
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     kept = contextlib.nullcontext(tempfile.mkdtemp(prefix="bench-scale-", dir=args.keep)) if args.keep else None
     with kept or tempfile.TemporaryDirectory() as tmp:
         encoder = tiny_encoder(Path(tmp) / "tiny-bert")
