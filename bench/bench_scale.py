@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_scale.py                         # 1M and 4M users x 100k items
     .venv/bin/python bench/bench_scale.py --users 250000,1000000  # other sizes
     .venv/bin/python bench/bench_scale.py --stop-after ingest     # the first stages only (nightly --stop-after)
+    .venv/bin/python bench/bench_scale.py --users 1000000 --set ingest.users_per_partition=25000  # config overrides
 
 For each user count it generates a catalog (``recbatch generate``, timed and
 sampled as its own stage, not part of the night), then runs ``recbatch nightly`` in a subprocess with a
@@ -101,7 +102,8 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str | None) -> dict:
+def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str | None,
+              overrides: list[str]) -> dict:
     python = [sys.executable, "-m", "recbatch.cli"]
     source = work / "source"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -113,6 +115,7 @@ def run_night(work: Path, users: int, items: int, encoder: Path, stop_after: str
     t0 = time.perf_counter()
     night = [*python, "nightly", "--config", str(cfg), "--run-date", "2026-12-01"]
     night += ["--stop-after", stop_after] if stop_after else []
+    night += [arg for override in overrides for arg in ("--set", override)]
     peaks = {**generated, **sampled(night, env, first_stage="start")}
     summary = json.loads((work / "run" / "runs" / "dt=2026-12-01.json").read_text())
     stages = {s["name"]: round(s["seconds"], 1) for s in summary["stages"] if s.get("seconds")}
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--keep", help="keep the runs under this folder")
     parser.add_argument("--stop-after", help="end each night after this stage (e.g. ingest), as nightly --stop-after")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for each night, as nightly --set (repeatable)")
     args = parser.parse_args()
     counts = sorted(int(u) for u in args.users.split(","))
     print(f"load before: {open('/proc/loadavg').read().strip()}")
@@ -161,7 +166,7 @@ def main() -> None:
         for users in counts:
             work = Path(tmp) / f"u{users}"
             work.mkdir()
-            results.append(run_night(work, users, args.items, encoder, args.stop_after))
+            results.append(run_night(work, users, args.items, encoder, args.stop_after, args.set))
             if not args.keep:  # the disk holds one night at a time (a 10M-user night writes ~20 GB)
                 shutil.rmtree(work)
             r = results[-1]
