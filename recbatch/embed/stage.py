@@ -40,6 +40,7 @@ from recbatch.fs import Location, locate, remove_tree
 from recbatch.layout import RunLayout
 from recbatch.model.features import UserFeatureSpec
 from recbatch.parts import PARTITION, commit_parts
+from recbatch.parquet_io import read_dataset
 from recbatch.runtime import ensure_ray, require_resources, resolve_precision
 from recbatch.schemas import ITEM_TEXT_COLUMNS, embeddings_schema
 
@@ -169,12 +170,10 @@ def _num_blocks(rows: int, cfg: EmbedConfig) -> int:
 
 def _snapshot_items(snapshot: Snapshot, rows: int, cfg: EmbedConfig):
     """The snapshot's `rows` item rows (the files its manifest names) as a Ray dataset of several blocks."""
-    import ray
-
     files = snapshot.named_files("items")
     if rows == 0:
         raise DataValidationError(f"{', '.join(map(str, files))}: the snapshot has no items to embed")
-    return (ray.data.read_parquet([f.path for f in files], filesystem=files[0].filesystem)
+    return (read_dataset([f.path for f in files], files[0].filesystem)
             .select_columns(_model_columns(snapshot)).repartition(_num_blocks(rows, cfg)))
 
 

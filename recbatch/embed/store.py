@@ -22,6 +22,7 @@ from ray.data.datasource import FilenameProvider
 from recbatch import folders
 from recbatch.errors import IntegrityError
 from recbatch.fs import Location, as_location, list_files
+from recbatch.parquet_io import read_dataset
 
 
 class PartFilenames(FilenameProvider):
@@ -86,9 +87,7 @@ class EmbeddingsFolder:
 
     def dataset(self) -> Any:
         """Every row, as a lazy Ray dataset over exactly the manifest's files (read by Ray's workers)."""
-        import ray
-
-        return ray.data.read_parquet([f.path for f in self.parquet_files()], filesystem=self.files_at.filesystem)
+        return read_dataset([f.path for f in self.parquet_files()], self.files_at.filesystem)
 
     def schema(self, columns: list[str]) -> pa.Schema:
         """The schema of `columns`, from the first file's footer (there is always one: an empty set

@@ -38,6 +38,7 @@ from recbatch.layout import RunLayout
 from recbatch.model.artifact import publish_artifact, tower_config
 from recbatch.model.encoder import resolve_encoder
 from recbatch.model.two_tower import TwoTower, TwoTowerConfig, build_two_tower
+from recbatch.parquet_io import read_dataset
 from recbatch.runtime import ensure_ray, require_resources, resolve_use_gpu
 from recbatch.train.examples import PreparedInputs, prepare_inputs
 from recbatch.train.loop import CHECKPOINT_TAG, STATE_FILE, LoopConfig, TrainState, train_loop_per_worker
@@ -129,9 +130,9 @@ def train(cfg: Config, snapshot: Snapshot, resume: bool = False, trained_for: dt
     if use_gpu:
         resources["GPU"] = 1
     # The parts are read in a new seeded order every epoch (see train/examples.py: why no global shuffle).
-    dataset = ray.data.read_parquet(
+    dataset = read_dataset(
         prepared.examples.path,
-        filesystem=prepared.examples.filesystem,
+        prepared.examples.filesystem,
         shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed, reseed_after_execution=True),
         override_num_blocks=max(4, 2 * cfg.train.num_workers),
     )
