@@ -136,12 +136,22 @@ def ray_head(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_pipeline_config, demo_source):
+def test_ray_job_submit_runs_the_nightly_and_publishes(
+    ray_head, tmp_path, tiny_pipeline_config, demo_source, tiny_bert_dir
+):
+    """This test is about the job mechanics: the job reuses an untrained model made here
+    (``train.cadence: never``) and publishes past the quality gate's popularity floor with --force.
+    Training is covered where it is cheaper: in-process (test_train.py), in the nightly on a
+    two-node cluster (test_nightly.py), and through the CLI (test_gate_cli.py, test_cli.py).
+    A Ray Train run inside the job cost 50-60 s here of Ray Train's own start-up."""
+    from recbatch.data.ingest import ingest
+    from recbatch.model.artifact import init_artifact
+
     address, env = ray_head
-    # This test is about the job mechanics: a few training steps, and --force past the quality gate's
-    # popularity floor (test_nightly.py trains a model that passes it).
-    cfg = tiny_pipeline_config(root=tmp_path / "root", **{"train.max_steps": 6})
+    cfg = tiny_pipeline_config(root=tmp_path / "root", **{"train.cadence": "never"})
     demo_source(cfg)
+    snapshot = ingest(cfg)  # one user partition: in this process, no Ray
+    model = init_artifact(cfg, str(tiny_bert_dir), snapshot, RunLayout.of(cfg.root).models)
     config_file = tmp_path / "nightly.yaml"
     data = cfg.to_dict()
     data["ray"] = {"address": None, "num_cpus": None, "num_gpus": None}  # join the job's cluster
@@ -177,3 +187,5 @@ def test_ray_job_submit_runs_the_nightly_and_publishes(ray_head, tmp_path, tiny_
     assert recs.height == manifest["users"] > 0
     assert manifest["gate"]["floor_model"] == "most_popular"  # the gate ran; --force is recorded if it refused
     assert manifest["gate"]["forced"] is True
+    assert manifest["model_version"] == model.name  # the job found the root's model and did not train
+    assert not RunLayout.of(cfg.root).checkpoints.exists()
