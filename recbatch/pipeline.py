@@ -247,7 +247,7 @@ def _run_stages(
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
     from recbatch.eval.gate import check_gate, last_published_manifest
-    from recbatch.eval.holdout import evaluate_baseline, evaluate_model, holdout_metrics
+    from recbatch.eval.holdout import HeldOutSlice, evaluate_baseline, evaluate_model, holdout_metrics
     from recbatch.eval.report import injected_profiles_section, write_report
     from recbatch.publish import publish_run
     from recbatch.score.stage import score
@@ -306,10 +306,11 @@ def _run_stages(
     forced_before = already_published and bool(read_manifest(final).get("gate", {}).get("forced"))
 
     with _stage(summary, "evaluate") as rec:
-        result = evaluate_model(cfg, snapshot, model_dir, items_dir)
+        held_out = HeldOutSlice.read(cfg, snapshot, "test")  # read once (Ray tasks), scored three times
+        result = evaluate_model(cfg, snapshot, model_dir, items_dir, held_out=held_out)
         metrics = holdout_metrics(result)
         # Popularity on the same holdout users: the gate's floor, and what the report compares with.
-        popular = [evaluate_baseline(cfg, snapshot, name) for name in POPULARITY_BASELINES]
+        popular = [evaluate_baseline(cfg, snapshot, name, held_out) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
         sections = [injected_profiles_section(snapshot)] if cfg.ingest.detect_injected_profiles else []

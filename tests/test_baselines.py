@@ -155,6 +155,22 @@ def test_popularity_for_a_slice_of_users_holds_only_their_rows_and_ranks_as_the_
     assert rows[0].select("user_id", "item_ids").equals(rows[1].select("user_id", "item_ids"))
 
 
+def test_tuning_on_a_slice_read_by_tasks_scores_the_grid_as_the_whole_history_does(partitioned, ray_local):
+    """``tune`` over a slice reads its rows once by partition tasks (``HeldOutSlice``) and scores every grid
+    point on them; with every validation user as the slice, each point's value is the one scored against
+    the whole history read in this process."""
+    from recbatch.eval.baselines import tune
+
+    snapshot = partitioned
+    cfg = Config().with_overrides({"eval.gate_metric": "ndcg@10"})
+    everyone = snapshot.split("validation").select("user_id").unique().sort("user_id").collect()["user_id"]
+    sliced, whole = tune("recent_popular", snapshot, cfg, everyone), tune("recent_popular", snapshot, cfg)
+    assert len(sliced[1]) == len(whole[1]) > 1
+    assert sliced == whole
+    few = tune("recent_popular", snapshot, cfg, everyone.head(3))[1]
+    assert [t["ndcg@10"] for t in few] != [t["ndcg@10"] for t in whole[1]]  # the slice is what is scored
+
+
 def test_the_partition_tasks_of_a_slice_read_what_this_process_reads(partitioned, ray_local):
     """The slice's popularity reads its rows, the newest row and counts every user's pairs in Ray tasks, a
     partition each: the rows and the newest time are those read in this process, the driver's sum of the
@@ -163,7 +179,7 @@ def test_the_partition_tasks_of_a_slice_read_what_this_process_reads(partitioned
     import numpy as np
     import polars as pl
 
-    from recbatch.eval.holdout import _evaluate_slice
+    from recbatch.eval.holdout import HeldOutSlice
     from recbatch.eval.metrics import evaluate, heldout_and_history
     from recbatch.eval.popularity_tasks import CountTask, count_partition
 
@@ -192,7 +208,8 @@ def test_the_partition_tasks_of_a_slice_read_what_this_process_reads(partitioned
     heldout, history = heldout_and_history(snapshot, "test")
     whole = evaluate(recs.lazy(), heldout.filter(pl.col("user_id").is_in(users.implode())), history,
                      snapshot.items(), ks=[5, 20], name="slice")
-    tasks = _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", "slice", "test lists")
+    tasks = HeldOutSlice.of_users(cfg, snapshot, users, "test").evaluate(
+        recs.lazy(), ks=cfg.eval.ks, name="slice", source="test lists")
     assert tasks.to_dict() == whole.to_dict()
     assert 0 < whole.beyond["avg_popularity@20"] and 0 < whole.beyond["seen_share@20"] < 1
 

@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 from recbatch import folders
 from recbatch.config import Config, RayConfig, ScoreConfig
 from recbatch.errors import UsageError
+from recbatch.eval.holdout import HeldOutSlice
 from recbatch.eval.lists import lists_table
 from recbatch.eval.metrics import evaluate
 from recbatch.eval.popularity_tasks import SplitRows, catalog_columns, latest_pairs
@@ -511,10 +512,14 @@ def tune(
     """
     cls = baseline_class(name)
     metric = cfg.eval.gate_metric
-    validation = snapshot.split("validation")
-    if users is not None:
-        validation = validation.filter(pl.col("user_id").is_in(users.implode()))
-    if len(cls.grid) == 1 or validation.select(pl.len()).collect(engine="streaming").item() == 0:
+    if len(cls.grid) == 1:
+        return cls.grid[0], []
+    if users is None:  # every validation user, against the whole history (streamed here)
+        validation, history, popularity = snapshot.split("validation"), snapshot.split("train"), None
+    else:  # the slice's rows and every user's counts, read once by Ray tasks for the whole grid
+        held = HeldOutSlice.of_users(cfg, snapshot, users, "validation")
+        validation, history, popularity = held.heldout.lazy(), held.history.lazy(), held.popularity.lazy()
+    if validation.select(pl.len()).collect(engine="streaming").item() == 0:
         return cls.grid[0], []
     data = training_data(snapshot, ["train"], None if cls.needs_every_user else users, cfg.ray)
     val_users = validation.select("user_id").unique().collect(engine="streaming")
@@ -530,8 +535,8 @@ def tune(
         model.fit(data)
         recs = pl.from_arrow(pa.concat_tables(recommendation_tables(model, data, rows, k, name, rules)))
         result = evaluate(
-            recs.lazy(), validation, snapshot.split("train"), snapshot.items(),
-            ks=[k], name=name, source=f"{name} validation lists", max_k=k,
+            recs.lazy(), validation, history, snapshot.items(),
+            ks=[k], name=name, source=f"{name} validation lists", max_k=k, popularity=popularity,
         )
         trials.append({"params": params, metric: result.metrics()[metric], "refit": model.refit_params()})
         log.info("%s %s: validation %s = %.4f", name, params, metric, trials[-1][metric])

@@ -18,9 +18,9 @@ user id, ``holdout_user_ids``), it
 
 So the two-tower goes through the same ranking rules and metric code as the
 published lists (``tests/test_score.py::test_published_lists_equal_the_holdout_ranking_of_the_same_inputs``).
-Steps 1-3 run in a Ray task (``evaluate_model``): the driver finds the slice's
-user ids a partition at a time and scores the lists it gets back, whose size
-``eval.holdout_users`` and ``eval.ks`` bound.
+Steps 1-3 run in a Ray task (``evaluate_model``), and the slice's user ids and
+rows are found by a Ray task per partition (``HeldOutSlice``): the driver scores
+the lists it gets back, whose size ``eval.holdout_users`` and ``eval.ks`` bound.
 
 The model and the item vectors may be on either kind of root: the task is
 handed the ``Snapshot`` and the folders as ``fs.Location``s (never keys: the
@@ -31,6 +31,7 @@ their manifests (``load_artifact``, ``embed.store.read_matrix``, the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +39,47 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from recbatch.config import Config
+from recbatch.config import Config, RayConfig
 from recbatch.data.partition import user_hash
 from recbatch.eval.lists import lists_table
-from recbatch.eval.metrics import EvalResult, evaluate, history_splits
-from recbatch.eval.popularity_tasks import SplitRows, catalog_columns
+from recbatch.eval.metrics import CURVE_MAX_K, EvalResult, evaluate, history_splits
+from recbatch.eval.popularity_tasks import SplitRows, catalog_columns, map_partitions
 from recbatch.fs import Location
 
 HOLDOUT_SALT = 0x601D  # the holdout slice's own hash (not the partition hash): any fixed number
 HISTORY_SPLITS = {"test": ("train", "validation"), "validation": ("train",)}  # what came before each split
 
 
-def holdout_user_ids(snapshot: Any, limit: int, split: str = "test") -> pl.Series:
+def holdout_user_ids(snapshot: Any, limit: int, split: str = "test", ray: RayConfig | None = None) -> pl.Series:
     """Up to `limit` users of `split`: those with the smallest salted ``user_hash``, sorted by id.
 
     Stable across runs, versions and partition counts (the hash is defined in
-    ``data/partition.py``), and found one user partition at a time, keeping only
-    the best `limit` so far: the driver holds a partition and the slice, never
-    every user.
+    ``data/partition.py``). Found by one Ray task per user partition (on the
+    cluster `ray` reaches; default: a local one), each returning its best
+    `limit`: the driver holds those candidates and the slice, never a partition.
     """
     best = pl.DataFrame(schema={"user_id": snapshot.split(split).collect_schema()["user_id"], "key": pl.UInt64})
-    for p in range(snapshot.partitions):
-        users = snapshot.scan_partition("split", p).filter(pl.col("split") == split).select("user_id").unique().collect()
-        keys = pl.Series("key", user_hash(users["user_id"].to_arrow(), salt=HOLDOUT_SALT), dtype=pl.UInt64)
-        best = pl.concat([best, users.with_columns(keys)]).sort("key", "user_id").head(limit)
+    task = SliceTask(snapshot, split, limit)
+    for candidates in map_partitions(slice_candidates, task, snapshot, ray or RayConfig()):
+        best = pl.concat([best, candidates]).sort("key", "user_id").head(limit)
     return best.sort("user_id")["user_id"]
+
+
+@dataclass(frozen=True)
+class SliceTask:
+    """What each partition's search for the slice needs."""
+
+    snapshot: Any
+    split: str
+    limit: int
+
+
+def slice_candidates(task: SliceTask, partition: int) -> pl.DataFrame:
+    """``user_id, key``: the `task.limit` users of one partition's `task.split` with the smallest keys."""
+    users = (task.snapshot.scan_partition("split", partition).filter(pl.col("split") == task.split)
+             .select("user_id").unique().collect())
+    keys = pl.Series("key", user_hash(users["user_id"].to_arrow(), salt=HOLDOUT_SALT), dtype=pl.UInt64)
+    return users.with_columns(keys).sort("key", "user_id").head(task.limit)
 
 
 def catalog_vectors(
@@ -177,15 +194,17 @@ def evaluate_model(
     items_dir: str | Path | Location | None = None,
     name: str = "two_tower",
     split: str = "test",
+    held_out: HeldOutSlice | None = None,
 ) -> EvalResult:
     """The model's full metrics on the fixed holdout slice of the snapshot's `split`.
 
     ``split="validation"`` (history = train only) is for picking scoring settings
     such as the popularity prior without looking at test, as baselines are tuned.
+    `held_out`: that slice, already read (``HeldOutSlice.read``), when several models are scored on it.
     """
-    users = holdout_user_ids(snapshot, cfg.eval.holdout_users, split)
-    recs = _holdout_lists_on_a_worker(cfg, snapshot, model_dir, items_dir, users, max(cfg.eval.ks), split)
-    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, split, name, f"{model_dir} holdout lists")
+    held_out = held_out or HeldOutSlice.read(cfg, snapshot, split)
+    recs = _holdout_lists_on_a_worker(cfg, snapshot, model_dir, items_dir, held_out.users, max(cfg.eval.ks), split)
+    return held_out.evaluate(recs.lazy(), ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")
 
 
 def _holdout_lists_on_a_worker(
@@ -209,40 +228,64 @@ def _holdout_lists_on_a_worker(
     return ray.get(task(holdout_lists).remote(cfg, snapshot, model_dir, items_dir, users, k, split))
 
 
-def evaluate_baseline(cfg: Config, snapshot: Any, name: str) -> EvalResult:
+def evaluate_baseline(cfg: Config, snapshot: Any, name: str, held_out: HeldOutSlice | None = None) -> EvalResult:
     """Baseline `name` (e.g. ``most_popular``) on the same fixed test slice as `evaluate_model`.
 
     Fit on the rows before test and tuned on the validation rows of the same
     slice of users (``eval.holdout_users``), so the gate can afford it every night.
+    `held_out`: the test slice, already read.
     """
     from recbatch.eval.baselines import fit_baseline
 
-    users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "test")
-    tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation")
-    fitted = fit_baseline(name, snapshot, cfg, tune_users, users)
-    recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), users)])
-    return _evaluate_slice(cfg, snapshot, recs.lazy(), users, "test", name, f"{fitted.model_version} holdout lists")
+    held_out = held_out or HeldOutSlice.read(cfg, snapshot, "test")
+    tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation", cfg.ray)
+    fitted = fit_baseline(name, snapshot, cfg, tune_users, held_out.users)
+    recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), held_out.users)])
+    return held_out.evaluate(recs.lazy(), ks=cfg.eval.ks, name=name, source=f"{fitted.model_version} holdout lists")
 
 
-def _evaluate_slice(
-    cfg: Config, snapshot: Any, recs: pl.LazyFrame, users: pl.Series, split: str, name: str, source: str
-) -> EvalResult:
-    """`recs` scored against the held-out rows of `users` only.
+@dataclass(frozen=True)
+class HeldOutSlice:
+    """What scores lists for the slice of `split`'s users: their held-out rows and history rows, and
+    every user's history rows per item (``avg_popularity``).
 
-    What the metrics read of the snapshot is the slice's rows and every user's
-    history rows per item (``avg_popularity``), both read by Ray tasks a
-    partition each: the driver holds the slice and per-item counts, never the
-    snapshot's interactions.
+    Read once by Ray tasks, a partition each (``SplitRows``): the driver holds the slice and per-item
+    counts, never the snapshot's interactions. Then any number of lists are scored on it (the model,
+    each baseline, each point of a baseline's grid).
     """
-    catalog = catalog_columns(snapshot.items())
-    before = history_splits(split)
-    rows = SplitRows(snapshot, (split, *before), None, catalog, cfg.ray).of_users(users)
-    counts = SplitRows(snapshot, before, None, catalog, cfg.ray).rows_per_item()
-    popularity = catalog.select("item_id", popularity=pl.Series(counts).cast(pl.UInt32))  # pl.len()'s type
-    return evaluate(
-        recs, rows.filter(pl.col("split") == split).lazy(), rows.filter(pl.col("split").is_in(before)).lazy(),
-        snapshot.items(), ks=cfg.eval.ks, name=name, source=source, popularity=popularity.lazy(),
-    )
+
+    users: pl.Series  # the slice: ``holdout_user_ids``
+    split: str  # "test" or "validation"
+    heldout: pl.DataFrame  # the slice's rows of `split`
+    history: pl.DataFrame  # the slice's rows before them (``history_splits``)
+    popularity: pl.DataFrame  # item_id, popularity: every user's history rows per item
+    items: pl.LazyFrame  # the catalog
+
+    @classmethod
+    def read(cls, cfg: Config, snapshot: Any, split: str) -> HeldOutSlice:
+        """The fixed slice of `split` (``holdout_user_ids``: ``eval.holdout_users`` of them)."""
+        return cls.of_users(cfg, snapshot, holdout_user_ids(snapshot, cfg.eval.holdout_users, split, cfg.ray), split)
+
+    @classmethod
+    def of_users(cls, cfg: Config, snapshot: Any, users: pl.Series, split: str) -> HeldOutSlice:
+        """The slice of `users`."""
+        catalog = catalog_columns(snapshot.items())
+        before = history_splits(split)
+        rows = SplitRows(snapshot, (split, *before), None, catalog, cfg.ray).of_users(users)
+        counts = SplitRows(snapshot, before, None, catalog, cfg.ray).rows_per_item()
+        return cls(
+            users, split, rows.filter(pl.col("split") == split), rows.filter(pl.col("split").is_in(before)),
+            catalog.select("item_id", popularity=pl.Series(counts).cast(pl.UInt32)),  # pl.len()'s type
+            snapshot.items(),
+        )
+
+    def evaluate(self, recs: pl.LazyFrame, *, ks: list[int], name: str, source: str,
+                 max_k: int = CURVE_MAX_K) -> EvalResult:
+        """`recs` scored against the slice's held-out rows (``metrics.evaluate``)."""
+        return evaluate(
+            recs, self.heldout.lazy(), self.history.lazy(), self.items,
+            ks=ks, name=name, source=source, max_k=max_k, popularity=self.popularity.lazy(),
+        )
 
 
 def evaluate_holdout(

@@ -96,13 +96,18 @@ class SplitRows:
         return pl.concat(self._map(users_rows, UsersTask(self, self.snapshot.users_by_partition(users))))
 
     def _map(self, fn: Callable[[Task, int], Any], task: Task) -> Iterator[Any]:
-        """``fn(task, p)`` for every partition p, in partition order (Ray tasks unless there is one)."""
-        on_workers = runs_on_workers(self.snapshot.partitions)
-        if on_workers:
-            from recbatch.runtime import ensure_ray
+        return map_partitions(fn, task, self.snapshot, self.ray)
 
-            ensure_ray(self.ray)
-        yield from map_tasks(fn, task, range(self.snapshot.partitions), on_workers=on_workers)
+
+def map_partitions(fn: Callable[[Task, int], Any], task: Task, snapshot: Any, ray: RayConfig) -> Iterator[Any]:
+    """``fn(task, p)`` for every user partition p of `snapshot`, in partition order (Ray tasks on the
+    cluster `ray` reaches, unless there is one partition)."""
+    on_workers = runs_on_workers(snapshot.partitions)
+    if on_workers:
+        from recbatch.runtime import ensure_ray
+
+        ensure_ray(ray)
+    yield from map_tasks(fn, task, range(snapshot.partitions), on_workers=on_workers)
 
 
 @dataclass(frozen=True)
