@@ -203,6 +203,8 @@ def evaluate_model(
     `held_out`: that slice, already read (``HeldOutSlice.read``), when several models are scored on it.
     """
     held_out = held_out or HeldOutSlice.read(cfg, snapshot, split)
+    if held_out.split != split:
+        raise ValueError(f"a held-out slice of {held_out.split!r} cannot score lists ranked for {split!r}")
     recs = _holdout_lists_on_a_worker(cfg, snapshot, model_dir, items_dir, held_out.users, max(cfg.eval.ks), split)
     return held_out.evaluate(recs.lazy(), ks=cfg.eval.ks, name=name, source=f"{model_dir} holdout lists")
 
