@@ -23,8 +23,9 @@ from recbatch.fs import Location, access, make_parent
 # Ray Data's default Parquet reader (DataSourceV2) starts a pool of footer-reading actors (32 by
 # default) every time a dataset executes: each training epoch, each embed pass. On the 2-core CI box
 # that cost 7-11 s an execution against 0.6-0.8 s for the V1 reader on the same parts (the tiny
-# pipeline's 3 epochs: train 70 s -> 46 s). recbatch's datasets are short lists of known files (a
-# manifest's names, a few parts per snapshot partition); V1 reads their footers in its read tasks.
+# pipeline's 3 epochs: train 70 s -> 46 s). The price: V1 gathers the files' footer metadata on the
+# driver. At 10M users (40 partitions of training examples) the training stage's driver peak rose
+# from 952 to 1,244 MiB (bench/README.md, Scale); a dataset of very many files is V2's case.
 RAY_PARQUET_DATASOURCE_V2 = False
 
 
