@@ -159,7 +159,7 @@ def decide_training(cfg: Config, latest: Location | None, run_date: dt.date, for
     return train_due(cfg.train.cadence, trained_for(latest), run_date, force, erasure=erasure)
 
 
-def _same_inputs(folder: Location, **expected: str) -> bool:
+def _same_inputs(folder: Location, **expected: Any) -> bool:
     """A complete folder whose manifest names the same inputs can be reused."""
     if not is_complete(folder):
         return False
@@ -247,10 +247,12 @@ def _run_stages(
     from recbatch.data.ingest import ingest
     from recbatch.embed.stage import embed
     from recbatch.eval.gate import check_gate, last_published_manifest
-    from recbatch.eval.holdout import HeldOutSlice, evaluate_baseline, evaluate_model, holdout_metrics
+    from recbatch.eval.holdout import (
+        HeldOutSlice, evaluate_baseline, evaluate_model, holdout_metrics, holdout_user_ids,
+    )
     from recbatch.eval.report import injected_profiles_section, write_report
     from recbatch.publish import publish_run
-    from recbatch.score.stage import score
+    from recbatch.score.stage import list_settings, score
     from recbatch.train.trainer import train
 
     # Staging folders of killed runs were never published; the root's lease makes them ours to clear.
@@ -291,6 +293,7 @@ def _run_stages(
 
     staged = layout.staged_for(run_date)
     final = layout.recommendations_for(run_date)
+    inputs["list_settings"] = list_settings(cfg.score)  # the scored and published runs depend on these too
     with _stage(summary, "score") as rec:
         if _same_inputs(staged, **inputs) or _same_inputs(final, **inputs):
             rec.status = "skipped"
@@ -310,7 +313,8 @@ def _run_stages(
         result = evaluate_model(cfg, snapshot, model_dir, items_dir, held_out=held_out)
         metrics = holdout_metrics(result)
         # Popularity on the same holdout users: the gate's floor, and what the report compares with.
-        popular = [evaluate_baseline(cfg, snapshot, name, held_out) for name in POPULARITY_BASELINES]
+        tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation", cfg.ray)
+        popular = [evaluate_baseline(cfg, snapshot, name, held_out, tune_users) for name in POPULARITY_BASELINES]
         # The report is written before the gate decides, so a refused run can be inspected.
         context = {"run_date": run_date.isoformat(), "model_version": model_version, "snapshot": snapshot.hash}
         sections = [injected_profiles_section(snapshot)] if cfg.ingest.detect_injected_profiles else []

@@ -148,6 +148,9 @@ def test_nightly_lifecycle_on_s3_and_two_nodes_idempotent_rerun_and_stop_before_
         assert status["embed"] == "skipped"  # the embeddings of this model and snapshot are complete
         assert folders.read_manifest(final)["files"] == manifest["files"]
         assert [run.name for run in layout.published_runs()] == [final.name]
+        # How the lists are computed (actors, tiles) is not what they hold: still nothing rescored.
+        retiled = run_nightly(cfg.with_overrides({"score.num_actors": 1, "score.user_block": 7}), RUN_DATE)
+        assert retiled.stage("score").status == "skipped" and retiled.stage("publish").status == "skipped"
         before = manifest
 
         # 2. New data arrives (a new snapshot); the driver stops after scoring it.
@@ -211,8 +214,8 @@ def test_nightly_lifecycle_on_s3_and_two_nodes_idempotent_rerun_and_stop_before_
 
     ensure_ray(RayConfig(num_cpus=4))
     version = after["model_version"]
-    single_cfg = cfg2.with_overrides({"root": str(tmp_path / "single"), "score.num_actors": 1,
-                                      "score.actor_resources": {}})
+    single_node = {"score.num_actors": 1, "score.actor_resources": {}}  # no `scorer` node now
+    single_cfg = cfg2.with_overrides({"root": str(tmp_path / "single"), **single_node})
     single = _published_rows(score(single_cfg, Snapshot.open(layout.latest_snapshot()),
                                    layout.embeddings(version, "items"), layout.embeddings(version, "users"),
                                    RUN_DATE)).sort("user_id")
@@ -220,6 +223,14 @@ def test_nightly_lifecycle_on_s3_and_two_nodes_idempotent_rerun_and_stop_before_
     np.testing.assert_allclose(
         np.concatenate(published["scores"].to_list()), np.concatenate(single["scores"].to_list()), rtol=1e-5
     )
+
+    # 4. A ranking setting changed and the date rerun: rescored and republished whole, not the old lists.
+    shorter = run_nightly(cfg2.with_overrides({"score.k": 3, **single_node}), RUN_DATE)
+    assert shorter.stage("score").status == "ran" and shorter.stage("publish").status == "ran"
+    republished = folders.verify_manifest(final)
+    assert republished["k"] == 3 and republished["list_settings"]["k"] == 3
+    lengths = _published_rows(final)["item_ids"].list.len()
+    assert lengths.max() == 3 and len(lengths) == after["users"]
     assert not (tmp_path / "s3:").exists()
 
 

@@ -328,3 +328,26 @@ def test_published_lists_equal_the_holdout_ranking_of_the_same_inputs(ray_local,
     assert world["items"][0] not in {i for r in published.values() for i in r["item_ids"]}  # the filters acted
     assert not set(published[world["users"][0]]["item_ids"]) & {i for _, i in per_user}
     assert published[world["users"][1]]["item_ids"] == []
+
+
+def test_list_settings_name_what_the_lists_hold_not_how_they_are_computed(tmp_path):
+    """The nightly rescores a date when these differ (``pipeline._same_inputs``): a changed K, prior or
+    blocklist *content* must change them; a changed tiling or actor count must not."""
+    import dataclasses
+    import json
+
+    from recbatch.config import ScoreConfig
+    from recbatch.score.stage import list_settings
+
+    base = ScoreConfig()
+    assert list_settings(dataclasses.replace(
+        base, num_actors=4, user_block=7, item_tile=64, item_shards=2, rows_per_file=10,
+        actor_resources={"scorer": 1})) == list_settings(base)
+    for changed in ({"k": 5}, {"popularity_prior_weight": 1.0}, {"filter_seen": False}):
+        assert list_settings(dataclasses.replace(base, **changed)) != list_settings(base), changed
+    blocklist = tmp_path / "blocklist.parquet"
+    pl.DataFrame({"item_id": [1]}).write_parquet(blocklist)
+    before = list_settings(dataclasses.replace(base, blocklist=str(blocklist)))
+    pl.DataFrame({"item_id": [1, 2]}).write_parquet(blocklist)  # same path, another list
+    assert list_settings(dataclasses.replace(base, blocklist=str(blocklist))) != before
+    assert json.loads(json.dumps(before)) == before  # compared after a round trip through the manifest

@@ -230,17 +230,26 @@ def _holdout_lists_on_a_worker(
     return ray.get(task(holdout_lists).remote(cfg, snapshot, model_dir, items_dir, users, k, split))
 
 
-def evaluate_baseline(cfg: Config, snapshot: Any, name: str, held_out: HeldOutSlice | None = None) -> EvalResult:
+def evaluate_baseline(
+    cfg: Config,
+    snapshot: Any,
+    name: str,
+    held_out: HeldOutSlice | None = None,
+    tune_users: pl.Series | None = None,
+) -> EvalResult:
     """Baseline `name` (e.g. ``most_popular``) on the same fixed test slice as `evaluate_model`.
 
-    Fit on the rows before test and tuned on the validation rows of the same
-    slice of users (``eval.holdout_users``), so the gate can afford it every night.
-    `held_out`: the test slice, already read.
+    Fit on the rows before test and tuned on the validation rows of a fixed
+    slice of validation users (``eval.holdout_users``), so the gate can afford it
+    every night. `held_out`: the test slice, already read; `tune_users`: the
+    validation slice's ids, already found (a round of partition tasks saved when
+    several baselines are scored).
     """
     from recbatch.eval.baselines import fit_baseline
 
     held_out = held_out or HeldOutSlice.read(cfg, snapshot, "test")
-    tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation", cfg.ray)
+    if tune_users is None:
+        tune_users = holdout_user_ids(snapshot, cfg.eval.holdout_users, "validation", cfg.ray)
     fitted = fit_baseline(name, snapshot, cfg, tune_users, held_out.users)
     recs = pl.concat([pl.from_arrow(t) for t in fitted.lists(snapshot, max(cfg.eval.ks), held_out.users)])
     return held_out.evaluate(recs.lazy(), ks=cfg.eval.ks, name=name, source=f"{fitted.model_version} holdout lists")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -68,6 +69,27 @@ PREPARE_CPUS = 0.5
 # CPUs each finisher asks for (one per scoring actor): it converts positions to ids
 # and writes Parquet, a fraction of the scorers' work.
 FINISHER_CPUS = 0.25
+# ScoreConfig fields that only say how the lists are computed (tiles, shards, actors,
+# files), never what they hold: changing them does not make a scored date stale.
+EXECUTION_ONLY = frozenset({
+    "user_block", "item_tile", "item_shards", "num_actors", "cpus_per_actor", "gpus_per_actor",
+    "rows_per_file", "actor_resources",
+})
+
+
+def list_settings(cfg: ScoreConfig) -> dict[str, Any]:
+    """Every scoring setting the lists depend on, besides the model and the snapshot.
+
+    Written into the staged manifest; the nightly rescoring a date whose manifest
+    names other settings is what makes "change ``score.k`` (or the prior, or the
+    blocklist file) and rerun the date" publish the new lists. The blocklist counts
+    by its content, so an edited file rescores too.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_ONLY}
+    if cfg.blocklist:
+        settings["blocklist"] = {"path": cfg.blocklist,
+                                 "sha256": hashlib.sha256(Path(cfg.blocklist).read_bytes()).hexdigest()}
+    return settings
 
 
 def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path | Location, users_dir: str | Path | Location,
@@ -122,6 +144,7 @@ def score(cfg: Config, snapshot: Snapshot, items_dir: str | Path | Location, use
             "model_version": model_version,
             "snapshot_hash": snapshot.hash,
             "k": cfg.score.k,
+            "list_settings": list_settings(cfg.score),
             "items": catalog.size,
             "eligible_items": int(catalog.eligible.sum()),
             "config": cfg.to_record(),
