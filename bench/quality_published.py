@@ -96,13 +96,13 @@ def main() -> None:
         name, run_dir = spec.split("=", 1)
         rows.setdefault(name, []).append(evaluate_run(run_dir, truth, ks=[10], name=name).metrics())
 
-    print(f"\n{'lists':<30}" + "".join(f"{c:>26}" for c in SHOWN))
+    print(f"\n{'lists':<30}" + "".join(f"{c:>36}" for c in SHOWN))
     for name, runs in rows.items():
         cells = []
         for column in SHOWN:
             values = [m.get(column, 0.0) for m in runs]
             cells.append(f"{statistics.mean(values):.4f} ({' / '.join(f'{v:.4f}' for v in values)})")
-        print(f"{name:<30}" + "".join(f"{c:>26}" for c in cells))
+        print(f"{name:<30}" + "".join(f"{c:>36}" for c in cells))
     print("(mean over the runs, each run in brackets; spread = max - min of the bracketed values)")
 
 
