@@ -293,8 +293,8 @@ def _run_stages(
 
     staged = layout.staged_for(run_date)
     final = layout.recommendations_for(run_date)
-    inputs["list_settings"] = list_settings(cfg.score)  # the scored and published runs depend on these too
     with _stage(summary, "score") as rec:
+        inputs["list_settings"] = list_settings(cfg.score)  # the scored and published runs depend on these too
         if _same_inputs(staged, **inputs) or _same_inputs(final, **inputs):
             rec.status = "skipped"
             rec.details["reason"] = "scored output for these inputs is complete"

@@ -351,3 +351,5 @@ def test_list_settings_name_what_the_lists_hold_not_how_they_are_computed(tmp_pa
     pl.DataFrame({"item_id": [1, 2]}).write_parquet(blocklist)  # same path, another list
     assert list_settings(dataclasses.replace(base, blocklist=str(blocklist))) != before
     assert json.loads(json.dumps(before)) == before  # compared after a round trip through the manifest
+    with pytest.raises(UsageError, match=r"score.blocklist .*gone.parquet does not exist"):
+        list_settings(dataclasses.replace(base, blocklist=str(tmp_path / "gone.parquet")))

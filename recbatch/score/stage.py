@@ -87,8 +87,10 @@ def list_settings(cfg: ScoreConfig) -> dict[str, Any]:
     """
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_ONLY}
     if cfg.blocklist:
-        settings["blocklist"] = {"path": cfg.blocklist,
-                                 "sha256": hashlib.sha256(Path(cfg.blocklist).read_bytes()).hexdigest()}
+        path = Path(cfg.blocklist)
+        if not path.exists():  # the message read_blocklist gives, before any scoring starts
+            raise UsageError(f"score.blocklist {path} does not exist")
+        settings["blocklist"] = {"path": cfg.blocklist, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return settings
 
 
