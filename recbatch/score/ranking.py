@@ -202,17 +202,25 @@ def lists_to_csr(columns: list[pa.ChunkedArray | pa.Array], n_cols: int, lo: int
     return sp.csr_matrix((data, (rows, cols)), shape=(n_rows, n_cols))
 
 
+def blocklist_path(cfg: ScoreConfig) -> Path | None:
+    """``score.blocklist`` as a path (None when unset); a UsageError naming it when the file is missing."""
+    if not cfg.blocklist:
+        return None
+    path = Path(cfg.blocklist)
+    if not path.exists():
+        raise UsageError(f"score.blocklist {path} does not exist")
+    return path
+
+
 def read_blocklist(cfg: ScoreConfig, snapshot: Any) -> tuple[pl.Series | None, pl.DataFrame | None]:
     """(globally blocked item ids, per-user ``user_id,item_id`` rows) from ``score.blocklist``.
 
     A file with only ``item_id`` blocks globally; with ``user_id`` too, rows
     whose user_id is null block globally and the rest per user.
     """
-    if not cfg.blocklist:
+    path = blocklist_path(cfg)
+    if path is None:
         return None, None
-    path = Path(cfg.blocklist)
-    if not path.exists():
-        raise UsageError(f"score.blocklist {path} does not exist")
     table = pl.read_parquet(path)
     if "item_id" not in table.columns:
         raise DataValidationError(f"{path}: blocklist lacks column 'item_id' (has {table.columns})")

@@ -49,7 +49,7 @@ from recbatch.parts import PARTITION, commit_parts
 from recbatch.runtime import ensure_ray, require_resources
 from recbatch.score.actors import SCORED_ON, SCORED_WITH, Finisher, ShardScorer, resolve_ref
 from recbatch.score.prior import append_column, prior_column, user_column_value
-from recbatch.score.ranking import Catalog, catalog_of, kernel_settings, user_exclusions
+from recbatch.score.ranking import Catalog, blocklist_path, catalog_of, kernel_settings, user_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,8 @@ def list_settings(cfg: ScoreConfig) -> dict[str, Any]:
     by its content, so an edited file rescores too.
     """
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_ONLY}
-    if cfg.blocklist:
-        path = Path(cfg.blocklist)
-        if not path.exists():  # the message read_blocklist gives, before any scoring starts
-            raise UsageError(f"score.blocklist {path} does not exist")
+    path = blocklist_path(cfg)  # a missing file: the UsageError scoring itself would give
+    if path is not None:
         settings["blocklist"] = {"path": cfg.blocklist, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return settings
 
