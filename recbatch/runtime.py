@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from recbatch.config import RayConfig
 from recbatch.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 
 def cuda_available() -> bool:
+    import torch  # here, not at the top: a CPU scoring worker imports this module and never needs torch
+
     return torch.cuda.is_available()
 
 
@@ -44,6 +47,8 @@ def resolve_precision(setting: str, on_gpu: bool) -> Precision:
 
 
 def torch_dtype(precision: Precision) -> torch.dtype:
+    import torch
+
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 

@@ -13,9 +13,11 @@ from recbatch.score.ranking import rank, rank_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "recbatch.score.kernel"
+KERNELS = {KERNEL, "recbatch.score.torch_kernel"}  # the contract and dispatch; the torch implementation
 RANKING_FUNCTIONS = {"topk", "topk_of_scores", "select_topk"}  # what ranks; merge_topk and kernel_used do not
-# The one caller in the product, and the benchmarks that measure the bare kernel itself.
-MAY_RANK = {"recbatch/score/ranking.py", "bench/bench_score.py", "bench/bench_sizing.py"}
+# The one caller in the product, the kernel dispatching to its torch implementation, and the
+# benchmarks that measure the bare kernel itself.
+MAY_RANK = {"recbatch/score/ranking.py", "recbatch/score/kernel.py", "bench/bench_score.py", "bench/bench_sizing.py"}
 
 
 def kernel_imports(path: Path) -> list[str]:
@@ -24,14 +26,14 @@ def kernel_imports(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names if alias.name == KERNEL]
+            found += [alias.name for alias in node.names if alias.name in KERNELS]
         elif isinstance(node, ast.ImportFrom):
             base = module.split(".")[: -node.level] if node.level else []
             source = ".".join(base + ([node.module] if node.module else []))
-            if source == KERNEL:
+            if source in KERNELS:
                 found += [alias.name for alias in node.names if alias.name in RANKING_FUNCTIONS | {"*"}]
             elif source == "recbatch.score":
-                found += [f"{source}.{alias.name}" for alias in node.names if alias.name == "kernel"]
+                found += [f"{source}.{alias.name}" for alias in node.names if f"{source}.{alias.name}" in KERNELS]
     return found
 
 
@@ -50,6 +52,8 @@ def test_the_scan_sees_every_form_of_import(tmp_path, monkeypatch):
         "c.py": "from recbatch.score import kernel\n",
         "score/d.py": "from .kernel import select_topk\n",
         "e.py": "from recbatch.score.kernel import merge_topk, kernel_used\n",  # merging, not ranking
+        "f.py": "from recbatch.score import torch_kernel\n",
+        "g.py": "from recbatch.score.torch_kernel import topk_of_scores, torch_threads\n",
     }
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     for name, text in forms.items():
@@ -57,7 +61,8 @@ def test_the_scan_sees_every_form_of_import(tmp_path, monkeypatch):
         (tmp_path / "recbatch" / name).write_text(text)
     found = {name: kernel_imports(tmp_path / "recbatch" / name) for name in forms}
     assert found == {"a.py": ["topk"], "b.py": [KERNEL], "c.py": ["recbatch.score.kernel"],
-                     "score/d.py": ["select_topk"], "e.py": []}
+                     "score/d.py": ["select_topk"], "e.py": [], "f.py": ["recbatch.score.torch_kernel"],
+                     "g.py": ["topk_of_scores"]}
 
 
 def test_a_score_block_is_ranked_as_the_kernel_ranks_the_same_scores():

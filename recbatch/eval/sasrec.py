@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recbatch.score.kernel import torch_threads
+from recbatch.score.torch_kernel import torch_threads
 
 log = logging.getLogger(__name__)
 

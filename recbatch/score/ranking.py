@@ -33,13 +33,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
-import torch
 
 from recbatch.config import ScoreConfig
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.fs import Location
-from recbatch.runtime import resolve_precision
-from recbatch.score.kernel import PAD_INDEX, PAD_SCORE, topk, topk_of_scores
+from recbatch.runtime import cuda_available, resolve_precision
+from recbatch.score.kernel import PAD_INDEX, PAD_SCORE, topk
 
 SEEN = "seen"  # list<int64>: catalog positions the user interacted with (sorted)
 Positions = pa.ChunkedArray | pa.Array  # list<int64>, one row per user: catalog positions (seen, blocked)
@@ -124,7 +123,7 @@ def kernel_settings(cfg: ScoreConfig, *, on_driver: bool = False) -> dict[str, A
     GPU only when the process has one: a head node without a GPU must not fail the night
     of a GPU config.
     """
-    on_gpu = cfg.gpus_per_actor > 0 and (not on_driver or torch.cuda.is_available())
+    on_gpu = cfg.gpus_per_actor > 0 and (not on_driver or cuda_available())
     return {
         "user_block": cfg.user_block,
         "item_tile": cfg.item_tile,
@@ -169,6 +168,10 @@ def rank_scores(
     and the kernel's tie rule (score descending, then position, so item id, ascending).
     Returns ([B, k] int64 positions, -1 padded; [B, k] float32, -inf padded).
     """
+    import torch  # the baselines' path, never a scoring worker's
+
+    from recbatch.score.torch_kernel import topk_of_scores
+
     block = torch.from_numpy(np.array(scores, dtype=np.float32))  # [B, N], a copy: filtered entries are overwritten
     exclude = _excluded(seen, blocked, filter_seen, block.shape[1]).tocoo()
     block[torch.from_numpy(exclude.row.astype(np.int64)), torch.from_numpy(exclude.col.astype(np.int64))] = PAD_SCORE
