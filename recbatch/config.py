@@ -205,7 +205,7 @@ class EmbedConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     incremental: bool = True
     # (No history setting: user vectors are always built from every interaction of the
-    # snapshot, see embed/users.py serving_events; the holdout evaluation keeps its own.)
+    # snapshot, see data/snapshot.py serving_events; the holdout evaluation keeps its own.)
 
 
 @dataclass

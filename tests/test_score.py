@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from recbatch.config import Config
 from recbatch.data.snapshot import Snapshot, partitioned_files
 from recbatch.errors import DataValidationError, UsageError
 from recbatch.fs import Location, as_location, local
+from recbatch.parts import partition_of_name
 from recbatch.schemas import embeddings_schema
 from recbatch.score import native
 from recbatch.score.kernel import kernel_used
@@ -142,8 +144,9 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
         blocklist,
     )
     cfg = Config(root=str(tmp_path)).with_overrides({
-        "score.k": K, "score.item_shards": shards, "score.user_block": 16, "score.item_tile": 16,
-        "score.rows_per_file": 15, "score.blocklist": str(blocklist), "score.num_actors": 2,
+        # user_block 2: the workers score 8 users a call, so a partition's ~10 users take two calls
+        "score.k": K, "score.item_shards": shards, "score.user_block": 2, "score.item_tile": 16,
+        "score.rows_per_file": 3, "score.blocklist": str(blocklist), "score.num_actors": 2,
         "score.cpus_per_actor": 0.5,
     })
     staged = tmp_path / "staged" / "dt=2026-11-29"
@@ -154,7 +157,11 @@ def test_stage_matches_reference_with_all_filters(ray_local, tmp_path, shards):
     assert manifest["users"] == manifest["rows"] == len(world["users"])
     assert manifest["model_version"] == "m1" and manifest["snapshot_hash"] == "s1" and manifest["k"] == K
     assert "score_and_write" in manifest["timings"]
-    assert_parts_by_partition(staged, manifest, SNAPSHOT_PARTITIONS, max_rows=15)
+    assert_parts_by_partition(staged, manifest, SNAPSHOT_PARTITIONS, max_rows=3)
+    if shards == 1:  # a partition in one call: its parts hold rows_per_file rows, all but its last one
+        sizes = {name: pq.ParquetFile(staged / name).metadata.num_rows for name in manifest["files"]}
+        short = Counter(partition_of_name(name) for name, rows in sizes.items() if rows < 3)
+        assert max(short.values(), default=0) <= 1, sizes
     assert all(0 < info["bytes"] for info in manifest["files"].values())
     # kernel="auto": the fused C kernel wherever it must build (CI); a fallback would show here
     assert manifest["scoring_kernels"] == ["native" if native.expected_here() else kernel_used("auto")]
@@ -259,9 +266,8 @@ def test_stage_adds_the_popularity_prior_to_the_logits(ray_local, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.parametrize("overrides,message", [
-    ({"score.num_actors": 3, "score.cpus_per_actor": 1.0},  # 3 + 3 x 0.25 for the finishers + 0.5 > 4 CPUs
-     r"score.item_shards x score.num_actors x score.cpus_per_actor \(\+ 0.25 per finisher and 0.5 to read "
-     r"partitions\) = 4.25 CPUs, but the Ray cluster has 4.0"),
+    ({"score.num_actors": 3, "score.cpus_per_actor": 1.0, "score.item_shards": 2},  # 2 x 3 x 1 > 4 CPUs
+     r"score.item_shards x score.num_actors x score.cpus_per_actor = 6.0 CPUs, but the Ray cluster has 4.0"),
     ({"score.gpus_per_actor": 1.0}, r"= 1.0 GPUs, but the Ray cluster has 0"),
     ({"score.gpus_per_actor": 1.0, "score.kernel": "native"}, r"'native' is the CPU kernel"),
 ])
@@ -299,7 +305,7 @@ def test_published_lists_equal_the_holdout_ranking_of_the_same_inputs(ray_local,
     the same vectors and history, the staged lists are exactly the ones offline metrics are computed on,
     with every filter (seen, unavailable, global and per-user blocklist) and the popularity prior on."""
     from recbatch.embed.store import read_matrix
-    from recbatch.embed.users import serving_events
+    from recbatch.data.snapshot import serving_events
     from recbatch.eval.holdout import rank_with_history
     from recbatch.eval.lists import lists_table
 

@@ -1,7 +1,7 @@
 """Scoring and publishing on an object-store root (``s3://``, a real S3 server: SeaweedFS).
 
 ``recbatch score`` on an ``s3://`` root reads the snapshot and the embeddings
-there through their manifests, has its finishers write their parts into an
+there through their manifests, has its scoring workers write their parts into an
 attempt of ``staged/dt=...`` and commits it with a manifest and a marker: the
 same lists a local root gets. ``publish_run`` then makes a staged run live on
 the store (copies inside the store, manifest, marker), and readers who go
@@ -34,7 +34,7 @@ from recbatch.storage import SUCCESS
 RUN_DATE = dt.date(2026, 11, 29)
 MODEL_VERSION = "mv-test"
 DIM = 8
-# A small world cut into several user partitions, so finishers write several parts.
+# A small world cut into several user partitions, so the workers write several parts.
 GENERATE = ["--users", "40", "--items", "30"]
 USERS_PER_PARTITION = 10
 SCORE = ["--run-date", RUN_DATE.isoformat(), "--k", "5", "--actors", "1", "--set", "score.cpus_per_actor=0.5",
@@ -96,7 +96,7 @@ def test_an_s3_root_scores_what_a_local_root_scores(two_roots, s3_root, tmp_path
     assert manifest["users"] == manifest["rows"] == want_manifest["users"] == want_manifest["rows"] == 40
     assert manifest["model_version"] == MODEL_VERSION and manifest["k"] == 5
     assert rows.select("user_id", "item_ids", "scores").equals(want.select("user_id", "item_ids", "scores"))
-    # the finishers wrote one part per user partition at least, straight into the committed attempt
+    # the workers wrote one part per user partition at least, straight into the committed attempt
     staged = there.at.staged_for(RUN_DATE)
     marker = objectstore.read_marker(staged)
     assert len(manifest["files"]) >= 4 and all(name.startswith("part-") for name in manifest["files"])

@@ -169,3 +169,14 @@ class Snapshot:
     @property
     def counts(self) -> dict[str, int]:
         return self.manifest["counts"]
+
+
+def serving_events(snapshot: Snapshot, partition: int | None = None) -> pl.LazyFrame:
+    """The interactions published lists are built from: all of them, whatever the split
+    (of one user partition, or of every user).
+
+    The split exists for evaluation; a nightly job serves what each user did up
+    to last night, so the user vectors, the seen filter and the popularity
+    prior of the scoring stage all read every row of the snapshot.
+    """
+    return snapshot.interactions() if partition is None else snapshot.scan_partition("interactions", partition)

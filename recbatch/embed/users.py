@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recbatch.data.snapshot import Snapshot
+from recbatch.data.snapshot import Snapshot, serving_events
 from recbatch.embed.actor import EncoderActor
 from recbatch.embed.store import EmbeddingsFolder
 from recbatch.fs import Location
@@ -31,17 +31,6 @@ from recbatch.runtime import Precision
 from recbatch.schemas import embeddings_schema
 
 HISTORY_INDEX = "history_index"
-
-
-def serving_events(snapshot: Snapshot, partition: int | None = None) -> pl.LazyFrame:
-    """The interactions published lists are built from: all of them, whatever the split
-    (of one user partition, or of every user).
-
-    The split exists for evaluation; a nightly job serves what each user did up
-    to last night, so the user vectors, the seen filter and the popularity
-    prior of the scoring stage all read every row of the snapshot.
-    """
-    return snapshot.interactions() if partition is None else snapshot.scan_partition("interactions", partition)
 
 
 def user_inputs(

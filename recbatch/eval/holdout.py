@@ -2,7 +2,7 @@
 
 The gate needs the *model's* quality, measured the same way every night, so
 this does not read the staged lists (those are built from every interaction,
-test rows included: ``embed.users.serving_events``). Instead, for a fixed
+test rows included: ``data.snapshot.serving_events``). Instead, for a fixed
 slice of test users (``eval.holdout_users``, picked by a stable hash of the
 user id, ``holdout_user_ids``), it
 

@@ -1,13 +1,19 @@
 """The Ray Data callables of the scoring stage (they run inside Ray workers).
 
-    users (+ seen, blocked) ─▶ ShardScorer(shard 0) ─▶ ... ─▶ ShardScorer(shard S-1) ─▶ Finisher ─▶ parts
-                               each holds one item shard and merges its top-K
-                               into the running ``top_index``/``top_score`` lists
+    partition p ─▶ ScoringWorker(shard 0) ─▶ ... ─▶ ScoringWorker(shard S-1) ─▶ part records
+                   reads p's users               scores, finishes and writes
+                   (score/inputs.py), scores     the lists as parts of p
+                   them against its item shard
 
-Every scorer holds its item shard for its whole life (passed once as an
-object reference), so a batch only carries user vectors and their filter
-lists. With one shard this is plain user-sharded scoring; with several it is
-Spark's blocked ``recommendForAll``: top-K per item shard, merged per user.
+A ``ScoringWorker`` is one actor of a pool per item shard. Each holds its item
+shard for its whole life (passed once as an object reference), so a batch only
+carries user vectors and their filter lists. The first shard's workers read
+their users themselves, a partition per call; the last shard's workers turn
+catalog positions into ids and write the parts. With one shard (the default)
+one worker does all three: a user's rows never leave the process that scores
+them, and the stage starts one pool of processes, not three. With several
+shards this is Spark's blocked ``recommendForAll``: top-K per item shard,
+merged per user into the running ``top_index``/``top_score`` lists.
 
 Item indices are positions in the catalog sorted by item id, so breaking
 ties by index is breaking them by id.
@@ -15,7 +21,7 @@ ties by index is breaking them by id.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +30,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 from recbatch.fs import Location
 from recbatch.parts import PARTITION
 from recbatch.score.kernel import kernel_used, merge_topk
+from recbatch.score.inputs import PartitionSource
 from recbatch.score.ranking import BLOCKED, SEEN, rank
 
 # Columns carried between the stages of one batch.
@@ -63,6 +70,39 @@ def matrix_to_list_column(matrix: np.ndarray, keep: np.ndarray | None = None) ->
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)).cast(
         pa.list_(pa.from_numpy_dtype(values.dtype))
     )
+
+
+class ScoringWorker:
+    """One actor of the scoring stage's pool for one item shard: read (first shard), score, write (last shard)."""
+
+    def __init__(
+        self,
+        scorer: dict[str, Any],  # ShardScorer's arguments: this pool's item shard and the kernel settings
+        item_ids: Any,  # pa.Array [N] (or an ObjectRef to it), sorted: catalog position -> item id
+        batch_rows: int,  # users per kernel call
+        source: PartitionSource | None = None,  # first shard: batches are partition numbers, read here
+        finisher: dict[str, Any] | None = None,  # last shard: Finisher's arguments; the lists are written here
+    ) -> None:
+        self.item_ids = resolve_ref(item_ids)
+        self.scorer = ShardScorer(**scorer)
+        self.batch_rows = batch_rows
+        self.source = source
+        self.finisher = None if finisher is None else Finisher(item_ids=self.item_ids, **finisher)
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """A partition number (first shard) or a block of users scored by the earlier shards -> the
+        block scored against this shard, or (last shard) the records of the parts written."""
+        if self.source is not None:
+            (partition,) = batch.column(PARTITION).to_pylist()
+            batch = self.source.read(partition, self.item_ids)  # [U] users of the partition
+        for start in range(0, batch.num_rows, self.batch_rows):
+            scored = self.scorer(batch.slice(start, self.batch_rows))
+            if self.finisher is None:
+                yield scored  # streams on to the next shard's pool while this block is scored
+            else:
+                yield from self.finisher.add(scored)
+        if self.finisher is not None:
+            yield from self.finisher.flush()
 
 
 class ShardScorer:
@@ -128,9 +168,13 @@ def _append_provenance(batch: pa.Table, column: str, value: str) -> pa.Table:
 
 class Finisher:
     """Turns catalog positions into item ids, trims padding and adds the explanation column,
-    then writes the finished rows into `write_to` (a staging folder) as parts, one per user
-    partition, and returns only their records (``recbatch.parts``) with the provenance: the
-    lists never reach the driver.
+    then writes the finished rows into `write_to` (a staging folder) as parts of
+    ``rows_per_file`` rows (one user partition each) and returns only their records
+    (``recbatch.parts``) with the provenance: the lists never reach the driver.
+
+    Rows are held until a whole part's worth has been scored, so part sizes follow
+    ``score.rows_per_file``, not the kernel's batches; ``flush`` writes the rest at the end of
+    each input batch (a partition), so every record is returned with the batch that made it.
     """
 
     def __init__(
@@ -150,11 +194,29 @@ class Finisher:
         self.write_to = write_to
         self.id_type = id_type
         self.rows_per_file = rows_per_file
+        self._pending: list[pa.Table] = []  # finished rows not yet written, fewer than rows_per_file
+        self._pending_rows = 0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def add(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """Finish `batch`; write (and yield the records of) every whole part now held."""
+        self._pending.append(self.finish(batch))
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= self.rows_per_file:
+            rows = pa.concat_tables(self._pending)
+            whole = rows.num_rows - rows.num_rows % self.rows_per_file
+            yield self._write(rows.slice(0, whole))
+            self._pending, self._pending_rows = [rows.slice(whole)], rows.num_rows - whole
+
+    def flush(self) -> Iterator[pa.Table]:
+        """Write (and yield the records of) the rows still held."""
+        if self._pending_rows:
+            yield self._write(pa.concat_tables(self._pending))
+        self._pending, self._pending_rows = [], 0
+
+    def _write(self, rows: pa.Table) -> pa.Table:
         from recbatch.score.writer import write_parts
 
-        return write_parts(self.finish(batch), self.write_to, self.id_type, self.rows_per_file)
+        return write_parts(rows, self.write_to, self.id_type, self.rows_per_file)
 
     def finish(self, batch: pa.Table) -> pa.Table:
         idx = fixed_lists_to_matrix(batch.column(TOP_INDEX), self.k)  # [B, k]

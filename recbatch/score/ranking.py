@@ -5,7 +5,7 @@
     user vectors + Catalog (or one item shard of it) + seen/blocked ──rank──▶ top-K positions, scores
     a score block [B, N] (a model that is not an inner product) + seen/blocked ──rank_scores──▶ the same
 
-The scoring stage (``score/stage.py``: its ``ShardScorer`` actors, one item
+The scoring stage (``score/stage.py``: its ``ScoringWorker`` actors, one item
 shard each), the holdout evaluation (``eval/holdout.py``: the whole catalog
 at once) and the baselines the gate and the report compare with
 (``eval/baselines.py``) all rank through these functions, so the offline

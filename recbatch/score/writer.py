@@ -6,7 +6,7 @@ types, files of at most ``rows_per_file`` rows, one row per user, a manifest
 with checksums, and an atomic publish. A reader therefore never sees a
 half-written folder, whoever wrote it. The evaluation baselines and test
 fixtures stream their rows through `write_recommendations` in one process; the
-scoring stage's finishers write parts with `write_parts` on the workers, with
+scoring stage's workers write parts with `write_parts` on the workers, with
 the same column checks, and the driver commits them (``recbatch.parts``).
 """
 
