@@ -95,6 +95,7 @@ class LoopConfig:
     objective: str = "per_interaction"  # train.objective
     full_softmax: bool = False  # causal: every position scored against the whole catalog (it fits)
     fail_at_step: int | None = None  # test-only fault hook (recbatch.testing): the last rank dies once here
+    fault_wait_s: float = 0.0  # test-only: how long it waits first (recbatch.testing.fault_wait_s)
     storage: dict[str, Any] = field(default_factory=dict)  # cfg.storage: how an object-store path is reached
 
     def locate(self, path: str) -> Location:
@@ -285,9 +286,9 @@ def die_once(cfg: LoopConfig, step: int, rank: int) -> None:
         pass
     if cfg.train["max_failures"] != 0:
         # Let the controller register the last reported checkpoint first (it polls
-        # workers every few seconds), so the restart resumes from it as a real
-        # failure well after a checkpoint would. With no restart left, nothing resumes.
-        time.sleep(10)
+        # the workers), so the restart resumes from it as a real failure well after
+        # a checkpoint would. With no restart left, nothing resumes.
+        time.sleep(cfg.fault_wait_s)
     log.error("fault injection (%s=%d): worker rank %d exits", FAIL_AT_STEP, step, rank)
     os._exit(1)
 

@@ -200,6 +200,7 @@ def make_loop_config(
         objective=cfg.train.objective,
         full_softmax=prepared.catalog_items <= cfg.model.full_softmax_items,
         fail_at_step=fail_at_step,
+        fault_wait_s=testing.fault_wait_s() if fail_at_step is not None else 0.0,
     )
 
 
