@@ -218,6 +218,8 @@ class ScoreConfig:
     user_block: int = 1024  # users scored together in one tile row
     item_tile: int = 1024  # items per tile column
     item_shards: int = 1  # >1: item-sharded mode, per-shard top-K merged per user
+    # Scoring actors per item shard. Each takes a whole user partition at a time, so actors
+    # beyond the snapshot's partition count (ingest.users_per_partition) would stand idle.
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0

@@ -8,8 +8,9 @@
 
 The driver holds what grows with items (the catalog) and one record per part;
 what grows with users is read, scored and written by the scoring workers, a
-user partition at a time, inside one process per partition. The output is *staged*, not published: the quality gate
-reads it, and ``recbatch.publish.publish_run`` swaps it into
+user partition at a time, each partition inside one process. The output is
+*staged*, not published: the quality gate reads it, and
+``recbatch.publish.publish_run`` swaps it into
 ``recommendations/`` only if the gate passes. Everything the rows depend on
 (model version, snapshot, config, timings) goes into the manifest.
 
