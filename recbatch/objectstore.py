@@ -53,6 +53,10 @@ from recbatch.storage import (
 )
 
 ATTEMPT_PREFIX = ".attempt-"
+# Reads of a commit marker before one that does not parse is called corrupt (read_marker: a marker
+# replaced while it is read comes back torn), and the wait between them: a PUT of a few hundred bytes.
+MARKER_READS = 3
+MARKER_REREAD_WAIT_S = 0.05
 
 
 def staging_for(final: Location) -> Location:
@@ -102,17 +106,27 @@ def write_manifest(
 
 
 def read_marker(folder: Location) -> dict[str, Any] | None:
-    """The folder's commit marker (``attempt``, ``committed_at``, ``retired``), or None before its first commit."""
-    try:
-        raw = read_bytes(folder.join(SUCCESS))
-    except FileNotFoundError:
-        return None
-    try:
-        marker = json.loads(raw)
-        marker["attempt"]
-    except (json.JSONDecodeError, TypeError, KeyError):
-        raise IntegrityError(f"{folder.uri}/{SUCCESS}: not a commit marker (JSON naming an attempt)") from None
-    return marker
+    """The folder's commit marker (``attempt``, ``committed_at``, ``retired``), or None before its first commit.
+
+    The marker is the one object a publish overwrites in place, and pyarrow's S3
+    reader takes an object's size from a HEAD before it GETs that byte range: a
+    marker replaced between the two comes back torn (the old length of the new
+    bytes). So a marker that does not parse is read again (``MARKER_READS``
+    times in all) before it is called corrupt.
+    """
+    for read in range(MARKER_READS):
+        try:
+            raw = read_bytes(folder.join(SUCCESS))
+        except FileNotFoundError:
+            return None
+        try:
+            marker = json.loads(raw)
+            marker["attempt"]
+            return marker
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if read + 1 < MARKER_READS:
+                time.sleep(MARKER_REREAD_WAIT_S)
+    raise IntegrityError(f"{folder.uri}/{SUCCESS}: not a commit marker (JSON naming an attempt)")
 
 
 def publish(staging: Location, final: Location, keep_replaced: bool = True) -> Location:

@@ -7,6 +7,7 @@ manifest -> files. Each test runs against ``weed server`` on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import pytest
 from recbatch import folders, objectstore
 from recbatch.config import StorageConfig, load_config
 from recbatch.errors import IntegrityError, StorageAccessError, UsageError
-from recbatch.fs import Location, check_access, local, locate
+from recbatch.fs import Location, check_access, local, locate, read_bytes
 from recbatch.storage import MANIFEST, RETIRED_GRACE_SECONDS, SUCCESS
 
 
@@ -241,3 +242,30 @@ def test_a_missing_bucket_is_named(s3_root):
     with pytest.raises(StorageAccessError, match="bucket 'no-such-bucket-here' does not exist"):
         check_access(root)
     check_access(s3_root.locate())  # the fixture's bucket is there
+
+
+def test_a_marker_replaced_while_it_is_read_is_read_again_not_called_corrupt(s3_root, monkeypatch):
+    """pyarrow's S3 reader sizes an object with a HEAD, then GETs that range: a publish landing in
+    between gives a reader the old length of the new marker. The nightly's readers met it on CI
+    ("not a commit marker"); here the interleaving is forced on the real server."""
+    final = s3_root.locate("recommendations", "dt=2026-11-28")
+    _publish(final, {"part-00000.parquet": _users(0, 3)})
+    marker = final.join(SUCCESS)
+    replaced = json.dumps({**objectstore.read_marker(final), "retired": [{"attempt": "x" * 80, "retired_at_ns": time.time_ns()}]}).encode()
+
+    def torn_once(location):  # open (HEAD: the old size), replace the marker, then read
+        monkeypatch.setattr(objectstore, "read_bytes", read_bytes)
+        stream = location.filesystem.open_input_stream(location.path)
+        with location.filesystem.open_output_stream(location.path) as out:
+            out.write(replaced)
+        with stream:
+            return stream.read()
+
+    torn = torn_once(marker)
+    assert len(torn) < len(replaced) and torn == replaced[: len(torn)]  # the server really tore it
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(torn)
+
+    _publish(final, {"part-00000.parquet": _users(0, 3)})  # a fresh, shorter marker
+    monkeypatch.setattr(objectstore, "read_bytes", torn_once)
+    assert objectstore.read_marker(final) == json.loads(replaced)  # read again, whole
