@@ -111,7 +111,8 @@ def read_marker(folder: Location) -> dict[str, Any] | None:
     The marker is the one object a publish overwrites in place, and pyarrow's S3
     reader takes an object's size from a HEAD before it GETs that byte range: a
     marker replaced between the two comes back torn (the old length of the new
-    bytes). So a marker that does not parse is read again (``MARKER_READS``
+    bytes; past a shorter new marker's end SeaweedFS returned other bytes, not
+    even UTF-8). So a marker that does not parse is read again (``MARKER_READS``
     times in all) before it is called corrupt.
     """
     for read in range(MARKER_READS):
@@ -123,7 +124,7 @@ def read_marker(folder: Location) -> dict[str, Any] | None:
             marker = json.loads(raw)
             marker["attempt"]
             return marker
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError):  # ValueError: bad JSON, or bytes that are not UTF-8
             if read + 1 < MARKER_READS:
                 time.sleep(MARKER_REREAD_WAIT_S)
     raise IntegrityError(f"{folder.uri}/{SUCCESS}: not a commit marker (JSON naming an attempt)")
