@@ -359,3 +359,32 @@ def test_list_settings_name_what_the_lists_hold_not_how_they_are_computed(tmp_pa
     assert json.loads(json.dumps(before)) == before  # compared after a round trip through the manifest
     with pytest.raises(UsageError, match=r"score.blocklist .*gone.parquet does not exist"):
         list_settings(dataclasses.replace(base, blocklist=str(tmp_path / "gone.parquet")))
+
+
+
+def test_a_worker_call_that_failed_leaves_no_held_rows_to_the_next(tmp_path):
+    """The worker's finisher holds rows until a part is full; a call that raised before flushing must not
+    hand them to the next call (its users would be written twice). The worker runs in this process."""
+    from recbatch.parts import PARTITION
+    from recbatch.score.actors import ScoringWorker
+
+    def users(ids: list[int], dim: int = 2) -> pa.Table:
+        return pa.table({
+            "user_id": ids, "embedding": [[1.0] * dim for _ in ids],
+            "seen": pa.array([[]] * len(ids), pa.list_(pa.int64())),
+            "blocked": pa.array([[]] * len(ids), pa.list_(pa.int64())),
+            PARTITION: pa.array([0] * len(ids), pa.int32()),
+        })
+
+    scorer = {"items": np.eye(2, dtype=np.float32), "eligible": np.ones(2, bool), "offset": 0, "k": 2,
+              "filter_seen": True, "user_block": 1, "item_tile": 2, "device": "cpu", "precision": "fp32",
+              "threads": 1}
+    worker = ScoringWorker(scorer=scorer, item_ids=pa.array([10, 11]), batch_rows=2, finisher={
+        "k": 2, "model_version": "m", "write_to": as_location(tmp_path), "id_type": "int", "rows_per_file": 5})
+    failing = pa.concat_tables([users([1, 2]), users([3], dim=3).cast(users([1]).schema)])  # user 3: a bad vector
+    with pytest.raises(ValueError):
+        list(worker(failing))  # users 1 and 2 were scored and held when user 3 failed
+    records = pa.concat_tables(list(worker(users([4, 5]))))
+    assert sum(records.column("rows").to_pylist()) == 2
+    written = pl.concat([pl.read_parquet(p) for p in tmp_path.glob("part-*.parquet")])
+    assert sorted(written["user_id"].to_list()) == [4, 5]

@@ -92,6 +92,8 @@ class ScoringWorker:
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         """A partition number (first shard) or a block of users scored by the earlier shards -> the
         block scored against this shard, or (last shard) the records of the parts written."""
+        if self.finisher is not None:
+            self.finisher.start()  # rows an earlier call held when it failed are not this call's
         if self.source is not None:
             (partition,) = batch.column(PARTITION).to_pylist()
             batch = self.source.read(partition, self.item_ids)  # [U] users of the partition
@@ -197,6 +199,10 @@ class Finisher:
         self._pending: list[pa.Table] = []  # finished rows not yet written, fewer than rows_per_file
         self._pending_rows = 0
 
+    def start(self) -> None:
+        """Hold nothing: a new input batch begins."""
+        self._pending, self._pending_rows = [], 0
+
     def add(self, batch: pa.Table) -> Iterator[pa.Table]:
         """Finish `batch`; write (and yield the records of) every whole part now held."""
         self._pending.append(self.finish(batch))
@@ -211,7 +217,7 @@ class Finisher:
         """Write (and yield the records of) the rows still held."""
         if self._pending_rows:
             yield self._write(pa.concat_tables(self._pending))
-        self._pending, self._pending_rows = [], 0
+        self.start()
 
     def _write(self, rows: pa.Table) -> pa.Table:
         from recbatch.score.writer import write_parts
