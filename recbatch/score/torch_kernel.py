@@ -18,8 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-PAD_INDEX = -1  # kernel.PAD_INDEX: the contract's padding, repeated so this module needs no import back
-PAD_SCORE = float("-inf")
+from recbatch.score.kernel import PAD_INDEX, PAD_SCORE  # the contract's padding (kernel imports this module lazily)
 
 
 def topk(
