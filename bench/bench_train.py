@@ -53,6 +53,7 @@ def main() -> None:
     from recbatch.config import load_config
     from recbatch.data.generate import generate_demo
     from recbatch.data.ingest import ingest
+    from recbatch.layout import local_path
     from recbatch.model.artifact import tower_config
     from recbatch.runtime import ensure_ray
     from recbatch.train.examples import prepare_inputs
@@ -88,7 +89,7 @@ def main() -> None:
     for workers in (1, 2):
         run_cfg = load_config(None, {**base, "train.num_workers": workers})
         started = time.perf_counter()
-        artifact = train(run_cfg, snapshot)
+        artifact = local_path(train(run_cfg, snapshot))  # a local root
         wall = time.perf_counter() - started
         rows.append((f"DeepSpeed ZeRO-{args.zero_stage}, {workers} Ray Train worker(s)", steady_samples_per_s(artifact), wall))
     ray.shutdown()

@@ -32,6 +32,7 @@ from quality import REPO, evaluate_two_tower, print_table, protocol_config, run_
 # imported after `quality`, which puts this checkout first on sys.path
 from recbatch.config import load_config, parse_override  # noqa: E402
 from recbatch.data.ingest import ingest  # noqa: E402
+from recbatch.layout import local_path  # noqa: E402
 from recbatch.model.artifact import read_model_card  # noqa: E402
 from recbatch.train.trainer import train  # noqa: E402
 
@@ -66,7 +67,7 @@ def main() -> None:
     for name, overrides in recipes.items():
         recipe = load_config(args.config, overrides)
         started = time.perf_counter()
-        model_dir = train(recipe, snapshot)
+        model_dir = local_path(train(recipe, snapshot))  # --root is a local folder
         seconds = time.perf_counter() - started
         card = read_model_card(model_dir)
         trained[name] = (seconds, card["step"], steady_samples_per_s(model_dir))
