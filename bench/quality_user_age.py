@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from quality import PROTOCOLS
+from quality import PROTOCOLS, REPO
 
 # imported after `quality`, which puts this checkout first on sys.path
 from recbatch.config import Config  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="a nightly's root (one seed of quality_published.py)")
     parser.add_argument("--history", required=True, help="the nightly's input: bench/quality.py --write-history")
     parser.add_argument("--truth-root", required=True)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"))
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data/ml-latest-small"))
     args = parser.parse_args()
 
     layout = RunLayout.of(args.root)  # a local root
@@ -54,7 +54,8 @@ def main() -> None:
     if not art.card["model"]["example_age_days"]:
         raise SystemExit(f"{args.root}: the model has no example age input; nothing to compare")
     items = pl.read_parquet(layout.embeddings(art.model_version, "items") / "*.parquet")
-    row_of = {item: row for row, item in enumerate(items["item_id"].to_list())}
+    item_ids = items["item_id"].to_numpy()
+    row_of = {item: row for row, item in enumerate(item_ids.tolist())}
     vectors = torch.tensor(np.stack(items["embedding"].to_numpy()))  # [M, D]
 
     ratings = pl.read_csv(Path(args.history) / "ratings.csv").sort(["userId", "timestamp", "movieId"])
@@ -84,7 +85,6 @@ def main() -> None:
             scores[b, rows] = -torch.inf  # seen items filtered, as served
         top = torch.topk(scores, K)
         run_dir = Path(args.root) / "user-age" / name.split(" (")[0].replace(" ", "-").replace("'", "")
-        item_ids = items["item_id"].to_numpy()
         lists = pl.DataFrame({"user_id": users["userId"], "item_ids": [item_ids[r].tolist() for r in top.indices.numpy()],
                               "scores": top.values.numpy().tolist(), "model_version": art.model_version})
         write_recommendations([lists], run_dir, id_type="int", rows_per_file=len(lists), manifest_fields={})
